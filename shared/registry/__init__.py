@@ -1,0 +1,5 @@
+"""Artifacts (``runs/<run>/<stage>/journey.json``) and lineage. See ``registry``."""
+from shared.registry.registry import (MANIFEST, Artifact, ArtifactNotFound, Registry, git_commit,
+                                      write_json_atomic)
+
+__all__ = ["MANIFEST", "Artifact", "ArtifactNotFound", "Registry", "git_commit", "write_json_atomic"]
