@@ -1,0 +1,26 @@
+"""Pretrain a GPT-2 from scratch under Ray Train.
+
+    python -m ray_jobs.pretrain --config tiny run=myrun optim.max_steps=500
+    ray job submit --working-dir . -- python -m ray_jobs.pretrain --config configs/pretrain/tiny.yaml
+
+Reads the run's ``tokenizer`` artifact, writes ``<runs>/<run>/pretrain`` (an HF checkpoint).
+"""
+from __future__ import annotations
+
+import sys
+
+from ray_jobs._args import parse_job_args, run_main
+from shared.training.pretrain_config import PretrainConfig
+
+
+def main(argv: list[str] | None = None) -> int:
+    def job():
+        cfg = parse_job_args(PretrainConfig, "pretrain", argv, __doc__.splitlines()[0])
+        from shared.training.runner import run_pretraining
+        art = run_pretraining(cfg)
+        return {"artifact": art.id, "path": art.path, "metrics": art.metrics}
+    return run_main(job)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""Config of the tokenizer-training job (``configs/tokenizer``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from shared.config import ConfigError, help_field
+
+
+@dataclass
+class TokenizerConfig:
+    run: str = help_field("default", "run name: the artifact goes to <runs_dir>/<run>/<stage>")
+    stage: str = help_field("tokenizer", "stage name of the artifact")
+    sources: list[str] = help_field(["builtin:python-docs", "builtin:python-code"],
+                                    "corpora to train on (see data.source for the forms)")
+    max_bytes_per_source: Optional[int] = help_field(2_000_000, "bytes read from each source (None = all)")
+    text_field: str = help_field("text", "text field for jsonl/parquet/hub sources")
+    vocab_size: int = help_field(4096, "total vocabulary incl. 256 bytes and the special tokens")
+    method: Literal["fast", "reference"] = help_field(
+        "fast", "fast = HF tokenizers trainer; reference = our readable BPE (same merges, slower)")
+    compare_with: list[str] = help_field([], "tokenizers to compare against: HF dirs, .gguf vocab files or hub names")
+    runs_dir: Optional[str] = help_field(None, "artifact root (default $JOURNEY_RUNS or ./runs)")
+    overwrite: bool = help_field(False, "replace an existing artifact of the same run/stage")
+
+    def validate(self) -> None:
+        if not self.sources:
+            raise ConfigError("sources is empty; name at least one corpus, e.g. sources=[builtin:python-docs]")
+        if self.vocab_size < 512:
+            raise ConfigError(f"vocab_size={self.vocab_size} is too small; use at least 512")

@@ -1,0 +1,236 @@
+"""Our pretraining loop: the function every Ray Train worker runs.
+
+Contract of ``train_loop_per_worker(spec)``:
+- ``spec`` is a plain dict (``TrainSpec.to_dict``): the resolved ``PretrainConfig``, the model
+  config, token-shard directories and (for continued pretraining) an initial state dict path.
+- Each step samples its micro-batches from a generator seeded by ``(seed, step, rank, micro)``,
+  so a run resumed from a checkpoint sees exactly the batches an uninterrupted run would: with
+  the model, optimizer and step restored, the loss curve continues identically.
+- Every ``ckpt_every`` steps and at the end, rank 0 reports a Ray Train checkpoint holding the
+  model, optimizer, step and metric history; other ranks report the same metrics without one
+  (Ray Train v2 wants every rank to call ``report``).
+- Validation runs at step 0, every ``eval_every`` steps and at the end, on every named val set.
+
+It does not write artifacts: the driver turns the final checkpoint into an HF artifact.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from shared.data import TokenDataset
+from shared.model.gpt import GPT, GPTConfig
+from shared.training.hardware import autocast, peak_flops, resolve_precision
+from shared.training.optim import build_adamw
+from shared.training.schedules import lr_at
+
+STATE_FILE = "train_state.pt"
+
+
+@dataclass
+class TrainSpec:
+    """Everything a worker needs, as plain data so it crosses process boundaries."""
+
+    config: dict[str, Any]  # resolved PretrainConfig as a dict
+    model: dict[str, Any]  # GPTConfig fields
+    train_dir: str  # token shards of the training corpus
+    val_dirs: dict[str, str] = field(default_factory=dict)  # name -> shard dir (its 'val' split)
+    init_state: str | None = None  # state dict to start from (continued pretraining)
+    fail_marker: str | None = None  # testing hook: file created when the injected failure fired
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class InjectedFailure(RuntimeError):
+    """Raised once by ``fail_at_step`` to exercise fault tolerance."""
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _device(use_gpu: bool) -> torch.device:
+    if use_gpu and torch.cuda.is_available():
+        import ray.train.torch
+        return ray.train.torch.get_device()
+    return torch.device("cpu")
+
+
+def _build_model(spec: TrainSpec, device: torch.device) -> GPT:
+    torch.manual_seed(spec.config["seed"])
+    model = GPT(GPTConfig(**spec.model))
+    if spec.init_state:
+        model.load_state_dict(torch.load(spec.init_state, map_location="cpu", weights_only=True))
+    return model.to(device)
+
+
+def _batch_generator(seed: int, step: int, rank: int, micro: int) -> torch.Generator:
+    # Large odd multipliers keep (step, rank, micro) streams apart; the seed is the only global.
+    return torch.Generator().manual_seed(seed + 1_000_003 * step + 10_007 * rank + 101 * micro)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, datasets: dict[str, TokenDataset], batches: int, batch_size: int,
+             block_size: int, precision: str, device: torch.device) -> dict[str, float]:
+    """Mean val loss, perplexity and bits per byte on each named dataset's deterministic windows."""
+    was_training = model.training
+    model.eval()
+    out: dict[str, float] = {}
+    for name, ds in datasets.items():
+        losses = []
+        for x, y in ds.iter_eval_batches(batch_size, block_size, batches):
+            with autocast(precision, device):
+                _, loss = model(x.to(device), y.to(device))
+            losses.append(loss.item())
+        mean = sum(losses) / len(losses)
+        out[f"{name}_loss"] = mean
+        out[f"{name}_ppl"] = math.exp(min(mean, 50.0))
+        out[f"{name}_bpb"] = mean / math.log(2) / ds.bytes_per_token
+    model.train(was_training)
+    return out
+
+
+def _save_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int,
+                history: list[dict[str, Any]]) -> None:
+    raw = model.module if hasattr(model, "module") else model
+    torch.save({"model": raw.state_dict(), "optimizer": opt.state_dict(), "step": step, "history": history},
+               path / STATE_FILE)
+
+
+def load_state(directory: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by the loop (model, optimizer, step, history)."""
+    return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def _report(metrics: dict[str, Any], model, opt, step: int, history: list, rank: int, with_ckpt: bool) -> None:
+    import ray.train
+    if not with_ckpt:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if rank == 0:  # side effects on rank 0 only
+            _save_state(Path(tmp), model, opt, step, history)
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def _maybe_fail(spec: TrainSpec, step: int, rank: int) -> None:
+    at = spec.config.get("fail_at_step")
+    if at is None or step != at or rank != 0 or not spec.fail_marker:
+        return
+    marker = Path(spec.fail_marker)
+    if marker.exists():
+        return  # already failed once: the restarted run must go through
+    marker.write_text(str(step))
+    raise InjectedFailure(f"injected failure after step {step} (fail_at_step)")
+
+
+def _restore(model: GPT, opt: torch.optim.Optimizer) -> tuple[int, list[dict[str, Any]]]:
+    import ray.train
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return 0, []
+    with ckpt.as_directory() as d:
+        state = load_state(d)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    return state["step"], state["history"]
+
+
+def train_loop_per_worker(spec_dict: dict[str, Any]) -> None:
+    """The Ray Train worker function (see module docstring)."""
+    spec = TrainSpec(**spec_dict)
+    cfg, o = spec.config, spec.config["optim"]
+    torch.set_num_threads(cfg["cpus_per_worker"])
+    rank, world = _rank_world()
+    device = _device(cfg["use_gpu"])
+    precision = resolve_precision(cfg["precision"], device)
+    model = _build_model(spec, device)
+    opt = build_adamw(model, o["lr"], o["weight_decay"], (o["beta1"], o["beta2"]))
+    start, history = _restore(model, opt)
+    train_model = _wrap(model, cfg, device, world)
+    train_ds = TokenDataset(spec.train_dir, "train")
+    val_sets = {name: TokenDataset(d, "val") for name, d in spec.val_dirs.items()}
+    B, T = o["batch_size"], spec.model["block_size"]
+    tokens_per_step = B * T * o["grad_accum"] * world
+    flops_per_token, peak = model.flops_per_token(), peak_flops(device)
+    if start == 0:
+        metrics = {"step": 0, "tokens": 0, **evaluate(model, val_sets, cfg["eval_batches"], B, T, precision, device)}
+        history.append(metrics)
+    progress = _progress(rank, start, o["max_steps"])
+    t0, window_tokens = time.perf_counter(), 0
+    for step in range(start, o["max_steps"]):
+        lr = lr_at(step, o["max_steps"], o["lr"], o["schedule"], o["warmup"], o["min_lr_ratio"], o["decay_ratio"])
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss = _train_step(train_model, opt, train_ds, cfg, step, rank, precision, device, T)
+        done = step + 1
+        window_tokens += tokens_per_step
+        _maybe_fail(spec, done, rank)
+        metrics = {"step": done, "tokens": done * tokens_per_step, "train_loss": loss, "lr": lr}
+        if done % cfg["log_every"] == 0 or done == o["max_steps"]:
+            dt = time.perf_counter() - t0
+            metrics["tokens_per_s"] = window_tokens / dt
+            if peak:
+                metrics["mfu"] = flops_per_token * metrics["tokens_per_s"] / (peak * world)
+            t0, window_tokens = time.perf_counter(), 0
+        if done % cfg["eval_every"] == 0 or done == o["max_steps"]:
+            metrics.update(evaluate(model, val_sets, cfg["eval_batches"], B, T, precision, device))
+        history.append(metrics)
+        progress.update(1)
+        progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
+        if done % cfg["ckpt_every"] == 0 or done == o["max_steps"]:
+            _report(metrics, model, opt, done, history, rank, with_ckpt=True)
+    progress.close()
+
+
+def _wrap(model: GPT, cfg: dict[str, Any], device: torch.device, world: int) -> torch.nn.Module:
+    """DDP across workers (Ray Train set up the process group), then optionally torch.compile."""
+    wrapped: torch.nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    use_compile = cfg["compile"] == "on" or (cfg["compile"] == "auto" and device.type == "cuda")
+    return torch.compile(wrapped) if use_compile else wrapped
+
+
+def _train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, ds: TokenDataset, cfg: dict[str, Any],
+                step: int, rank: int, precision: str, device: torch.device, block_size: int) -> float:
+    """One optimizer step over ``grad_accum`` micro-batches; returns the mean micro-batch loss."""
+    o = cfg["optim"]
+    accum = o["grad_accum"]
+    total = 0.0
+    for micro in range(accum):
+        x, y = ds.get_batch(o["batch_size"], block_size, _batch_generator(cfg["seed"], step, rank, micro))
+        sync = micro == accum - 1 or not hasattr(model, "no_sync")
+        # DDP: skip the gradient all-reduce on all but the last micro-batch.
+        ctx = model.no_sync() if not sync else contextlib.nullcontext()
+        with ctx:
+            with autocast(precision, device):
+                _, loss = model(x.to(device), y.to(device))
+            (loss / accum).backward()
+        total += loss.item()
+    if o["grad_clip"] > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), o["grad_clip"])
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return total / accum
+
+
+def _progress(rank: int, start: int, total: int):
+    from tqdm.auto import tqdm
+    disable = rank != 0 or os.environ.get("JOURNEY_NO_PROGRESS") == "1"
+    return tqdm(total=total, initial=start, desc="train", disable=disable, mininterval=2.0, dynamic_ncols=True)

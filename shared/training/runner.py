@@ -1,0 +1,141 @@
+"""Driver side of (continued) pretraining: data prep, Ray Train ``TorchTrainer``, artifact.
+
+``run_pretraining(cfg)``:
+1. resolves the tokenizer (and ``init_from``) artifacts,
+2. tokenizes the training corpus and any extra validation corpora into memory-mapped shards
+   (a Ray Data pipeline by default), cached per run by data fingerprint,
+3. runs ``train_loop_per_worker`` under ``TorchTrainer`` with ``FailureConfig(max_failures)``: a worker
+   that dies is restarted from the last reported checkpoint,
+4. converts the final checkpoint to an HF ``GPT2LMHeadModel`` directory with the tokenizer, writes
+   the metric history (``metrics.jsonl``) and a loss-curve PNG, and registers the artifact.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shared.config import to_dict
+from shared.data import build_shards, iter_documents
+from shared.model.gpt import GPT, GPTConfig
+from shared.model.hf import load_gpt, save_hf_checkpoint
+from shared.model.presets import model_config
+from shared.registry import Artifact, Registry
+from shared.training.curves import plot_history
+from shared.training.pretrain_config import DataConfig, PretrainConfig
+from shared.training.pretrain_loop import TrainSpec, load_state, train_loop_per_worker
+
+
+def ensure_ray(num_cpus: int | None = None) -> None:
+    """Connect to the cluster (under ``ray job submit``) or start a local Ray once per process."""
+    import ray
+    if not ray.is_initialized():
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, configure_logging=False)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:60] or "corpus"
+
+
+def prepare_corpus(registry: Registry, run: str, data: DataConfig, tokenizer_dir: Path, max_bytes: int | None = None):
+    """Tokenize ``data.source`` into ``<runs>/<run>/_data/<slug>/`` (reused when the fingerprint matches)."""
+    cap = max_bytes if max_bytes is not None else data.max_bytes
+    out = registry.root / run / "_data" / f"{_slug(data.source)}-{cap or 'all'}-{tokenizer_dir.parent.name}"
+    docs = iter_documents(data.source, max_bytes=cap, text_field=data.text_field)
+    return build_shards(docs, tokenizer_dir, out, val_fraction=data.val_fraction, seed=data.seed,
+                        engine=data.engine, source=data.source)
+
+
+def _model_config(cfg: PretrainConfig, init: Artifact | None, vocab_size: int) -> GPTConfig:
+    if init is not None:
+        return load_gpt(init.dir).config
+    m = cfg.model
+    return model_config(m.preset, vocab_size=vocab_size, n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd,
+                        block_size=m.block_size, dropout=m.dropout)
+
+
+def _fit(spec: TrainSpec, cfg: PretrainConfig, storage: Path):
+    """Run the worker loop under Ray Train and return the Result."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    ensure_ray()
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=spec.to_dict(),
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                               resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=cfg.stage, storage_path=str(storage),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+    )
+    return trainer.fit()
+
+
+def run_pretraining(cfg: PretrainConfig) -> Artifact:
+    """Pretrain (or continue pretraining) and register the resulting HF checkpoint."""
+    registry = Registry(cfg.runs_dir)
+    t_start = time.perf_counter()
+    tok = registry.resolve(cfg.tokenizer, run=cfg.run)
+    init = registry.resolve(cfg.init_from, run=cfg.run) if cfg.init_from else None
+    out_dir = registry.stage_dir(cfg.run, cfg.stage, overwrite=cfg.overwrite)
+    train = prepare_corpus(registry, cfg.run, cfg.data, tok.dir)
+    val_dirs = {"val": str(train.out_dir)}
+    for name, source in cfg.eval_data.items():
+        extra = DataConfig(source=source, val_fraction=cfg.data.val_fraction, seed=cfg.data.seed,
+                           engine=cfg.data.engine, text_field=cfg.data.text_field)
+        val_dirs[name] = str(prepare_corpus(registry, cfg.run, extra, tok.dir, cfg.eval_max_bytes).out_dir)
+    t_data = time.perf_counter() - t_start
+
+    model_cfg = _model_config(cfg, init, train.vocab_size)
+    if model_cfg.vocab_size < train.vocab_size:
+        raise ValueError(f"the model's vocabulary ({model_cfg.vocab_size}) is smaller than the tokenizer's "
+                         f"({train.vocab_size}); continue from a model trained with this tokenizer")
+    init_state = None
+    if init is not None:
+        init_state = str(out_dir / "_init_state.pt")
+        torch.save(load_gpt(init.dir).state_dict(), init_state)
+    storage = registry.root / cfg.run / "_ray"
+    spec = TrainSpec(config=to_dict(cfg), model=asdict(model_cfg), train_dir=str(train.out_dir), val_dirs=val_dirs,
+                     init_state=init_state, fail_marker=str(out_dir / "_failed_once"))
+    result = _fit(spec, cfg, storage)
+    t_train = time.perf_counter() - t_start - t_data
+    if result.checkpoint is None:
+        raise RuntimeError(f"training finished without a checkpoint; see the Ray logs under {storage}")
+    with result.checkpoint.as_directory() as d:
+        state = load_state(d)
+    if init_state:
+        Path(init_state).unlink(missing_ok=True)
+    return _finish(registry, cfg, out_dir, model_cfg, state, tok, init, train,
+                   timings={"data_s": t_data, "train_s": t_train})
+
+
+def _finish(registry: Registry, cfg: PretrainConfig, out_dir: Path, model_cfg: GPTConfig, state: dict[str, Any],
+            tok: Artifact, init: Artifact | None, train, timings: dict[str, float]) -> Artifact:
+    """Write the HF checkpoint, metric history and loss curve; register the artifact."""
+    model = GPT(model_cfg)
+    model.load_state_dict(state["model"])
+    save_hf_checkpoint(model, out_dir, tokenizer_dir=tok.dir)
+    history = state["history"]
+    with open(out_dir / "metrics.jsonl", "w", encoding="utf-8") as fh:
+        for row in history:
+            fh.write(json.dumps(row) + "\n")
+    plot_history(history, out_dir / "loss_curve.png", title=f"{cfg.run}/{cfg.stage}")
+    first, last = history[0], history[-1]
+    metrics: dict[str, Any] = {k: v for k, v in last.items() if k.endswith(("_loss", "_ppl", "_bpb"))}
+    metrics.update({f"initial_{k}": v for k, v in first.items() if k.endswith(("_loss", "_bpb"))})
+    rates = [r["tokens_per_s"] for r in history if "tokens_per_s" in r]
+    metrics.update(steps=state["step"], tokens=last.get("tokens", 0), n_params=model.num_params(),
+                   tokens_per_s=sum(rates) / len(rates) if rates else None)
+    if any("mfu" in r for r in history):
+        metrics["mfu"] = max(r["mfu"] for r in history if "mfu" in r)
+    parents = [tok.id] + ([init.id] if init else [])
+    return registry.register(cfg.run, cfg.stage, "hf-model", parents=parents, config=to_dict(cfg), metrics=metrics,
+                             timings=timings, data_fingerprint=train.fingerprint,
+                             extra={"model": asdict(model_cfg), "data_dir": str(train.out_dir)})
