@@ -80,6 +80,11 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads "3e-4" as a string; a number is what anyone typing it means
+                value = float(value) if any(c in value for c in ".eE") else value
+            except ValueError:
+                pass
         node = out
         parts = key.strip().split(".")
         for part in parts[:-1]:

@@ -114,7 +114,7 @@ class Registry:
         art = Artifact(run=run, stage=stage, kind=kind, path=str(path), parents=parent_ids,
                        config=config or {}, data_fingerprint=data_fingerprint, git_commit=git_commit(),
                        metrics=metrics or {}, timings=timings or {},
-                       created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                       created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),
                        extra=extra or {})
         write_json_atomic(path / MANIFEST, asdict(art))
         return art

@@ -1,0 +1,42 @@
+"""Shared fixtures: one local Ray session for the whole test run, an isolated runs directory."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("JOURNEY_NO_PROGRESS", "1")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip ``gpu`` tests on machines without CUDA."""
+    try:
+        import torch
+        has_gpu = torch.cuda.is_available()
+    except ImportError:
+        has_gpu = False
+    if has_gpu:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """``ray.init(num_cpus=2)`` once per test session (DESIGN.md section 6)."""
+    import ray
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch):
+    """An empty artifact root, also exported as JOURNEY_RUNS for code that reads it."""
+    path = tmp_path / "runs"
+    monkeypatch.setenv("JOURNEY_RUNS", str(path))
+    return path
