@@ -51,8 +51,8 @@ def _stage_config(stage: str, jc: JourneyConfig, run: str):
 
 def _run_stage(stage: str, cfg) -> None:
     if stage == "tokenizer":
-        from ray_jobs.tokenizer import run as run_tokenizer
-        run_tokenizer(cfg)
+        from shared.tokenizer.artifact import train_tokenizer_artifact
+        train_tokenizer_artifact(cfg)
     else:
         from shared.training.runner import run_pretraining
         run_pretraining(cfg)

@@ -1,0 +1,163 @@
+"""Small controlled experiments over the pretraining stage.
+
+- ``vocab_size_experiment``: tokenizers of several sizes, the same model body trained on each for
+  the same steps and batch (equal compute up to the embedding/unembedding matmul), compared on
+  validation bits per byte (tokenizer-independent, unlike loss per token), tokens/s and the share
+  of parameters spent on embeddings.
+- ``lr_schedule_experiment``: the same model and data under each LR schedule; loss curves side by side.
+
+Every run inside is an ordinary registered artifact (``<run>/pretrain-v4096``, ``<run>/pretrain-wsd``),
+and the experiment itself is an artifact holding the table (Markdown + JSON) and the PNG chart.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from shared.config import deep_merge, help_field, load_config, to_dict  # noqa: E402
+from shared.registry import Artifact, Registry  # noqa: E402
+from shared.tokenizer.tokenizer_config import TokenizerConfig  # noqa: E402
+from shared.training.pretrain_config import PretrainConfig  # noqa: E402
+from shared.training.schedules import SCHEDULES, lr_at  # noqa: E402
+
+
+@dataclass
+class ExperimentConfig:
+    run: str = help_field("experiments", "run name holding every artifact of the experiment")
+    preset: str = help_field("tiny", "tokenizer and pretrain preset the runs start from")
+    steps: int = help_field(200, "optimizer steps per training run (equal for every arm)")
+    vocab_sizes: list[int] = help_field([1024, 4096, 16384], "vocab-size arms")
+    schedules: list[str] = help_field(list(SCHEDULES), "lr-schedule arms")
+    tokenizer: dict = help_field({}, "overrides for every tokenizer training")
+    pretrain: dict = help_field({}, "overrides for every pretraining run (e.g. optim.lr=1e-3)")
+    runs_dir: Optional[str] = help_field(None, "artifact root (default $JOURNEY_RUNS or ./runs)")
+
+    def validate(self) -> None:
+        bad = [s for s in self.schedules if s not in SCHEDULES]
+        if bad:
+            raise ValueError(f"unknown schedule {bad[0]!r}; choose from {list(SCHEDULES)}")
+        if not self.vocab_sizes or min(self.vocab_sizes) < 512:
+            raise ValueError("vocab_sizes must be a non-empty list of sizes >= 512")
+
+
+def _pretrain_cfg(cfg: ExperimentConfig, stage: str, tokenizer: str, **extra: Any) -> PretrainConfig:
+    base = deep_merge({"run": cfg.run, "stage": stage, "tokenizer": tokenizer, "optim": {"max_steps": cfg.steps},
+                       "eval_every": max(1, cfg.steps // 5)}, cfg.pretrain)
+    base = deep_merge(base, extra)
+    if cfg.runs_dir:
+        base["runs_dir"] = cfg.runs_dir
+    return load_config(PretrainConfig, "pretrain", cfg.preset, base=base)
+
+
+def _tokenizer(cfg: ExperimentConfig, stage: str, vocab_size: int | None = None) -> Artifact:
+    from shared.tokenizer.artifact import train_tokenizer_artifact
+    registry = Registry(cfg.runs_dir)
+    try:
+        return registry.resolve(f"{cfg.run}/{stage}")  # reuse: experiments are resumable arm by arm
+    except LookupError:
+        pass
+    base = {"run": cfg.run, "stage": stage, **cfg.tokenizer}
+    if vocab_size:
+        base["vocab_size"] = vocab_size
+    if cfg.runs_dir:
+        base["runs_dir"] = cfg.runs_dir
+    return train_tokenizer_artifact(load_config(TokenizerConfig, "tokenizer", cfg.preset, base=base))
+
+
+def _train(pcfg: PretrainConfig) -> Artifact:
+    from shared.training.runner import run_pretraining
+    try:
+        return Registry(pcfg.runs_dir).resolve(f"{pcfg.run}/{pcfg.stage}")
+    except LookupError:
+        return run_pretraining(pcfg)
+
+
+def _history(art: Artifact) -> list[dict[str, Any]]:
+    with open(art.dir / "metrics.jsonl", encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh]
+
+
+def _write(registry: Registry, cfg: ExperimentConfig, stage: str, rows: list[dict[str, Any]], columns: list[str],
+           parents: list[str], fig) -> Artifact:
+    out = registry.stage_dir(cfg.run, stage, overwrite=True)
+    fig.savefig(out / f"{stage}.png", dpi=110)
+    plt.close(fig)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c])
+                                        for c in columns) + " |")
+    (out / f"{stage}.md").write_text("\n".join(lines) + "\n")
+    (out / f"{stage}.json").write_text(json.dumps(rows, indent=2))
+    print("\n".join(lines))
+    return registry.register(cfg.run, stage, "experiment", parents=parents, config=to_dict(cfg),
+                             metrics={"rows": rows})
+
+
+def vocab_size_experiment(cfg: ExperimentConfig) -> Artifact:
+    """Train a tokenizer and the same model body per vocab size; compare bits per byte and speed."""
+    rows, arts = [], []
+    for size in cfg.vocab_sizes:
+        tok = _tokenizer(cfg, f"tokenizer-v{size}", size)
+        art = _train(_pretrain_cfg(cfg, f"pretrain-v{size}", tok.id))
+        m, model = art.metrics, art.extra["model"]
+        embed = model["vocab_size"] * model["n_embd"] + model["block_size"] * model["n_embd"]
+        rows.append({"vocab_size": size, "val_bpb": m["val_bpb"], "val_loss_per_token": m["val_loss"],
+                     "tokens_per_s": m["tokens_per_s"], "bytes_per_s": m["tokens_per_s"] * _bytes_per_token(art),
+                     "embedding_share": embed / m["n_params"], "n_params": m["n_params"]})
+        arts.append(art)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    labels = [str(r["vocab_size"]) for r in rows]
+    for ax, key, title in zip(axes, ("val_bpb", "bytes_per_s", "embedding_share"),
+                              ("val bits/byte (lower is better)", "training bytes/s", "share of params in embeddings")):
+        ax.bar(labels, [r[key] for r in rows], color="tab:blue")
+        ax.set_title(title)
+        ax.set_xlabel("vocab size")
+    fig.suptitle(f"vocab size at equal compute ({cfg.steps} steps)")
+    fig.tight_layout()
+    cols = ["vocab_size", "val_bpb", "val_loss_per_token", "tokens_per_s", "bytes_per_s", "embedding_share", "n_params"]
+    return _write(Registry(cfg.runs_dir), cfg, "experiment-vocab-size", rows, cols, [a.id for a in arts], fig)
+
+
+def _bytes_per_token(art: Artifact) -> float:
+    meta = json.loads((Path(art.extra["data_dir"]) / "meta.json").read_text())
+    return meta["n_bytes"]["train"] / meta["n_tokens"]["train"]
+
+
+def lr_schedule_experiment(cfg: ExperimentConfig) -> Artifact:
+    """Same model, data and steps under each schedule; loss and LR curves side by side."""
+    tok = _tokenizer(cfg, "tokenizer")
+    rows, arts, val_curves, lr_curves = [], [], {}, {}
+    for schedule in cfg.schedules:
+        pcfg = _pretrain_cfg(cfg, f"pretrain-{schedule}", tok.id, optim={"schedule": schedule})
+        art = _train(pcfg)
+        hist = _history(art)
+        val_curves[schedule] = [(r["step"], r["val_loss"]) for r in hist if "val_loss" in r]
+        o = pcfg.optim
+        lr_curves[schedule] = [(s, lr_at(s, o.max_steps, o.lr, schedule, o.warmup, o.min_lr_ratio, o.decay_ratio))
+                               for s in range(o.max_steps)]
+        rows.append({"schedule": schedule, "final_val_loss": art.metrics["val_loss"],
+                     "final_train_loss": hist[-1]["train_loss"], "val_bpb": art.metrics["val_bpb"]})
+        arts.append(art)
+    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(12, 4))
+    for name, pts in val_curves.items():
+        ax_loss.plot(*zip(*pts), marker="o", markersize=3, label=name)
+    for name, pts in lr_curves.items():
+        ax_lr.plot(*zip(*pts), label=name)
+    ax_loss.set(title="validation loss", xlabel="step", ylabel="nats/token")
+    ax_lr.set(title="learning rate", xlabel="step")
+    for ax in (ax_loss, ax_lr):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    cols = ["schedule", "final_val_loss", "final_train_loss", "val_bpb"]
+    return _write(Registry(cfg.runs_dir), cfg, "experiment-lr-schedules", rows, cols, [a.id for a in arts], fig)
+
+
+__all__ = ["ExperimentConfig", "vocab_size_experiment", "lr_schedule_experiment"]
