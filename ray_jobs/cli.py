@@ -47,7 +47,7 @@ def _compare(argv: list[str]) -> int:
         rows = compare_tokenizers(specs)
         paths = write_comparison(rows, out)
         print((Path(out) / "comparison.md").read_text())
-        return {"written": [str(p) for p in paths] if paths else out}
+        return {"written": {name: str(path) for name, path in paths.items()}}
     return run_main(job)
 
 

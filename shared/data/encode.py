@@ -14,6 +14,7 @@ This module does not decide splits or write files.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -76,7 +77,11 @@ class BatchEncoder:
     Constructed once per Ray actor, so the tokenizer is parsed once per worker, not per batch.
     """
 
-    def __init__(self, tokenizer_json: str, eos_id: int, dtype: str, moves: dict[int, str]):
+    def __init__(self, tokenizer_json: str, eos_id: int, dtype: str, moves: dict[int, str], threads: int | None = None):
+        if threads is not None:
+            # tokenizers' thread pool (rayon) reads this when first used, which in a fresh Ray
+            # actor is after this line. A runtime_env would do the same but doubles actor startup.
+            os.environ["RAYON_NUM_THREADS"] = str(threads)
         self.tokenizer = load_tokenizer(tokenizer_json)
         self.eos = np.array([eos_id], dtype=dtype)
         self.dtype = np.dtype(dtype)
@@ -125,12 +130,11 @@ def encode_ray(spool_files: list[Path], encoder_kwargs: dict) -> Iterator[pa.Tab
     try:
         dataset = ray.data.read_parquet([str(f) for f in spool_files]).map_batches(
             BatchEncoder,
-            fn_constructor_kwargs=encoder_kwargs,
+            fn_constructor_kwargs={**encoder_kwargs, "threads": 1},
             batch_size=BATCH_DOCS,
             batch_format="pyarrow",
-            concurrency=(1, cpus),
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cpus),
             num_cpus=1,
-            runtime_env={"env_vars": {"RAYON_NUM_THREADS": "1"}},
         )
     finally:
         context.execution_options.preserve_order = saved

@@ -7,8 +7,9 @@ use ``content``). Streaming means nothing is downloaded beyond what ``max_bytes`
 
 The same code path reads local copies of hub data, which is how it is tested offline and how a
 cluster without internet uses a pre-downloaded shard:
-- ``hf:parquet`` / ``hf:json`` with ``data_files=<file, glob or list>`` (the ``datasets`` builders);
-- ``hf:<path to a .parquet/.jsonl/.json file or a directory of them>``, which picks the builder.
+- the hub spec with ``data_files=<local files>``: read with the generic builder, same ids;
+- ``hf:<path to a .parquet/.jsonl/.json file or a directory of them>``, which picks the builder;
+- ``hf:parquet`` / ``hf:json`` with ``data_files=`` (the ``datasets`` builders, globs allowed).
 
 Ids come from ``id_field`` when the dataset has it (fineweb's ``id``), else ``<dataset>/<row>``:
 stable as long as the dataset revision is. Rows with null or whitespace-only text are skipped.

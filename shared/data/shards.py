@@ -38,7 +38,7 @@ from shared.data.encode import (
     vocab_size_of,
 )
 from shared.data.split import SPLITS
-from shared.data.spool import FORMAT_VERSION, Spool, spool_documents
+from shared.data.spool import FORMAT_VERSION, spool_documents
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ data (chat, preferences) is not read here.
 from __future__ import annotations
 
 import inspect
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -41,49 +41,52 @@ def iter_documents(source: str, max_bytes: int | None = None, **opts) -> Iterato
     """Documents of ``source`` in a fixed order, at most ``max_bytes`` UTF-8 bytes of text in all.
 
     ``opts`` go to the loader (``text_field=``, ``chunk_bytes=``, ``data_files=``, ...); an
-    option the loader does not take is an error naming the ones it does.
+    option the loader does not take is an error naming the ones it does. A bad spec or option
+    raises here; problems with the data itself raise while iterating.
     """
     if max_bytes is not None and max_bytes <= 0:
         raise DataError(f"max_bytes must be positive or None (no limit), got {max_bytes}")
     loader = _loader(source)
-    _check_options(loader, source, opts)
-    yield from _budgeted(loader(**opts), source, max_bytes)
+    unknown = sorted(set(opts) - set(loader.options))
+    if unknown:
+        raise DataError(f"option(s) {unknown} do not apply to {source!r}; its options are {loader.options or 'none'}")
+    return _budgeted(loader(**opts), source, max_bytes)
 
 
-def _loader(source: str) -> Callable[..., Iterator[Document]]:
-    """The loader for ``source`` with the spec already bound; unknown forms list the valid ones."""
+@dataclass(frozen=True)
+class _Loader:
+    """A loader function with its spec bound; ``options`` are its keyword-only parameters."""
+
+    fn: Callable[..., Iterator[Document]]
+    target: tuple
+    source: str
+
+    @property
+    def options(self) -> list[str]:
+        params = inspect.signature(self.fn).parameters.values()
+        return [p.name for p in params if p.kind is p.KEYWORD_ONLY]
+
+    def __call__(self, **opts) -> Iterator[Document]:
+        return self.fn(*self.target, self.source, **opts)
+
+
+def _loader(source: str) -> _Loader:
+    """The loader for ``source``; unknown forms get an error listing the valid ones."""
     prefix, sep, rest = source.partition(":")
     if sep and prefix == "builtin":
         if rest not in BUILTINS:
             raise DataError(f"unknown builtin corpus {source!r}; choose one of {[f'builtin:{n}' for n in BUILTINS]}")
-        return _bind(BUILTINS[rest], source=source)
+        return _Loader(BUILTINS[rest], (), source)
     if sep and prefix == "file":
-        return _bind(iter_local, rest, source=source)
+        return _Loader(iter_local, (rest,), source)
     if sep and prefix == "hf":
-        return _bind(iter_hub, rest, source=source)
+        return _Loader(iter_hub, (rest,), source)
     path = Path(source)
     if path.exists() or path.suffix.lower() in SUFFIXES:
-        return _bind(iter_local, path, source=source)  # a missing *.txt gets the missing-path error
+        return _Loader(iter_local, (path,), source)  # a missing *.txt gets the missing-path error
     raise DataError(
         f"unknown corpus source {source!r}: not a known prefix and no such path; valid forms: {', '.join(VALID_FORMS)}"
     )
-
-
-def _bind(loader: Callable[..., Iterator[Document]], *args, **kwargs) -> Callable[..., Iterator[Document]]:
-    def bound(**opts) -> Iterator[Document]:
-        return loader(*args, **kwargs, **opts)
-
-    bound.options = [  # type: ignore[attr-defined]
-        name for name, p in inspect.signature(loader).parameters.items() if p.kind is p.KEYWORD_ONLY
-    ]
-    return bound
-
-
-def _check_options(loader: Callable[..., Iterator[Document]], source: str, opts: dict) -> None:
-    unknown = sorted(set(opts) - set(loader.options))  # type: ignore[attr-defined]
-    if unknown:
-        valid = loader.options or "none"  # type: ignore[attr-defined]
-        raise DataError(f"option(s) {unknown} do not apply to {source!r}; its options are {valid}")
 
 
 def _budgeted(docs: Iterator[Document], source: str, max_bytes: int | None) -> Iterator[Document]:

@@ -50,6 +50,7 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.c_proj.residual_scaled = True  # GPT-2 init: scale residual projections by 1/sqrt(2*n_layer)
         self.dropout = cfg.dropout
+        self.resid_dropout = nn.Dropout(cfg.dropout)  # HF resid_pdrop
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
@@ -58,7 +59,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
                                            dropout_p=self.dropout if self.training else 0.0)
-        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C)))
 
 
 class MLP(nn.Module):
@@ -67,9 +68,10 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
         self.c_proj.residual_scaled = True
+        self.dropout = nn.Dropout(cfg.dropout)  # HF resid_pdrop
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # HF "gelu_new"
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))  # HF "gelu_new"
 
 
 class Block(nn.Module):

@@ -102,11 +102,21 @@ def gpt_config_from_hf(config, source: str = "checkpoint") -> GPTConfig:
             raise CheckpointError(
                 f"config.json of {source} sets {key}={value!r}, which our GPT class does not implement "
                 f"(it supports {sorted(map(repr, allowed))}); convert with HF's GPT2LMHeadModel instead")
-    cfg = GPTConfig(
-        vocab_size=get("vocab_size"), block_size=get("n_positions"), n_layer=get("n_layer"),
-        n_head=get("n_head"), n_embd=n_embd, dropout=float(get("resid_pdrop", 0.0) or 0.0),
-        layer_norm_eps=get("layer_norm_epsilon", 1e-5))
-    cfg.validate()
+    return checked_config(source, vocab_size=get("vocab_size"), block_size=get("n_positions"),
+                          n_layer=get("n_layer"), n_head=get("n_head"), n_embd=n_embd,
+                          dropout=float(get("resid_pdrop", 0.0) or 0.0),
+                          layer_norm_eps=get("layer_norm_epsilon", 1e-5))
+
+
+def checked_config(source: str, **fields) -> GPTConfig:
+    """``GPTConfig(**fields)`` as read from the checkpoint at ``source``, or a ``CheckpointError`` saying why not."""
+    try:
+        cfg = GPTConfig(**{k: v if v is None or k in ("dropout", "layer_norm_eps") else int(v)
+                           for k, v in fields.items()})
+        cfg.validate()
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{source} records an invalid model config {fields} ({e}); the checkpoint is damaged "
+                              "or was edited: re-export it with its training code") from e
     return cfg
 
 
@@ -178,9 +188,22 @@ def gpt_from_state_dict(cfg: GPTConfig, state_dict: dict[str, torch.Tensor], sou
         raise CheckpointError(
             f"{source}: weight shapes do not match its config ({_describe(cfg)}): {', '.join(wrong[:5])}; "
             "the config and the weights disagree: re-export the checkpoint together with its config")
-    model = GPT(cfg)
-    model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)  # lm_head is tied to wte
+    model = _skeleton(lambda: GPT(cfg))
+    # Copies, so the model owns its memory (sources may be memory-mapped files or views of one buffer).
+    model.load_state_dict({k: v.to(torch.float32, copy=True) for k, v in sd.items()}, strict=False, assign=True)
+    model.lm_head.weight = model.transformer.wte.weight  # assign replaced wte's Parameter: re-tie
     return model.eval()
+
+
+def _skeleton(build):
+    """``build()`` without its random init, for a module whose every weight is assigned next.
+
+    On the meta device that init costs nothing (it takes seconds at 124M). A module that computes
+    buffers in ``__init__`` (older transformers keep GPT-2's causal mask as one) is built for real.
+    """
+    with torch.device("meta"):
+        module = build()
+    return build() if any(b.is_meta for b in module.buffers()) else module
 
 
 def _some(names: list[str]) -> str:
@@ -202,13 +225,17 @@ def _unwrap(model):
 # ----------------------------------------------------------------------------- models
 
 def gpt_to_hf(model: GPT, **extra_config):
-    """A ``GPT2LMHeadModel`` (fp32, CPU, eval mode) with ``model``'s weights; ``extra_config`` goes to ``config.json``."""
+    """A ``GPT2LMHeadModel`` (fp32, CPU, eval mode) with ``model``'s weights.
+
+    ``extra_config`` adds ``config.json`` fields (token ids, journey metadata).
+    """
     from transformers import GPT2LMHeadModel
 
     model = _unwrap(model)
-    hf = GPT2LMHeadModel(hf_config(model.config, **extra_config))
-    sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
-    result = hf.load_state_dict(_transpose_conv1d(sd), strict=False)
+    hf = _skeleton(lambda: GPT2LMHeadModel(hf_config(model.config, **extra_config)))
+    # Copies, so the HF model never aliases the (possibly still training) source weights.
+    sd = {k: v.detach().to("cpu", torch.float32, copy=True) for k, v in model.state_dict().items()}
+    result = hf.load_state_dict(_transpose_conv1d(sd), strict=False, assign=True)
     # Only HF's causal-mask buffers (kept by some transformers versions) may be left unset.
     left_out = [k for k in result.missing_keys if not _MASK_BUFFER.search(k)] + result.unexpected_keys
     if left_out:
@@ -258,8 +285,9 @@ def _load_tokenizer(tokenizer_dir: Path, vocab_size: int):
     from transformers import AutoTokenizer
 
     if not any((tokenizer_dir / name).is_file() for name in TOKENIZER_FILES):
-        raise CheckpointError(f"no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...) in {tokenizer_dir}; pass "
-                              "a directory written by a tokenizer's save_pretrained (e.g. the tokenizer stage's artifact)")
+        raise CheckpointError(f"no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...) in {tokenizer_dir}; "
+                              "pass a directory written by a tokenizer's save_pretrained (e.g. the tokenizer "
+                              "stage's artifact)")
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     if len(tokenizer) > vocab_size:
         raise CheckpointError(

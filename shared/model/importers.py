@@ -37,8 +37,8 @@ import numpy as np
 import torch
 
 from shared.model.gpt import GPT, GPTConfig
-from shared.model.hf import (TOKENIZER_FILES, CheckpointError, gpt_from_state_dict, gpt_shapes, load_gpt,
-                             normalize_state_dict, save_hf_checkpoint, weight_files)
+from shared.model.hf import (TOKENIZER_FILES, CheckpointError, checked_config, gpt_from_state_dict, gpt_shapes,
+                             load_gpt, normalize_state_dict, save_hf_checkpoint, weight_files)
 
 FORMATS = ("nanogpt", "build-nanogpt", "llmc", "hf")
 _FIX = ("pass a nanoGPT ckpt.pt, a build-nanogpt model_NNNNN.pt, an llm.c model .bin (gpt2_124M.bin) "
@@ -53,10 +53,11 @@ _LLMC_HEADER_INTS = 256
 def import_checkpoint(src, out_dir, format: str = "auto", tokenizer=None) -> dict[str, Any]:
     """Convert the GPT-2 checkpoint at ``src`` into an HF checkpoint directory ``out_dir``; return what was found.
 
-    ``format``: one of ``FORMATS`` or ``"auto"``. ``tokenizer``: an HF tokenizer directory or a
-    ``.gguf`` vocabulary file to save with the model; ``None`` leaves it to the caller (an ``hf``
-    source keeps its own tokenizer files). The returned dict holds ``format``, ``source``,
-    ``source_sha256`` (of the file; for a directory, of its weight files), ``out_dir``, ``config``
+    ``format``: one of ``FORMATS`` or ``"auto"``. ``tokenizer``: the tokenizer to save with the model,
+    as an HF tokenizer directory, a ``.gguf`` vocabulary file or a hub name (``gpt2``; needs the
+    network); ``None`` leaves it to the caller (an ``hf`` source keeps its own tokenizer files).
+    The returned dict holds ``format``, ``source``, ``sha256`` (of the source file; for a
+    directory, of its weight files), ``out_dir``, ``config``
     (``GPTConfig`` fields), ``n_params``, ``zero_biases``, ``tokenizer``, ``meta`` (training step and
     loss when the checkpoint records them) and ``notes``.
     """
@@ -74,15 +75,12 @@ def import_checkpoint(src, out_dir, format: str = "auto", tokenizer=None) -> dic
     elif found == "hf":
         model = load_gpt(src)
     else:
-        model = read_torch_checkpoint(src, info)
-        if info["format"] != found:
-            raise CheckpointError(f"{src} is a {info['format']} checkpoint, not {found}; pass format='auto' "
-                                  f"or format={info['format']!r}")
+        model = read_torch_checkpoint(src, info, expected=found)
     if tokenizer is None and found == "hf" and any((src / name).is_file() for name in TOKENIZER_FILES):
         tokenizer = src
     with _tokenizer_dir(tokenizer) as tokenizer_dir:
         save_hf_checkpoint(model, out, tokenizer_dir=tokenizer_dir)
-    info.update(source_sha256=_sha256(src), out_dir=str(out), config=asdict(model.config),
+    info.update(sha256=_sha256(src), out_dir=str(out), config=asdict(model.config),
                 n_params=model.num_params(), tokenizer=None if tokenizer is None else str(tokenizer))
     return info
 
@@ -99,7 +97,7 @@ def detect_format(src) -> str:
     if len(head) >= 4 and int.from_bytes(head[:4], "little") in (LLMC_MODEL_MAGIC, *_LLMC_OTHER_MAGICS):
         return "llmc"
     if head.startswith(b"PK") or head[:1] == b"\x80":  # torch.save zip archive, or a legacy pickle
-        return read_torch_checkpoint(src, {}, classify_only=True)
+        return _classify_torch(src, load_torch_untrusted(src))[0]
     if head.startswith(b"GGUF"):
         raise CheckpointError(f"{src} is a GGUF file (an export format); import the checkpoint it was made from")
     if src.suffix == ".bin":  # most likely a damaged llm.c file: let its reader say what is wrong
@@ -142,27 +140,24 @@ def load_torch_untrusted(path) -> Any:
     try:
         with torch.serialization.safe_globals([(_inert_class(name), name) for name in unknown]):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        raise CheckpointError(f"cannot read {path} without running code from it ({e}); if the file is damaged, "
-                              "re-copy it; if it was written by an old torch, re-save it with torch.save") from e
+    except pickle.UnpicklingError as e:
+        # torch's message suggests weights_only=False, exactly what must not be done here: keep only the reason.
+        reason = next((line for line in str(e).splitlines() if "GLOBAL" in line), str(e).splitlines()[0])
+        raise CheckpointError(f"refusing to read {path}: {reason}; no training checkpoint needs that, so the file "
+                              "is damaged or malicious: get it again from a source you trust") from e
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {path} ({e}); the file is damaged or truncated: copy it again") from e
 
 
-def read_torch_checkpoint(src, info: dict, classify_only: bool = False):
-    """The model in a nanoGPT or build-nanogpt ``torch.save`` file; sets ``info['format']`` and friends.
+def read_torch_checkpoint(src, info: dict, expected: str | None = None) -> GPT:
+    """The model in a nanoGPT or build-nanogpt ``torch.save`` file; sets ``info['format']``, ``meta``, ``notes``.
 
-    With ``classify_only`` return just the format name (used by ``detect_format``).
+    ``expected``: the format the caller was told; a file of the other one is refused before conversion.
     """
     ckpt = load_torch_untrusted(src)
-    if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict) and "model_args" in ckpt:
-        fmt, declared = "nanogpt", dict(ckpt["model_args"])
-        meta_keys = ("iter_num", "best_val_loss")
-    elif isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict) and "config" in ckpt:
-        fmt, declared = "build-nanogpt", _fields_of(ckpt["config"])
-        meta_keys = ("step", "val_loss")
-    else:
-        _explain_unknown_torch_file(src, ckpt)
-    if classify_only:
-        return fmt
+    fmt, declared, meta_keys = _classify_torch(src, ckpt)
+    if expected is not None and fmt != expected:
+        raise CheckpointError(f"{src} is a {fmt} checkpoint, not {expected}; pass format='auto' or format={fmt!r}")
     sd = normalize_state_dict(ckpt["model"], source=str(src))
     cfg = _config_from(sd, declared, src)
     info["format"] = fmt
@@ -173,6 +168,16 @@ def read_torch_checkpoint(src, info: dict, classify_only: bool = False):
         info["notes"].append("trained with bias=False: biases (linear and LayerNorm) were set to zero, "
                              "which computes exactly the same function")
     return gpt_from_state_dict(cfg, sd, source=str(src))
+
+
+def _classify_torch(src, ckpt) -> tuple[str, dict, tuple[str, ...]]:
+    """(format, declared config fields, metadata keys) of a loaded torch checkpoint."""
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
+        if "model_args" in ckpt:  # nanoGPT also saves 'config' (its training globals): model_args decides
+            return "nanogpt", dict(ckpt["model_args"]), ("iter_num", "best_val_loss")
+        if "config" in ckpt:
+            return "build-nanogpt", _fields_of(ckpt["config"]), ("step", "val_loss")
+    _explain_unknown_torch_file(src, ckpt)
 
 
 def _explain_unknown_torch_file(src, ckpt) -> NoReturn:
@@ -202,13 +207,8 @@ def _config_from(sd: dict[str, torch.Tensor], declared: dict, src) -> GPTConfig:
     if "n_head" not in declared:
         raise CheckpointError(f"{src} does not record n_head (its config has {sorted(declared)}) and weight shapes "
                               "cannot tell it; add n_head to the checkpoint's config/model_args and re-save it")
-    fields = {k: int(declared.get(k, v)) for k, v in inferred.items()}
-    cfg = GPTConfig(**fields, n_head=int(declared["n_head"]), dropout=float(declared.get("dropout", 0.0)))
-    try:
-        cfg.validate()
-    except ValueError as e:
-        raise CheckpointError(f"{src} declares an invalid config: {e}; fix the checkpoint's config") from e
-    return cfg
+    fields = {k: declared.get(k, v) for k, v in inferred.items()}
+    return checked_config(str(src), **fields, n_head=declared["n_head"], dropout=float(declared.get("dropout", 0.0)))
 
 
 def _fill_zero_biases(sd: dict[str, torch.Tensor], cfg: GPTConfig) -> None:
@@ -229,21 +229,7 @@ def _plain(value):
 def read_llmc(src, info: dict) -> GPT:
     """The model in an llm.c model file: a 256-int32 header, then all parameters concatenated."""
     src = Path(src)
-    header = np.fromfile(src, dtype="<i4", count=_LLMC_HEADER_INTS)
-    if header.size < _LLMC_HEADER_INTS:
-        raise CheckpointError(f"{src} is {src.stat().st_size} bytes, shorter than llm.c's 1024-byte header; "
-                              "it is truncated or not an llm.c model file: re-export it")
-    magic, version, max_t, vocab, n_layer, n_head, n_embd, padded_vocab = (int(x) for x in header[:8])
-    if magic != LLMC_MODEL_MAGIC:
-        kind = _LLMC_OTHER_MAGICS.get(magic)
-        what = f"an llm.c {kind} file" if kind else f"not an llm.c model file (magic {magic}, expected {LLMC_MODEL_MAGIC})"
-        raise CheckpointError(f"{src} is {what}; pass the model file (gpt2_124M.bin or model_NNNNN.bin)")
-    if version not in _LLMC_DTYPES:
-        raise CheckpointError(f"{src} has llm.c version {version}; supported are 3 (fp32) and 5 (bf16): "
-                              "re-export it with llm.c's train_gpt2.py")
-    if min(max_t, vocab, n_layer, n_head, n_embd) <= 0 or padded_vocab < vocab:
-        raise CheckpointError(f"{src} has an invalid llm.c header (maxT={max_t}, V={vocab}, Vp={padded_vocab}, "
-                              f"L={n_layer}, NH={n_head}, C={n_embd}); the file is damaged: re-export it")
+    version, max_t, vocab, n_layer, n_head, n_embd, padded_vocab = _llmc_header(src)
     layout = _llmc_layout(max_t, padded_vocab, n_layer, n_embd)
     np_dtype, torch_dtype = _LLMC_DTYPES[version]
     n_values = sum(int(np.prod(shape)) for _, shape in layout)
@@ -266,12 +252,29 @@ def read_llmc(src, info: dict) -> GPT:
     info["meta"] = {"llmc_version": version, "padded_vocab_size": padded_vocab}
     if version == 5:
         info["notes"].append("bf16 parameters were widened to fp32 exactly")
-    cfg = GPTConfig(vocab_size=vocab, block_size=max_t, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
-    try:
-        cfg.validate()
-    except ValueError as e:
-        raise CheckpointError(f"{src} has an invalid llm.c header: {e}; the file is damaged: re-export it") from e
+    cfg = checked_config(str(src), vocab_size=vocab, block_size=max_t, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
     return gpt_from_state_dict(cfg, sd, source=str(src))
+
+
+def _llmc_header(src: Path) -> tuple[int, ...]:
+    """(version, maxT, V, L, NH, C, Vp) from an llm.c model file's header, checked."""
+    header = np.fromfile(src, dtype="<i4", count=_LLMC_HEADER_INTS)
+    if header.size < _LLMC_HEADER_INTS:
+        raise CheckpointError(f"{src} is {src.stat().st_size} bytes, shorter than llm.c's 1024-byte header; "
+                              "it is truncated or not an llm.c model file: re-export it")
+    magic, version, max_t, vocab, n_layer, n_head, n_embd, padded_vocab = (int(x) for x in header[:8])
+    if magic != LLMC_MODEL_MAGIC:
+        kind = _LLMC_OTHER_MAGICS.get(magic)
+        what = (f"an llm.c {kind} file" if kind
+                else f"not an llm.c model file (magic {magic}, expected {LLMC_MODEL_MAGIC})")
+        raise CheckpointError(f"{src} is {what}; pass the model file (gpt2_124M.bin or model_NNNNN.bin)")
+    if version not in _LLMC_DTYPES:
+        raise CheckpointError(f"{src} has llm.c version {version}; supported are 3 (fp32) and 5 (bf16): "
+                              "re-export it with llm.c's train_gpt2.py")
+    if min(max_t, vocab, n_layer, n_head, n_embd) <= 0 or padded_vocab < vocab:
+        raise CheckpointError(f"{src} has an invalid llm.c header (maxT={max_t}, V={vocab}, Vp={padded_vocab}, "
+                              f"L={n_layer}, NH={n_head}, C={n_embd}); the file is damaged: re-export it")
+    return version, max_t, vocab, n_layer, n_head, n_embd, padded_vocab
 
 
 def _llmc_layout(max_t: int, padded_vocab: int, n_layer: int, c: int) -> list[tuple[str, tuple[int, ...]]]:
@@ -292,25 +295,40 @@ def _llmc_layout(max_t: int, padded_vocab: int, n_layer: int, c: int) -> list[tu
 
 @contextlib.contextmanager
 def _tokenizer_dir(tokenizer):
-    """Yield a tokenizer directory for ``tokenizer`` (a directory, a .gguf vocabulary, or None)."""
+    """Yield a tokenizer directory for ``tokenizer``: a directory, a .gguf vocabulary, a hub name, or None."""
     if tokenizer is None:
         yield None
         return
     path = Path(tokenizer)
     if path.is_dir():
         yield path
-    elif path.is_file() and path.suffix == ".gguf":
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        _tokenizer_from(path).save_pretrained(tmp)
+        yield Path(tmp)
+
+
+def _tokenizer_from(path: Path):
+    """A tokenizer object from a .gguf vocabulary file or, for a name that is no local path, the HF hub."""
+    if path.suffix == ".gguf" and path.is_file():
         try:
             from shared.tokenizer.gguf_vocab import hf_tokenizer_from_gguf
         except ImportError as e:
             raise CheckpointError(f"reading the GGUF vocabulary {path} needs shared.tokenizer.gguf_vocab, which "
                                   f"failed to import ({e}); pass an HF tokenizer directory instead") from e
-        with tempfile.TemporaryDirectory() as tmp:
-            hf_tokenizer_from_gguf(str(path)).save_pretrained(tmp)
-            yield Path(tmp)
-    else:
+        return hf_tokenizer_from_gguf(str(path))
+    if path.exists():
         raise CheckpointError(f"tokenizer {path} is neither a tokenizer directory nor a .gguf vocabulary file; "
-                              "pass one of those (or None and add a tokenizer later)")
+                              "pass one of those, a hub name such as 'gpt2', or None and add a tokenizer later")
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as e:  # what transformers raises offline or for an unknown name
+        raise CheckpointError(
+            f"tokenizer {str(path)!r} is no local file or directory and could not be loaded from the Hugging Face "
+            f"hub ({type(e).__name__}); offline, pass an HF tokenizer directory or a .gguf vocabulary "
+            "(e.g. ggml-vocab-gpt-2.gguf for GPT-2)") from e
 
 
 def _sha256(src: Path) -> str:

@@ -31,7 +31,7 @@ def train_tokenizer_artifact(cfg: TokenizerConfig) -> Artifact:
     write_comparison(rows, out)
     metrics = {"vocab_size": cfg.vocab_size, **{k: v for k, v in stats.items() if isinstance(v, (int, float))}}
     for row in rows:
-        if row.get("tokenizer") == str(out) and "kind" in row and "chars_per_token" in row:
+        if row.get("spec") == str(out) and "kind" in row and "chars_per_token" in row:
             metrics[f"chars_per_token_{row['kind']}"] = row["chars_per_token"]
     return registry.register(cfg.run, cfg.stage, "tokenizer", config=to_dict(cfg), metrics=metrics,
                              timings={"train_s": t_train, "total_s": time.perf_counter() - t0})

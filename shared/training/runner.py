@@ -48,7 +48,7 @@ def prepare_corpus(registry: Registry, run: str, data: DataConfig, tokenizer_dir
     out = registry.root / run / "_data" / f"{_slug(data.source)}-{cap or 'all'}-{tokenizer_dir.parent.name}"
     docs = iter_documents(data.source, max_bytes=cap, text_field=data.text_field)
     return build_shards(docs, tokenizer_dir, out, val_fraction=data.val_fraction, seed=data.seed,
-                        engine=data.engine, source=data.source)
+                        engine=data.engine)
 
 
 def _model_config(cfg: PretrainConfig, init: Artifact | None, vocab_size: int) -> GPTConfig:

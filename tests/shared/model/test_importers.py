@@ -5,6 +5,7 @@ import hashlib
 import importlib.util
 import sys
 import textwrap
+import types
 from pathlib import Path
 
 import numpy as np
@@ -113,9 +114,9 @@ def test_nanogpt(tmp_path, make_model, tokens, hf_logits, gpt_logits, variant):
     write_nanogpt(tmp_path / "ckpt.pt", model, **variant)
     info = import_checkpoint(tmp_path / "ckpt.pt", tmp_path / "out")
     assert info["format"] == "nanogpt"
-    assert info["config"] == {**vars(model.config)}
+    assert info["config"] == vars(model.config)
     assert info["n_params"] == model.num_params()
-    assert info["source_sha256"] == sha256(tmp_path / "ckpt.pt")
+    assert info["sha256"] == sha256(tmp_path / "ckpt.pt")
     assert info["meta"] == {"iter_num": 5000, "best_val_loss": pytest.approx(2.85)}
     assert info["zero_biases"] is (variant.get("bias") is False)
     assert_imported_matches(tmp_path / "out", model, tokens, hf_logits, gpt_logits)
@@ -150,7 +151,7 @@ def test_hf_directory_keeps_its_tokenizer(tmp_path, make_model, make_tokenizer_d
     model = make_model()
     src = save_hf_checkpoint(model, tmp_path / "src", tokenizer_dir=make_tokenizer_dir(20))
     info = import_checkpoint(src, tmp_path / "out")
-    assert info["format"] == "hf" and info["source_sha256"] == sha256(src / "model.safetensors")
+    assert info["format"] == "hf" and info["sha256"] == sha256(src / "model.safetensors")
     assert len(AutoTokenizer.from_pretrained(tmp_path / "out")) == 20
     assert_imported_matches(tmp_path / "out", model, tokens, hf_logits, gpt_logits)
 
@@ -163,6 +164,44 @@ def test_tokenizer_directory_is_saved_with_the_model(tmp_path, make_model, make_
     assert info["tokenizer"].endswith("tokenizer-30")
     assert len(AutoTokenizer.from_pretrained(tmp_path / "out")) == 30
     assert AutoConfig.from_pretrained(tmp_path / "out").eos_token_id == 0
+
+
+def test_gguf_vocabulary_goes_through_the_tokenizer_library(tmp_path, make_model, make_tokenizer_dir, monkeypatch):
+    # The plumbing alone, with a stand-in for shared.tokenizer.gguf_vocab (the real one is tested below).
+    from transformers import AutoTokenizer
+
+    calls = []
+
+    def hf_tokenizer_from_gguf(path):
+        calls.append(path)
+        return AutoTokenizer.from_pretrained(make_tokenizer_dir(40))
+
+    monkeypatch.setitem(sys.modules, "shared.tokenizer.gguf_vocab",
+                        types.SimpleNamespace(hf_tokenizer_from_gguf=hf_tokenizer_from_gguf))
+    (tmp_path / "vocab.gguf").write_bytes(b"GGUF")
+    write_nanogpt(tmp_path / "ckpt.pt", make_model())
+    import_checkpoint(tmp_path / "ckpt.pt", tmp_path / "out", tokenizer=tmp_path / "vocab.gguf")
+    assert calls == [str(tmp_path / "vocab.gguf")]
+    assert len(AutoTokenizer.from_pretrained(tmp_path / "out")) == 40
+
+
+def test_hub_tokenizer_name(tmp_path, make_model, make_tokenizer_dir, monkeypatch):
+    # No network in tests: stand in for the hub, once answering and once failing as transformers does offline.
+    from transformers import AutoTokenizer
+
+    local = make_tokenizer_dir(40)
+    real = AutoTokenizer.from_pretrained
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda name, **kw: real(local if name == "gpt2" else name))
+    write_nanogpt(tmp_path / "ckpt.pt", make_model())
+    import_checkpoint(tmp_path / "ckpt.pt", tmp_path / "out", tokenizer="gpt2")
+    assert len(real(tmp_path / "out")) == 40
+
+    def offline(name, **kw):
+        raise OSError(f"We couldn't connect to 'https://huggingface.co' to load {name}")
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", offline)
+    with pytest.raises(CheckpointError, match=r"could not be loaded from the Hugging Face hub .*offline, pass"):
+        import_checkpoint(tmp_path / "ckpt.pt", tmp_path / "out2", tokenizer="gpt2")
 
 
 def test_gguf_vocabulary_as_tokenizer(tmp_path, make_model):
@@ -247,3 +286,41 @@ def test_pickled_code_never_runs(tmp_path, make_model):
     with pytest.raises(CheckpointError, match=r"does not record n_head"):
         import_checkpoint(tmp_path / "evil.pt", tmp_path / "out")
     assert not marker.exists()
+
+
+class _ShellPayload(_Payload):
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_checkpoint_asking_for_os_is_refused(tmp_path, make_model):
+    marker = tmp_path / "pwned"
+    torch.save({"model": make_model().state_dict(), "config": _ShellPayload(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match=r"refusing to read .*GLOBAL (posix|nt|os)\.system"):
+        import_checkpoint(tmp_path / "evil.pt", tmp_path / "out")
+    assert not marker.exists()
+
+
+def test_forced_format_that_does_not_match(tmp_path, make_model):
+    write_nanogpt(tmp_path / "ckpt.pt", make_model())
+    with pytest.raises(CheckpointError, match=r"is a nanogpt checkpoint, not build-nanogpt; pass format='auto'"):
+        import_checkpoint(tmp_path / "ckpt.pt", tmp_path / "out", format="build-nanogpt")
+
+
+def test_truncated_torch_file(tmp_path, make_model):
+    write_nanogpt(tmp_path / "ckpt.pt", make_model())
+    data = (tmp_path / "ckpt.pt").read_bytes()
+    (tmp_path / "ckpt.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"damaged|truncated"):
+        import_checkpoint(tmp_path / "ckpt.pt", tmp_path / "out")
+
+
+def test_invalid_declared_config(tmp_path, make_model):
+    write_nanogpt(tmp_path / "ckpt.pt", make_model())
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    ckpt["model_args"]["n_head"] = 3  # 32 is not divisible by 3
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    with pytest.raises(CheckpointError, match=r"invalid model config .*n_embd=32 must be divisible by n_head=3"):
+        import_checkpoint(tmp_path / "ckpt.pt", tmp_path / "out")

@@ -1,0 +1,32 @@
+# GPT Journey: the two set-up commands.
+#   make run   -> venv + CPU torch + the project, then `journey run` (tiny preset, the whole journey)
+#   make test  -> venv + CPU torch + the project + dev tools, then the default test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH ?= torch==2.13.0
+PYTEST_ARGS ?= -m "not slow and not gpu"
+
+.PHONY: setup run test test-all clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# CPU torch first: an unpinned torch would pull a multi-GB CUDA build.
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	$(VENV)/bin/journey run $(ARGS)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-all: setup
+	$(PY) -m pytest -m "not gpu"
+
+clean:
+	rm -rf runs .pytest_cache

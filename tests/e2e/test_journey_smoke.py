@@ -1,0 +1,50 @@
+"""The whole journey on the smoke preset, through the ``journey`` command, as a user runs it."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.e2e
+def test_journey_run_smoke(tmp_path):
+    runs = tmp_path / "runs"
+    env = {**os.environ, "JOURNEY_RUNS": str(runs), "JOURNEY_NO_PROGRESS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([str(Path(sys.executable).parent / "journey"), "run", "preset=smoke", "run=smoke"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    stages = {p.parent.name: json.loads(p.read_text()) for p in (runs / "smoke").glob("*/journey.json")}
+    assert set(stages) == {"tokenizer", "pretrain", "cpt"}
+    assert stages["cpt"]["parents"] == ["smoke/tokenizer", "smoke/pretrain"]
+    for stage in ("pretrain", "cpt"):
+        m = stages[stage]["metrics"]
+        assert m["val_loss"] < m["initial_val_loss"], (stage, m)
+    summary = (runs / "smoke" / "summary.md").read_text()
+    assert "smoke/cpt" in summary and "└─ smoke/pretrain" in summary
+
+    listing = subprocess.run([str(Path(sys.executable).parent / "journey"), "artifacts", "smoke"], cwd=REPO,
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert "└─ smoke/cpt" in listing.stdout
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("args, message", [
+    (["run", "preset=nope"], "unknown tokenizer preset 'nope'"),
+    (["run", "stages=[tokenizer,sft9]"], "unknown stage 'sft9'"),
+    (["pretrain", "--config", "tiny", "optim.lr=fast"], "optim.lr: expected a number, got 'fast'"),
+    (["pretrain", "--config", "tiny", "run=nowhere"], "no artifact named 'tokenizer'"),
+    (["import", "/nonexistent/ckpt.pt"], "checkpoint /nonexistent/ckpt.pt not found"),
+])
+def test_cli_bad_input_is_one_clear_line(tmp_path, args, message):
+    env = {**os.environ, "JOURNEY_RUNS": str(tmp_path / "runs")}
+    proc = subprocess.run([str(Path(sys.executable).parent / "journey"), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -1,0 +1,62 @@
+"""``ray job submit`` of the pretraining entry point against a real ``ray start --head`` (token auth)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ray(*args, env, timeout=300, check=True):
+    proc = subprocess.run([str(BIN / "ray"), *args], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"ray {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's socket paths have a length limit
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}:{os.environ['PATH']}", "HOME": temp}
+    env.pop("RAY_ADDRESS", None)
+    _ray("get-auth-token", "--generate", env=env)
+    port, dash = _free_port(), _free_port()
+    _ray("start", "--head", f"--port={port}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
+         "--num-cpus=2", f"--temp-dir={temp}", "--include-dashboard=true", env=env)
+    try:
+        yield env, f"http://127.0.0.1:{dash}"
+    finally:
+        _ray("stop", "--force", env=env, check=False)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.e2e
+def test_pretrain_via_ray_job_submit(ray_head, tmp_path):
+    env, address = ray_head
+    runs = tmp_path / "runs"
+    for module, preset in (("tokenizer", "smoke"), ("pretrain", "smoke")):
+        proc = _ray("job", "submit", f"--address={address}", "--working-dir", ".", "--",
+                    "python", "-m", f"ray_jobs.{module}", "--config", f"configs/{module}/{preset}.yaml",
+                    "run=submitted", f"runs_dir={runs}", "optim.max_steps=20" if module == "pretrain" else "max_bytes_per_source=100000",
+                    env=env, timeout=600)
+        assert "succeeded" in proc.stdout.lower(), proc.stdout[-3000:]
+    manifest = json.loads((runs / "submitted" / "pretrain" / "journey.json").read_text())
+    assert manifest["parents"] == ["submitted/tokenizer"]
+    assert manifest["metrics"]["val_loss"] < manifest["metrics"]["initial_val_loss"]
+    assert (runs / "submitted" / "pretrain" / "model.safetensors").exists()
