@@ -29,7 +29,8 @@ def ray_session():
     """``ray.init(num_cpus=2)`` once per test session (DESIGN.md section 6)."""
     import ray
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+        # address="local": always a fresh local instance, never a cluster someone left running
+        ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
     yield ray
     ray.shutdown()
 

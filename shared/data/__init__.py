@@ -12,7 +12,7 @@ Modules: ``sources`` (the ``iter_documents`` entry point) over ``builtin`` / ``l
 from shared.data.dataset import TokenDataset
 from shared.data.documents import DataError, Document
 from shared.data.shards import ShardInfo, build_shards, read_meta
-from shared.data.sources import iter_documents
+from shared.data.sources import iter_corpus, iter_documents
 from shared.data.split import split_of
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "ShardInfo",
     "TokenDataset",
     "build_shards",
+    "iter_corpus",
     "iter_documents",
     "read_meta",
     "split_of",

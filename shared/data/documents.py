@@ -42,6 +42,20 @@ def decode_utf8(data: bytes, where: str | Path, base_offset: int = 0) -> str:
         ) from None
 
 
+def missing_field(where: str, field: str, available: list) -> DataError:
+    """The error for a record or table without the configured text field."""
+    return DataError(f"{where} has no field {field!r} (it has {available}); pass text_field=<field>")
+
+
+def as_text(value: object, where: str, field: str) -> str:
+    """A field's value as text: UTF-8 bytes are decoded strictly, anything else is an error."""
+    if isinstance(value, bytes):
+        return decode_utf8(value, where)
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field {field!r} holds {type(value).__name__}, not text; point text_field at a string field")
+    return value
+
+
 # A blank line (possibly holding only spaces) ends a section; the separator stays attached to
 # the section before it so that joining the sections gives back the file exactly.
 _BLANK_LINE = re.compile(r"(?<=\n)[ \t]*\n")

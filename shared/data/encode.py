@@ -88,20 +88,17 @@ class BatchEncoder:
         self.moves = moves
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        if batch.num_rows == 0:
+            return ROW_SCHEMA.empty_table()
         index = batch.column("index").to_pylist()
-        texts = batch.column("text").to_pylist()
         is_val = batch.column("val").to_pylist()
-        parts: dict[bool, list[np.ndarray]] = {False: [], True: []}
-        encodings = self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+        encodings = self.tokenizer.encode_batch_fast(batch.column("text").to_pylist(), add_special_tokens=False)
+        parts: dict[str, list[np.ndarray]] = {"train": [], "val": []}
         for i, val, encoding in zip(index, is_val, encodings):
-            val = self.moves.get(i, "val" if val else "train") == "val"
-            parts[val].append(np.asarray(encoding.ids, dtype=self.dtype))
-            parts[val].append(self.eos)
-        data = {k: np.concatenate(v).tobytes() if v else b"" for k, v in parts.items()}
-        return pa.Table.from_pydict(
-            {"first": [index[0]], "count": [len(index)], "train": [data[False]], "val": [data[True]]},
-            schema=ROW_SCHEMA,
-        )
+            split = self.moves.get(i, "val" if val else "train")
+            parts[split] += [np.asarray(encoding.ids, dtype=self.dtype), self.eos]
+        row = {split: [np.concatenate(arrays).tobytes() if arrays else b""] for split, arrays in parts.items()}
+        return pa.Table.from_pydict({"first": [index[0]], "count": [len(index)], **row}, schema=ROW_SCHEMA)
 
 
 def encode_local(spool_files: list[Path], encoder: BatchEncoder) -> Iterator[pa.Table]:

@@ -19,7 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-from shared.data.documents import DataError, Document
+from shared.data.documents import DataError, Document, as_text, missing_field
+from shared.data.local import find_files
 
 _BUILDER_BY_SUFFIX = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}
 
@@ -50,15 +51,14 @@ def iter_hub(
     dataset = _load_streaming(builder, config, split, data_files, revision, source)
     columns = list(dataset.features) if dataset.features is not None else None
     if columns is not None and text_field not in columns:
-        raise DataError(f"{source} has no field {text_field!r} (it has {columns}); pass text_field=<field>")
+        raise missing_field(source, text_field, columns)
     for row, record in enumerate(dataset):
         text = record.get(text_field)
         if text is None:
             continue
-        if not isinstance(text, str):
-            raise DataError(f"{source} field {text_field!r} holds {type(text).__name__}, not text; point text_field at a string field")
         doc_id = record.get(id_field)
-        yield Document(id=str(doc_id) if doc_id is not None else f"{name}/{row}", text=text, source=source)
+        doc_id = str(doc_id) if doc_id is not None else f"{name}/{row}"
+        yield Document(id=doc_id, text=as_text(text, f"{source} row {row}", text_field), source=source)
 
 
 def _resolve_builder(name: str, config: str | None, data_files: Any) -> tuple[str, str | None, Any]:
@@ -82,13 +82,11 @@ def _resolve_builder(name: str, config: str | None, data_files: Any) -> tuple[st
 
 
 def _files_under(path: Path) -> list[Path]:
-    if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.suffix in _BUILDER_BY_SUFFIX)
-    return [path]
+    return find_files(path, tuple(_BUILDER_BY_SUFFIX)) if path.is_dir() else [path]
 
 
 def _generic_builder(files: list[Path], what: str) -> tuple[str, None, list[str]]:
-    builders = {_BUILDER_BY_SUFFIX.get(p.suffix) for p in files}
+    builders = {_BUILDER_BY_SUFFIX.get(p.suffix.lower()) for p in files}
     if len(builders) != 1 or None in builders:
         raise DataError(
             f"{what} must be .parquet or .jsonl/.json files of one kind (found {[p.name for p in files][:5]}); "
@@ -104,10 +102,10 @@ def _load_streaming(builder: str, config: str | None, split: str, data_files: An
         return datasets.load_dataset(
             builder, config, split=split, streaming=True, data_files=data_files, revision=revision
         )
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ConnectionError) as exc:
         raise DataError(
-            f"cannot load {source}: {exc}; check the dataset name and config, or pass data_files= "
-            "pointing at a local copy (and set HF_DATASETS_OFFLINE=1 when there is no network)"
+            f"cannot load {source}: {exc}; check the dataset name, config and network, or pass "
+            "data_files= pointing at a local copy of the dataset's parquet/jsonl files"
         ) from exc
     except ValueError as exc:
         raise DataError(f"cannot load {source}: {exc}; check the config name and split={split!r}") from exc

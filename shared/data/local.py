@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from shared.data.documents import DataError, Document, decode_utf8, split_sections
+from shared.data.documents import DataError, Document, as_text, decode_utf8, missing_field, split_sections
 
 TEXT_SUFFIXES = (".txt", ".md")
 SUFFIXES = (*TEXT_SUFFIXES, ".jsonl", ".parquet")
@@ -41,17 +41,19 @@ def iter_local(
     if chunk_bytes <= 0:
         raise DataError(f"chunk_bytes must be positive, got {chunk_bytes}")
     if path.is_dir():
-        files = sorted(
-            (p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES),
-            key=lambda p: p.relative_to(path).as_posix(),
-        )
-        for file in files:
+        for file in find_files(path, SUFFIXES):
             name = file.relative_to(path).as_posix()
             yield from _iter_file(file, name, source, text_field, chunk_bytes)
     else:
         if path.suffix.lower() not in SUFFIXES:
             raise DataError(f"{path} has unsupported suffix {path.suffix!r}; use one of {list(SUFFIXES)} or a directory")
         yield from _iter_file(path, path.name, source, text_field, chunk_bytes)
+
+
+def find_files(directory: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """Files under ``directory`` (recursively) with one of ``suffixes``, sorted by relative path."""
+    files = (p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+    return sorted(files, key=lambda p: p.relative_to(directory).as_posix())
 
 
 def _iter_file(path: Path, name: str, source: str, text_field: str, chunk_bytes: int) -> Iterator[Document]:
@@ -85,12 +87,10 @@ def _jsonl_texts(path: Path, text_field: str) -> Iterator[tuple[int, str]]:
                 raise DataError(f"{path}:{line_no} is not valid JSON ({exc.msg}); fix or remove that line") from None
             if not isinstance(record, dict) or text_field not in record:
                 keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-                raise DataError(
-                    f"{path}:{line_no} has no field {text_field!r} (it has {keys}); pass text_field=<field>"
-                )
+                raise missing_field(f"{path}:{line_no}", text_field, keys)
             text = record[text_field]
             if text is not None:
-                yield line_no, _as_text(text, f"{path}:{line_no}", text_field)
+                yield line_no, as_text(text, f"{path}:{line_no}", text_field)
 
 
 def parquet_texts(path: Path, text_field: str) -> Iterator[str | None]:
@@ -100,15 +100,8 @@ def parquet_texts(path: Path, text_field: str) -> Iterator[str | None]:
     file = pq.ParquetFile(path)
     columns = file.schema_arrow.names
     if text_field not in columns:
-        raise DataError(f"{path} has no column {text_field!r} (it has {columns}); pass text_field=<column>")
+        raise missing_field(str(path), text_field, columns)
     for batch in file.iter_batches(columns=[text_field], batch_size=1024):
         for text in batch.column(0).to_pylist():
-            yield None if text is None else _as_text(text, str(path), text_field)
+            yield None if text is None else as_text(text, str(path), text_field)
 
-
-def _as_text(value: object, where: str, field: str) -> str:
-    if isinstance(value, bytes):
-        return decode_utf8(value, where)
-    if not isinstance(value, str):
-        raise DataError(f"{where}: field {field!r} holds {type(value).__name__}, not text; point text_field at a string field")
-    return value

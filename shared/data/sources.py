@@ -110,3 +110,13 @@ def _budgeted(docs: Iterator[Document], source: str, max_bytes: int | None) -> I
             f"corpus {source} is empty; it yielded no text that is not whitespace. Check the path or "
             "dataset, and text_field= if the text lives in another field"
         )
+
+
+def iter_corpus(source: str, max_bytes: int | None = None, text_field: str = "text") -> Iterator[Document]:
+    """``iter_documents`` with a job config's options: ``text_field`` reaches only the loaders that read fields.
+
+    Job configs carry one ``text_field`` for whatever source the user names; builtin corpora have no
+    fields, so passing it to them would be an error the user did nothing to cause.
+    """
+    opts = {"text_field": text_field} if "text_field" in _loader(source).options else {}
+    return iter_documents(source, max_bytes, **opts)

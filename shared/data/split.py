@@ -5,11 +5,13 @@ salted per process); it goes to val when the score is below ``val_fraction``. Th
 document therefore never depends on which other documents are in the corpus, on their order, or
 on the machine: growing the corpus never moves a document from val to train.
 
-Small corpora can hash every document to one side. :class:`SplitPlanner` repairs that once the
-whole corpus has been seen: with >= 2 documents and ``val_fraction > 0``, if val is empty the
-train document with the smallest score moves to val (it is the one that would join val first as
-``val_fraction`` grows), and if train is empty the val document with the largest score moves to
-train. A single document always goes to train.
+Small corpora of large documents can hash (almost) every byte to one side. :class:`SplitPlanner`
+repairs that once the whole corpus has been seen: if train is empty the val document with the
+largest score moves to train; then, with >= 2 documents and ``val_fraction > 0``, while val holds
+less than half of its share of the bytes (``val_fraction / 2``), the train document with the
+smallest score moves to val (the one that would join val first as ``val_fraction`` grew), as long
+as train keeps at least one document. An empty val is the extreme case of this. A single document
+always goes to train.
 """
 from __future__ import annotations
 
@@ -62,7 +64,7 @@ class SplitPlanner:
     seed: int
     n_docs: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
     n_bytes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
-    _first_val: _Candidate | None = None  # smallest-score train doc: the first to join val
+    _train: list[_Candidate] = field(default_factory=list)  # candidates to top val up, by score later
     _last_train: _Candidate | None = None  # largest-score val doc: the first to join train
 
     def __post_init__(self) -> None:
@@ -72,8 +74,8 @@ class SplitPlanner:
         score = split_score(doc_id, self.seed)
         split: Split = "val" if score < self.val_fraction else "train"
         candidate = _Candidate(score, index, n_bytes)
-        if split == "train" and (self._first_val is None or score < self._first_val.score):
-            self._first_val = candidate
+        if split == "train":
+            self._train.append(candidate)
         if split == "val" and (self._last_train is None or score > self._last_train.score):
             self._last_train = candidate
         self.n_docs[split] += 1
@@ -81,16 +83,23 @@ class SplitPlanner:
         return split
 
     def finish(self) -> dict[int, Split]:
+        moves: dict[int, Split] = {}
         if self.n_docs["train"] == 0 and self.n_docs["val"] > 0:
-            return self._move(self._last_train, "val", "train")
-        if self.n_docs["val"] == 0 and self.n_docs["train"] >= 2 and self.val_fraction > 0:
-            return self._move(self._first_val, "train", "val")
-        return {}
+            assert self._last_train is not None  # val is non-empty, so it has a candidate
+            self._move(self._last_train, "val", "train", moves)
+            return moves
+        if self.val_fraction <= 0:
+            return moves
+        floor = self.val_fraction / 2 * (self.n_bytes["train"] + self.n_bytes["val"])
+        for doc in sorted(self._train, key=lambda c: c.score):
+            if self.n_docs["train"] < 2 or (self.n_docs["val"] > 0 and self.n_bytes["val"] >= floor):
+                break
+            self._move(doc, "train", "val", moves)
+        return moves
 
-    def _move(self, doc: _Candidate | None, old: Split, new: Split) -> dict[int, Split]:
-        assert doc is not None  # the side we take from is non-empty, so it has a candidate
+    def _move(self, doc: _Candidate, old: Split, new: Split, moves: dict[int, Split]) -> None:
         self.n_docs[old] -= 1
         self.n_docs[new] += 1
         self.n_bytes[old] -= doc.n_bytes
         self.n_bytes[new] += doc.n_bytes
-        return {doc.index: new}
+        moves[doc.index] = new

@@ -200,16 +200,15 @@ class Registry:
         roots = []
         for a in arts:
             in_view = [p for p in a.parents if p in ids]
-            if in_view:
-                for p in in_view:
-                    children.setdefault(p, []).append(a)
+            if in_view:  # drawn under its last parent (the model it continued from); others are named
+                children.setdefault(in_view[-1], []).append(a)
             else:
                 roots.append(a)
         lines: list[str] = []
 
         def walk(a: Artifact, depth: int) -> None:
-            outside = [p for p in a.parents if p not in ids]
-            note = f"  (from {', '.join(outside)})" if outside and depth == 0 else ""
+            others = a.parents[:-1] if depth else a.parents
+            note = f"  ({'also ' if depth else ''}from {', '.join(others)})" if others else ""
             key = _headline(a.metrics)
             lines.append(f"{'  ' * depth}{'└─ ' if depth else ''}{a.id} [{a.kind}]{key}{note}")
             for child in children.get(a.id, []):

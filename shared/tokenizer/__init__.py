@@ -12,7 +12,8 @@ from shared.tokenizer.chat import CHAT_TEMPLATE, ROLES, SPECIAL_TOKENS, render_c
 from shared.tokenizer.compare import (TokenizerUnavailable, compare_tokenizers, load_any_tokenizer, token_pieces,
                                       write_comparison)
 from shared.tokenizer.fast import canonical_merges, train_fast_merges
-from shared.tokenizer.gguf_vocab import GGUFError, GGUFVocab, hf_tokenizer_from_gguf, read_gguf_metadata, read_gguf_vocab
+from shared.tokenizer.gguf_vocab import (GGUFError, GGUFVocab, hf_tokenizer_from_gguf, read_gguf_metadata,
+                                         read_gguf_vocab)
 from shared.tokenizer.hf_format import build_hf_tokenizer, load_tokenizer, save_hf_tokenizer, to_transformers
 from shared.tokenizer.samples import EXAMPLES, SAMPLES
 from shared.tokenizer.train import min_vocab_size, train_tokenizer

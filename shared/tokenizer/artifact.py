@@ -13,7 +13,7 @@ from shared.tokenizer.tokenizer_config import TokenizerConfig
 
 def train_tokenizer_artifact(cfg: TokenizerConfig) -> Artifact:
     """Train ``cfg``'s tokenizer into ``<runs>/<run>/<stage>``, write the comparison, register it."""
-    from shared.data import iter_documents
+    from shared.data import iter_corpus
     from shared.tokenizer import compare_tokenizers, train_tokenizer, write_comparison
 
     registry = Registry(cfg.runs_dir)
@@ -22,7 +22,7 @@ def train_tokenizer_artifact(cfg: TokenizerConfig) -> Artifact:
 
     def texts():
         for source in cfg.sources:
-            for doc in iter_documents(source, max_bytes=cfg.max_bytes_per_source, text_field=cfg.text_field):
+            for doc in iter_corpus(source, max_bytes=cfg.max_bytes_per_source, text_field=cfg.text_field):
                 yield doc.text
 
     stats = train_tokenizer(texts(), cfg.vocab_size, method=cfg.method, out_dir=out)

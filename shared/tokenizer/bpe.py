@@ -45,21 +45,32 @@ FORMAT = "gpt-journey-bpe"
 Pair = tuple[int, int]
 
 
+class TokenTable:
+    """The canonical id -> bytes table (no specials): the 256 bytes, then each new merged token."""
+
+    def __init__(self) -> None:
+        self.tokens = [bytes([b]) for b in range(256)]
+        self.id_of = {tok: i for i, tok in enumerate(self.tokens)}
+
+    def add_merge(self, a: int, b: int) -> int:
+        """Id of ``a`` + ``b``, new unless those bytes are already a token (rule 3)."""
+        if not (0 <= a < len(self.tokens) and 0 <= b < len(self.tokens)):
+            raise ValueError(f"merge ({a}, {b}) uses an id not defined before it; "
+                             "merges must be listed in the order they were learned")
+        merged = self.tokens[a] + self.tokens[b]
+        if merged not in self.id_of:
+            self.id_of[merged] = len(self.tokens)
+            self.tokens.append(merged)
+        return self.id_of[merged]
+
+
 def build_vocab(merges: Sequence[Pair]) -> tuple[list[bytes], dict[Pair, tuple[int, int]]]:
     """The id -> bytes table (without specials) and ``pair -> (rank, result id)`` for ``merges``."""
-    vocab = [bytes([b]) for b in range(256)]
-    id_of = {tok: i for i, tok in enumerate(vocab)}
+    table = TokenTable()
     ranks: dict[Pair, tuple[int, int]] = {}
     for rank, (a, b) in enumerate(merges):
-        if not (0 <= a < len(vocab) and 0 <= b < len(vocab)):
-            raise ValueError(f"merge #{rank} ({a}, {b}) uses an id not defined before it; "
-                             "merges must be listed in the order they were learned")
-        merged = vocab[a] + vocab[b]
-        if merged not in id_of:  # rule 3: a result that already exists keeps its id
-            id_of[merged] = len(vocab)
-            vocab.append(merged)
-        ranks.setdefault((a, b), (rank, id_of[merged]))
-    return vocab, ranks
+        ranks.setdefault((a, b), (rank, table.add_merge(a, b)))
+    return table.tokens, ranks
 
 
 def _merge_word(word: list[int], pair: Pair, new_id: int) -> list[int]:
@@ -135,19 +146,14 @@ class _PairCounts:
 def learn_merges(chunk_counts: Mapping[bytes, int], n_new_tokens: int) -> list[Pair]:
     """Merges (canonical ids) that add up to ``n_new_tokens`` tokens to the 256 bytes."""
     stats = _PairCounts([list(chunk) for chunk in chunk_counts], list(chunk_counts.values()))
-    vocab = [bytes([b]) for b in range(256)]
-    id_of = {tok: i for i, tok in enumerate(vocab)}
+    table = TokenTable()
     merges: list[Pair] = []
-    while len(vocab) - 256 < n_new_tokens:
+    while len(table.tokens) - 256 < n_new_tokens:
         pair = stats.pop_best()
         if pair is None:
             break
-        merged = vocab[pair[0]] + vocab[pair[1]]
-        if merged not in id_of:
-            id_of[merged] = len(vocab)
-            vocab.append(merged)
         merges.append(pair)
-        stats.merge(pair, id_of[merged])
+        stats.merge(pair, table.add_merge(*pair))
     return merges
 
 
@@ -214,7 +220,8 @@ class BPETokenizer:
                 return self._encode_ordinary(text, "strict")
             ids: list[int] = []
             for part in self._special_split.split(text):
-                ids.extend([self.special_ids[part]] if part in self.special_ids else self._encode_ordinary(part, "strict"))
+                special = self.special_ids.get(part)
+                ids.extend([special] if special is not None else self._encode_ordinary(part, "strict"))
             return ids
         except UnicodeEncodeError as err:
             raise ValueError(f"text holds a lone surrogate at {err.start} and has no UTF-8 bytes; "

@@ -37,7 +37,8 @@ def _byte_to_char() -> dict[int, str]:
 
 BYTE_TO_CHAR: dict[int, str] = _byte_to_char()
 CHAR_TO_BYTE: dict[str, int] = {c: b for b, c in BYTE_TO_CHAR.items()}
-HF_BYTE_RANK: dict[int, int] = {b: rank for rank, b in enumerate(sorted(range(256), key=lambda b: ord(BYTE_TO_CHAR[b])))}
+HF_BYTE_RANK: dict[int, int] = {
+    b: rank for rank, b in enumerate(sorted(range(256), key=lambda b: ord(BYTE_TO_CHAR[b])))}
 
 
 def token_str(data: bytes) -> str:

@@ -127,7 +127,7 @@ def compare_tokenizers(specs: Iterable[str | Path], texts: Mapping[str, str] | N
         texts = SAMPLES
         examples = EXAMPLES if examples is None else examples
     if examples is None:
-        examples = {kind: text.strip().splitlines()[0][:200] if text.strip() else "" for kind, text in texts.items()}
+        examples = {kind: (text.strip().splitlines() or [""])[0][:200] for kind, text in texts.items()}
     rows: list[dict[str, Any]] = []
     taken: set[str] = set()
     for spec in specs:
@@ -143,11 +143,17 @@ def compare_tokenizers(specs: Iterable[str | Path], texts: Mapping[str, str] | N
     return rows
 
 
-def _markdown(rows: list[dict[str, Any]]) -> str:
+def _grid(rows: list[dict[str, Any]]) -> tuple[list[str], list[str], dict[tuple[str, str], dict[str, Any]]]:
+    """Tokenizer names and kinds in first-seen order, and the ok row for each (name, kind)."""
     ok = [r for r in rows if r["status"] == "ok"]
     names = list(dict.fromkeys(r["tokenizer"] for r in ok))
     kinds = list(dict.fromkeys(r["kind"] for r in ok))
-    cell = {(r["tokenizer"], r["kind"]): r for r in ok}
+    return names, kinds, {(r["tokenizer"], r["kind"]): r for r in ok}
+
+
+def _markdown(rows: list[dict[str, Any]]) -> str:
+    names, kinds, cell = _grid(rows)
+    ok = list(cell.values())
     vocab = {r["tokenizer"]: r["vocab_size"] for r in ok}
     lines = ["# Tokenizer comparison", "", "Chars per token (higher means fewer tokens for the same text):", "",
              "| tokenizer | vocab | " + " | ".join(kinds) + " |", "|---|---:|" + "---:|" * len(kinds)]
@@ -173,17 +179,14 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    ok = [r for r in rows if r["status"] == "ok"]
-    names = list(dict.fromkeys(r["tokenizer"] for r in ok))
-    kinds = list(dict.fromkeys(r["kind"] for r in ok))
-    value = {(r["tokenizer"], r["kind"]): r["chars_per_token"] or 0.0 for r in ok}
+    names, kinds, cell = _grid(rows)
     fig = Figure(figsize=(min(14.0, 2.0 + len(kinds) * (0.5 + 0.3 * len(names))), 4.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     width = 0.8 / max(1, len(names))
     for i, name in enumerate(names):
         xs = [k + (i - (len(names) - 1) / 2) * width for k in range(len(kinds))]
-        ax.bar(xs, [value[name, kind] for kind in kinds], width, label=name)
+        ax.bar(xs, [cell[name, kind]["chars_per_token"] or 0.0 for kind in kinds], width, label=name)
     ax.set_xticks(range(len(kinds)), kinds)
     ax.set_ylabel("chars per token (higher = better compression)")
     ax.set_title("Tokenizer comparison")
@@ -197,7 +200,7 @@ def write_comparison(rows: list[dict[str, Any]], out_dir: str | Path) -> dict[st
     """Write comparison.md, comparison.json and comparison.png into ``out_dir``; return their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"md": out_dir / "comparison.md", "json": out_dir / "comparison.json", "png": out_dir / "comparison.png"}
+    paths = {ext: out_dir / f"comparison.{ext}" for ext in ("md", "json", "png")}
     paths["md"].write_text(_markdown(rows), encoding="utf-8")
     paths["json"].write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     _plot(rows, paths["png"])

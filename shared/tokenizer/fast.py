@@ -16,25 +16,24 @@ from collections.abc import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from shared.tokenizer.bpe import Pair, TokenTable
 from shared.tokenizer.byte_level import token_bytes
-
-Pair = tuple[int, int]
 
 
 def canonical_merges(string_merges: Iterable[tuple[str, str]]) -> list[Pair]:
     """Byte-level string merges (``("Ġ", "t")``) as id pairs in the canonical layout.
 
-    A merge whose result already exists keeps that id, as in ``bpe.build_vocab``.
+    A merge whose result already exists keeps that id (``bpe.TokenTable``).
     """
-    id_of = {bytes([b]): b for b in range(256)}
+    table = TokenTable()
     merges: list[Pair] = []
     for rank, (left, right) in enumerate(string_merges):
-        a, b = token_bytes(left), token_bytes(right)
-        if a not in id_of or b not in id_of:
+        a, b = table.id_of.get(token_bytes(left)), table.id_of.get(token_bytes(right))
+        if a is None or b is None:
             raise ValueError(f"merge #{rank} {left!r} {right!r} uses a token not made by an earlier merge; "
                              "the merges must come in the order they were learned")
-        id_of.setdefault(a + b, len(id_of))
-        merges.append((id_of[a], id_of[b]))
+        table.add_merge(a, b)
+        merges.append((a, b))
     return merges
 
 

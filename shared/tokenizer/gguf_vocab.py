@@ -17,7 +17,8 @@ ids. ``hf_tokenizer_from_gguf(path)`` builds a ``PreTrainedTokenizerFast`` from 
   whose result scores highest, leftmost on ties), except where two different splits of the same
   token overlap in one word, where SentencePiece takes the leftmost and HF the earlier rank.
   Control tokens (``<s>``) are only matched as added tokens, never assembled from characters.
-  A BOS is added when ``tokenizer.ggml.add_bos_token`` says so, as llama.cpp does.
+  A BOS is added when ``tokenizer.ggml.add_bos_token`` says so (absent: for SentencePiece and
+  Llama-3 vocabs), as llama.cpp does.
 
 The metadata is parsed here with the ``gguf`` package's type tables and constants rather than by
 ``gguf.GGUFReader``, which builds one numpy view per string and takes ~10 s on a Llama-3 vocab
@@ -39,9 +40,9 @@ from transformers import PreTrainedTokenizerFast
 
 from shared.tokenizer.byte_level import GPT2_SPLIT_PATTERN, LLAMA3_SPLIT_PATTERN, QWEN2_SPLIT_PATTERN
 
-PRE_SPLIT_PATTERNS = {"gpt-2": GPT2_SPLIT_PATTERN, "llama-bpe": LLAMA3_SPLIT_PATTERN,
-                      "llama3": LLAMA3_SPLIT_PATTERN, "qwen2": QWEN2_SPLIT_PATTERN}
-IGNORE_MERGES_PRE = {"llama-bpe", "llama3"}
+LLAMA3_PRE = ("llama-bpe", "llama3", "llama-v3")  # names llama.cpp gives the Llama-3 pre-tokenizer
+PRE_SPLIT_PATTERNS = {"gpt-2": GPT2_SPLIT_PATTERN, "qwen2": QWEN2_SPLIT_PATTERN,
+                      **{name: LLAMA3_SPLIT_PATTERN for name in LLAMA3_PRE}}
 SPM_SPACE = "\u2581"  # "▁", SentencePiece's visible space
 
 
@@ -73,7 +74,8 @@ class _Cursor:
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise GGUFError(f"{self.path}: metadata string at byte {self.pos - size} is not UTF-8 (corrupt GGUF)") from None
+            raise GGUFError(f"{self.path}: metadata string at byte {self.pos - size} is not UTF-8 "
+                            "(corrupt GGUF); re-download or re-convert the file") from None
 
     def value_type(self) -> GGUFValueType:
         raw = self.unpack("<I")
@@ -162,8 +164,8 @@ def read_gguf_vocab(path: str | Path) -> GGUFVocab:
         scores=meta.get(tok.SCORES), merges=meta.get(tok.MERGES),
         bos_id=meta.get(tok.BOS_ID), eos_id=meta.get(tok.EOS_ID), unk_id=meta.get(tok.UNK_ID),
         pad_id=meta.get(tok.PAD_ID),
-        # llama.cpp's defaults when the keys are absent: SentencePiece adds BOS and a space prefix.
-        add_bos=bool(meta.get(tok.ADD_BOS, meta[tok.MODEL] == "llama")),
+        # llama.cpp's defaults when the keys are absent: SentencePiece and Llama-3 add BOS.
+        add_bos=bool(meta.get(tok.ADD_BOS, meta[tok.MODEL] == "llama" or meta.get(tok.PRE) in LLAMA3_PRE)),
         add_space_prefix=bool(meta.get(tok.ADD_PREFIX, True)),
         chat_template=meta.get(tok.CHAT_TEMPLATE))
 
@@ -175,16 +177,24 @@ def _added_tokens(vocab: GGUFVocab) -> list[AddedToken]:
             for i, t in enumerate(vocab.token_types) if t in kinds]
 
 
+def _token_ids(vocab: GGUFVocab) -> dict[str, int]:
+    ids = {token: i for i, token in enumerate(vocab.tokens)}
+    if len(ids) != len(vocab.tokens):  # an HF vocab maps each string to one id; a repeat would lose ids
+        raise GGUFError(f"{vocab.path}: the token list repeats {len(vocab.tokens) - len(ids)} token(s), which an "
+                        "HF tokenizer cannot represent; use llama.cpp's own tokenizer for this file")
+    return ids
+
+
 def _byte_level_bpe(vocab: GGUFVocab) -> Tokenizer:
     """A "gpt2" GGUF vocab as byte-level BPE with its pre-tokenizer's split regex."""
     if vocab.pre not in PRE_SPLIT_PATTERNS:
         raise GGUFError(f"{vocab.path}: pre-tokenizer {vocab.pre!r} is not supported; supported: "
                         f"{', '.join(PRE_SPLIT_PATTERNS)} (add its split regex to PRE_SPLIT_PATTERNS)")
-    if not vocab.merges:
+    if vocab.merges is None:
         raise GGUFError(f"{vocab.path}: BPE vocab without {Keys.Tokenizer.MERGES}; re-convert the GGUF with merges")
-    ids = {token: i for i, token in enumerate(vocab.tokens)}
+    ids = _token_ids(vocab)
     merges = [tuple(merge.split(" ", 1)) for merge in vocab.merges]
-    tokenizer = Tokenizer(models.BPE(vocab=ids, merges=merges, ignore_merges=vocab.pre in IGNORE_MERGES_PRE))
+    tokenizer = Tokenizer(models.BPE(vocab=ids, merges=merges, ignore_merges=vocab.pre in LLAMA3_PRE))
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(PRE_SPLIT_PATTERNS[vocab.pre]), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
@@ -192,7 +202,7 @@ def _byte_level_bpe(vocab: GGUFVocab) -> Tokenizer:
     return tokenizer
 
 
-def spm_merges(vocab: GGUFVocab) -> list[tuple[str, str]]:
+def _spm_merges(vocab: GGUFVocab) -> list[tuple[str, str]]:
     """Every split of a normal/user-defined token into two tokens, highest merged score first."""
     mergeable = {int(TokenType.NORMAL), int(TokenType.USER_DEFINED)}
     ids = {token: i for i, token in enumerate(vocab.tokens) if vocab.token_types[i] in mergeable}
@@ -211,8 +221,8 @@ def _sentencepiece_bpe(vocab: GGUFVocab) -> Tokenizer:
     if vocab.scores is None:
         raise GGUFError(f"{vocab.path}: SentencePiece vocab without {Keys.Tokenizer.SCORES}; re-convert the GGUF")
     unk = vocab.tokens[vocab.unk_id] if vocab.unk_id is not None else None
-    ids = {token: i for i, token in enumerate(vocab.tokens)}
-    tokenizer = Tokenizer(models.BPE(vocab=ids, merges=spm_merges(vocab), unk_token=unk,
+    ids = _token_ids(vocab)
+    tokenizer = Tokenizer(models.BPE(vocab=ids, merges=_spm_merges(vocab), unk_token=unk,
                                      byte_fallback=True, fuse_unk=True))
     steps = [normalizers.Prepend(SPM_SPACE)] if vocab.add_space_prefix else []
     tokenizer.normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", SPM_SPACE)])

@@ -12,10 +12,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from shared.tokenizer.bpe import BPETokenizer
+from shared.tokenizer.bpe import BPETokenizer, build_vocab
 from shared.tokenizer.chat import SPECIAL_TOKENS
 from shared.tokenizer.fast import train_fast_merges
-from shared.tokenizer.hf_format import build_hf_tokenizer, save_hf_tokenizer
+from shared.tokenizer.hf_format import save_hf_tokenizer
 
 METHODS = ("fast", "reference")
 
@@ -65,9 +65,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, method: Literal["fast
     seconds = time.perf_counter() - start
     if tally.bytes == 0:
         raise ValueError("corpus is empty; pass at least one non-empty text (check the data path and filters)")
-    tokenizer = build_hf_tokenizer(merges, special_tokens)
     stats: dict[str, Any] = {
-        "method": method, "requested_vocab_size": vocab_size, "vocab_size": tokenizer.get_vocab_size(),
+        "method": method, "requested_vocab_size": vocab_size,
+        "vocab_size": len(build_vocab(merges)[0]) + len(special_tokens),
         "n_merges": len(merges), "n_special_tokens": len(special_tokens),
         "corpus_texts": tally.n_texts, "corpus_chars": tally.chars, "corpus_bytes": tally.bytes,
         "train_seconds": round(seconds, 3), "out_dir": None,

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from shared.config import to_dict
-from shared.data import build_shards, iter_documents
+from shared.data import DataError, TokenDataset, build_shards, iter_corpus
 from shared.model.gpt import GPT, GPTConfig
 from shared.model.hf import load_gpt, save_hf_checkpoint
 from shared.model.presets import model_config
@@ -46,7 +46,7 @@ def prepare_corpus(registry: Registry, run: str, data: DataConfig, tokenizer_dir
     """Tokenize ``data.source`` into ``<runs>/<run>/_data/<slug>/`` (reused when the fingerprint matches)."""
     cap = max_bytes if max_bytes is not None else data.max_bytes
     out = registry.root / run / "_data" / f"{_slug(data.source)}-{cap or 'all'}-{tokenizer_dir.parent.name}"
-    docs = iter_documents(data.source, max_bytes=cap, text_field=data.text_field)
+    docs = iter_corpus(data.source, max_bytes=cap, text_field=data.text_field)
     return build_shards(docs, tokenizer_dir, out, val_fraction=data.val_fraction, seed=data.seed,
                         engine=data.engine)
 
@@ -57,6 +57,16 @@ def _model_config(cfg: PretrainConfig, init: Artifact | None, vocab_size: int) -
     m = cfg.model
     return model_config(m.preset, vocab_size=vocab_size, n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd,
                         block_size=m.block_size, dropout=m.dropout)
+
+
+def _check_token_counts(train_dir: Path, val_dirs: dict[str, str], block_size: int) -> None:
+    """Fail on the driver, before any worker starts, when a split is shorter than one window."""
+    for name, directory, split in [("training corpus", train_dir, "train")] + [
+            (f"validation set {n!r}", d, "val") for n, d in val_dirs.items()]:
+        n_tokens = len(TokenDataset(directory, split))
+        if n_tokens < block_size + 1:
+            raise DataError(f"the {split} split of the {name} has {n_tokens} tokens, fewer than one window "
+                            f"(block_size+1 = {block_size + 1}); raise data.max_bytes or lower model.block_size")
 
 
 def _fit(spec: TrainSpec, cfg: PretrainConfig, storage: Path):
@@ -97,6 +107,7 @@ def run_pretraining(cfg: PretrainConfig) -> Artifact:
     if model_cfg.vocab_size < train.vocab_size:
         raise ValueError(f"the model's vocabulary ({model_cfg.vocab_size}) is smaller than the tokenizer's "
                          f"({train.vocab_size}); continue from a model trained with this tokenizer")
+    _check_token_counts(train.out_dir, val_dirs, model_cfg.block_size)
     init_state = None
     if init is not None:
         init_state = str(out_dir / "_init_state.pt")

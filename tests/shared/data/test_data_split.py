@@ -53,3 +53,21 @@ def test_empty_train_gets_the_largest_score_document_and_single_doc_trains():
 def test_balanced_corpus_is_left_alone():
     moves, planner, splits = plan([f"d{i}" for i in range(2_000)], 0.05)
     assert moves == {} and planner.n_docs["val"] == splits.count("val") > 0
+
+
+def test_val_is_topped_up_to_half_its_byte_share():
+    # 40 docs; a few huge ones dominate the bytes. Whatever the hash does, val ends with at least
+    # val_fraction/2 of the bytes, taking train docs in score order, and train keeps documents.
+    ids = [f"m{i}" for i in range(40)]
+    sizes = [100_000 if i % 10 == 0 else 100 for i in range(40)]
+    planner = SplitPlanner(0.1, seed=0)
+    splits = [planner.add(i, doc_id, n) for i, (doc_id, n) in enumerate(zip(ids, sizes))]
+    moves = planner.finish()
+    final = [moves.get(i, s) for i, s in enumerate(splits)]
+    val_bytes = sum(n for n, s in zip(sizes, final) if s == "val")
+    assert val_bytes >= 0.05 * sum(sizes)
+    assert all(splits[i] == "train" and v == "val" for i, v in moves.items())
+    moved_scores = sorted(split_score(ids[i], 0) for i in moves)
+    staying = [split_score(ids[i], 0) for i, s in enumerate(final) if s == "train"]
+    assert not moves or max(moved_scores) <= min(staying)  # the lowest scores joined val first
+    assert planner.n_bytes["val"] == val_bytes and final.count("train") >= 1

@@ -34,6 +34,12 @@ def gguf_file():
 
 
 @pytest.fixture(scope="session")
+def present_gguf_files() -> list[Path]:
+    """The llama.cpp vocab files that are present (GPT-2, Llama-3, Llama-2 SPM, Qwen2)."""
+    return [p for name in ("gpt-2", "llama-bpe", "llama-spm", "qwen2") if (p := GGUF_DIR / f"ggml-vocab-{name}.gguf").is_file()]
+
+
+@pytest.fixture(scope="session")
 def mixed_corpus() -> list[str]:
     """A few KB of English, Python and non-Latin text (always available: the built-in samples)."""
     extra = ("Tokenizers see   runs of spaces,\ttabs and\nnewlines; numbers like 3.14159 and 2024-06-01; "

@@ -46,13 +46,13 @@ def test_special_tokens_are_single_ids(bpe):
     assert bpe.decode(plain) == text
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(data=st.binary(max_size=200))
 def test_encode_bytes_roundtrips_arbitrary_bytes(bpe, data):
     assert bpe.decode_bytes(bpe.encode_bytes(data)) == data
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(text=st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=100))
 def test_encode_bytes_agrees_with_encode_on_text(bpe, text):
     ids = bpe.encode(text, allow_special=False)
