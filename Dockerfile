@@ -61,8 +61,10 @@ COPY configs ./configs
 # Editable on purpose: shared/config finds presets at <repo root>/configs relative to its own file,
 # so the package must stay in /app beside configs/ (a regular install would move it to
 # site-packages, where `--config tiny` no longer resolves). Also installs the `journey` command.
+# compileall: the code stays root-owned, so the ray user could not write __pycache__ at run time.
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install --no-deps -e . \
+ && python -m compileall -q shared ray_jobs services \
  && journey --help > /dev/null
 
 # uid 1000 like the rayproject images; k8s pods set fsGroup 1000 so the runs volume is writable.
