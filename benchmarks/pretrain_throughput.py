@@ -67,7 +67,7 @@ def main() -> None:
     hf_opt = torch.optim.AdamW(hf.parameters(), lr=3e-4, weight_decay=0.1, betas=(0.9, 0.95))
 
     def hf_step(x, y):
-        loss = hf(input_ids=x, labels=torch.cat([x[:, :1], y], 1)).loss  # HF shifts labels itself
+        loss = hf(input_ids=x, labels=x).loss  # HF shifts labels itself: targets x[1:] (T-1 of our T)
         loss.backward()
         hf_opt.step()
         hf_opt.zero_grad(set_to_none=True)
