@@ -15,7 +15,8 @@ def plot_history(history: list[dict[str, Any]], path: str | Path, title: str = "
     curves = {"train": [(r["step"], r["train_loss"]) for r in history if "train_loss" in r]}
     val_keys = sorted({k for r in history for k in r if k.endswith("_loss") and k != "train_loss"})
     for key in val_keys:
-        curves[key.removesuffix("_loss") + " (val)"] = [(r["step"], r[key]) for r in history if key in r]
+        name = key.removesuffix("_loss")
+        curves["val" if name == "val" else f"{name} (val)"] = [(r["step"], r[key]) for r in history if key in r]
     return plot_curves(curves, path, title, "loss (nats/token)")
 
 
