@@ -127,6 +127,16 @@ def run_pretraining(cfg: PretrainConfig) -> Artifact:
                    timings={"data_s": t_data, "train_s": t_train})
 
 
+def _write_tensorboard(history: list[dict[str, Any]], log_dir: Path) -> None:
+    """Every numeric metric of every step as a TensorBoard scalar (tensorboardX ships with Ray Train)."""
+    from tensorboardX import SummaryWriter
+    with SummaryWriter(str(log_dir)) as writer:
+        for row in history:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    writer.add_scalar(key, value, row["step"])
+
+
 def _finish(registry: Registry, cfg: PretrainConfig, out_dir: Path, model_cfg: GPTConfig, state: dict[str, Any],
             tok: Artifact, init: Artifact | None, train, timings: dict[str, float]) -> Artifact:
     """Write the HF checkpoint, metric history and loss curve; register the artifact."""
@@ -138,6 +148,8 @@ def _finish(registry: Registry, cfg: PretrainConfig, out_dir: Path, model_cfg: G
         for row in history:
             fh.write(json.dumps(row) + "\n")
     plot_history(history, out_dir / "loss_curve.png", title=f"{cfg.run}/{cfg.stage}")
+    if cfg.tensorboard:
+        _write_tensorboard(history, out_dir / "tensorboard")
     first, last = history[0], history[-1]
     metrics: dict[str, Any] = {k: v for k, v in last.items() if k.endswith(("_loss", "_ppl", "_bpb"))}
     metrics.update({f"initial_{k}": v for k, v in first.items() if k.endswith(("_loss", "_bpb"))})

@@ -17,11 +17,12 @@ def _train_losses(art):
 
 
 def test_pretrain_registers_hf_checkpoint_and_loss_falls(smoke_tokenizer, ray_session, pretrain_config):
-    art = run_pretraining(pretrain_config(smoke_tokenizer, "pretrain", optim__max_steps=40))
+    art = run_pretraining(pretrain_config(smoke_tokenizer, "pretrain", optim__max_steps=40, tensorboard=True))
     assert art.parents == ["t/tokenizer"] and art.kind == "hf-model"
     m = art.metrics
     assert m["val_loss"] < m["initial_val_loss"] - 0.5, m
     assert (art.dir / "loss_curve.png").stat().st_size > 1000
+    assert any((art.dir / "tensorboard").glob("events.out.tfevents.*"))
     # The artifact is a standard HF checkpoint + tokenizer.
     model = AutoModelForCausalLM.from_pretrained(art.dir)
     tok = AutoTokenizer.from_pretrained(art.dir)
