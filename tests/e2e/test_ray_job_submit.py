@@ -42,8 +42,32 @@ def ray_head():
     try:
         yield env, f"http://127.0.0.1:{dash}"
     finally:
-        _ray("stop", "--force", env=env, check=False)
+        _stop_cluster(temp)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _stop_cluster(temp: str) -> None:
+    """Kill only this head's processes (they all carry its temp dir in their command line).
+
+    ``ray stop --force`` would kill every Ray instance on the machine, including the test session's
+    own and anything a developer is running.
+    """
+    import psutil
+    procs = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(temp in arg for arg in proc.info["cmdline"] or []):
+                procs.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    for proc in alive:
+        proc.kill()
 
 
 @pytest.mark.e2e
