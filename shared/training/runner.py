@@ -51,9 +51,9 @@ def prepare_corpus(registry: Registry, run: str, data: DataConfig, tokenizer_dir
                         engine=data.engine)
 
 
-def _model_config(cfg: PretrainConfig, init: Artifact | None, vocab_size: int) -> GPTConfig:
-    if init is not None:
-        return load_gpt(init.dir).config
+def _model_config(cfg: PretrainConfig, init_model: GPT | None, vocab_size: int) -> GPTConfig:
+    if init_model is not None:
+        return init_model.config
     m = cfg.model
     return model_config(m.preset, vocab_size=vocab_size, n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd,
                         block_size=m.block_size, dropout=m.dropout)
@@ -103,15 +103,16 @@ def run_pretraining(cfg: PretrainConfig) -> Artifact:
         val_dirs[name] = str(prepare_corpus(registry, cfg.run, extra, tok.dir, cfg.eval_max_bytes).out_dir)
     t_data = time.perf_counter() - t_start
 
-    model_cfg = _model_config(cfg, init, train.vocab_size)
+    init_model = load_gpt(init.dir) if init is not None else None  # read the checkpoint once
+    model_cfg = _model_config(cfg, init_model, train.vocab_size)
     if model_cfg.vocab_size < train.vocab_size:
         raise ValueError(f"the model's vocabulary ({model_cfg.vocab_size}) is smaller than the tokenizer's "
                          f"({train.vocab_size}); continue from a model trained with this tokenizer")
     _check_token_counts(train.out_dir, val_dirs, model_cfg.block_size)
     init_state = None
-    if init is not None:
+    if init_model is not None:
         init_state = str(out_dir / "_init_state.pt")
-        torch.save(load_gpt(init.dir).state_dict(), init_state)
+        torch.save(init_model.state_dict(), init_state)
     storage = registry.root / cfg.run / "_ray"
     spec = TrainSpec(config=to_dict(cfg), model=asdict(model_cfg), train_dir=str(train.out_dir), val_dirs=val_dirs,
                      init_state=init_state, fail_marker=str(out_dir / "_failed_once"))
