@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -75,10 +76,16 @@ def test_pretrain_via_ray_job_submit(ray_head, tmp_path):
     env, address = ray_head
     runs = tmp_path / "runs"
     for module, preset in (("tokenizer", "smoke"), ("pretrain", "smoke")):
-        proc = _ray("job", "submit", f"--address={address}", "--working-dir", ".", "--",
-                    "python", "-m", f"ray_jobs.{module}", "--config", f"configs/{module}/{preset}.yaml",
-                    "run=submitted", f"runs_dir={runs}", "optim.max_steps=20" if module == "pretrain" else "max_bytes_per_source=100000",
-                    env=env, timeout=600)
+        args = ("job", "submit", f"--address={address}", "--working-dir", ".", "--",
+                "python", "-m", f"ray_jobs.{module}", "--config", f"configs/{module}/{preset}.yaml",
+                "run=submitted", f"runs_dir={runs}",
+                "optim.max_steps=20" if module == "pretrain" else "max_bytes_per_source=100000")
+        for _ in range(12):  # right after `ray start` the job agent may not be up yet: Ray asks to retry
+            proc = _ray(*args, env=env, timeout=600, check=False)
+            if "No available agent" not in proc.stdout + proc.stderr:
+                break
+            time.sleep(5)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert "succeeded" in proc.stdout.lower(), proc.stdout[-3000:]
     manifest = json.loads((runs / "submitted" / "pretrain" / "journey.json").read_text())
     assert manifest["parents"] == ["submitted/tokenizer"]
