@@ -7,7 +7,8 @@
 
 Modules: ``sources`` (the ``iter_documents`` entry point) over ``builtin`` / ``local`` / ``hub``;
 ``split`` (hash split by document id); ``spool`` + ``encode`` + ``shards`` (building);
-``dataset`` (reading). Instruction and preference data (chat templates, SFT/DPO) are not here.
+``dataset`` (reading). Instruction and preference data (SFT/DPO rows, their checks) live in
+the subpackage ``shared.data.instructions``.
 """
 from shared.data.dataset import TokenDataset
 from shared.data.documents import DataError, Document

@@ -4,7 +4,14 @@ Every message renders as ``<|{role}|>{content}<|end|>`` for role system/user/ass
 answer (role ``tool``) renders as ``<|tool_result|>{content}<|end|>``. An assistant message that
 carries ``tool_call`` (``{"name": ..., "arguments": {...}}``) renders as
 ``<|assistant|><|tool_call|>{compact json}<|end|>``; compact JSON means ``separators=(",", ":")``,
-non-ASCII kept as is, keys in the caller's order. A generation prompt appends ``<|assistant|>``.
+non-ASCII kept as is, keys in the caller's order. ``tool_call`` may also be that JSON already
+serialized (a str, rendered as given): datasets store it so, because Arrow would merge the argument
+dicts of different tools into one struct and add null keys. A generation prompt appends
+``<|assistant|>``.
+
+What the assistant generates (its content, or ``<|tool_call|>{json}``, and the closing ``<|end|>``)
+sits inside ``{% generation %}`` blocks in the Jinja template, so TRL's ``assistant_only_loss``
+trains on exactly those tokens, stop token included; the ``<|assistant|>`` tag is the prompt's.
 
 ``render_chat`` and ``CHAT_TEMPLATE`` (used by HF ``apply_chat_template``) produce byte-identical
 strings; the tests hold them to that. This module does not tokenize and does not validate tool
@@ -43,8 +50,14 @@ def _check_message(message: Any) -> None:
         if message.get("content"):
             raise ValueError("an assistant message with 'tool_call' must have empty content; "
                              "put the text in a separate assistant message")
-        if not (isinstance(tool_call, Mapping) and isinstance(tool_call.get("name"), str)
-                and isinstance(tool_call.get("arguments", {}), Mapping)):
+        parsed = tool_call
+        if isinstance(tool_call, str):
+            try:
+                parsed = json.loads(tool_call)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"tool_call string is not valid JSON ({exc}): {tool_call!r}") from None
+        if not (isinstance(parsed, Mapping) and isinstance(parsed.get("name"), str)
+                and isinstance(parsed.get("arguments", {}), Mapping)):
             raise ValueError(f"tool_call must be {{'name': str, 'arguments': dict}}, got {tool_call!r}")
         return
     if not isinstance(message.get("content"), str):
@@ -57,7 +70,9 @@ def render_message(message: Mapping[str, Any]) -> str:
     _check_message(message)
     role = message["role"]
     if message.get("tool_call") is not None:
-        payload = json.dumps(message["tool_call"], ensure_ascii=False, separators=(",", ":"))
+        tool_call = message["tool_call"]
+        payload = tool_call if isinstance(tool_call, str) else json.dumps(
+            tool_call, ensure_ascii=False, separators=(",", ":"))
         return f"{ASSISTANT}{TOOL_CALL}{payload}{END}"
     if role == "tool":
         return f"{TOOL_RESULT}{message['content']}{END}"
@@ -80,8 +95,12 @@ CHAT_TEMPLATE = (
     "{{- raise_exception('unknown chat role ' ~ message['role'] ~ '; valid roles are "
     + ", ".join(ROLES) + "') -}}"
     "{%- elif message['role'] == 'assistant' and message.get('tool_call') is not none -%}"
-    "{{- '" + ASSISTANT + TOOL_CALL + "' + (message['tool_call'] | tojson(separators=(',', ':')))"
-    " + '" + END + "' -}}"
+    "{{- '" + ASSISTANT + "' -}}{%- generation -%}"
+    "{%- if message['tool_call'] is string -%}{{- '" + TOOL_CALL + "' + message['tool_call'] -}}"
+    "{%- else -%}{{- '" + TOOL_CALL + "' + (message['tool_call'] | tojson(separators=(',', ':'))) -}}"
+    "{%- endif -%}{{- '" + END + "' -}}{%- endgeneration -%}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{{- '" + ASSISTANT + "' -}}{%- generation -%}{{- message['content'] + '" + END + "' -}}{%- endgeneration -%}"
     "{%- elif message['role'] == 'tool' -%}"
     "{{- '" + TOOL_RESULT + "' + message['content'] + '" + END + "' -}}"
     "{%- else -%}"

@@ -28,6 +28,11 @@ CONVERSATIONS = {
                                             "arguments": {"q": "Москва", "opts": {"limit": 2, "tags": ["a", "b"]}}}},
         {"role": "tool", "content": '{"lat": 55.75, "lon": 37.62}'},
     ],
+    "tool call as a JSON string (how datasets store it)": [
+        {"role": "user", "content": "Search the docs for zipfile."},
+        {"role": "assistant", "content": "", "tool_call": '{"name":"search_docs","arguments":{"query":"zipfile"}}'},
+        {"role": "tool", "content": "zipfile: read and write ZIP archives"},
+    ],
     "empty content": [{"role": "user", "content": ""}, {"role": "assistant", "content": ""}],
 }
 
@@ -72,3 +77,21 @@ def test_unknown_role_names_valid_roles(trained_dir):
 def test_bad_messages_fail_clearly(message, match):
     with pytest.raises(ValueError, match=match):
         render_chat([message])
+
+
+def test_assistant_mask_covers_exactly_what_the_assistant_generates(trained_dir):
+    """TRL's assistant_only_loss trains on {% generation %} spans: the reply and its <|end|>, not the tag."""
+    tokenizer = load_tokenizer(trained_dir)
+    messages = CONVERSATIONS["tool call + result"]
+    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    ids, mask = out["input_ids"], out["assistant_masks"]
+    trained = tokenizer.decode([i for i, m in zip(ids, mask) if m])
+    expected = ('<|tool_call|>{"name":"calculator","arguments":{"expression":"2+2","exact":true}}<|end|>'
+                "2+2 = 4.<|end|>")
+    assert trained == expected
+    assert tokenizer.decode([i for i, m in zip(ids, mask) if not m]).count("<|assistant|>") == 2
+
+
+def test_bad_tool_call_string_fails_clearly():
+    with pytest.raises(ValueError, match="not valid JSON"):
+        render_chat([{"role": "assistant", "content": "", "tool_call": "{oops"}])

@@ -1,0 +1,26 @@
+"""Preference pairs from the SFT model's own sampled outputs (Ray Data batch inference), scored.
+
+    python -m ray_jobs.prefs --config tiny run=myrun                 (after sft in the same run)
+    python -m ray_jobs.prefs --config tiny reward_model=reward        (add a reward model's score)
+
+Writes a dataset artifact (train.jsonl / heldout.jsonl of chosen/rejected pairs with margins).
+"""
+from __future__ import annotations
+
+import sys
+
+from ray_jobs._args import parse_job_args, run_main
+from shared.training.posttrain_config import PrefsJobConfig
+
+
+def main(argv: list[str] | None = None) -> int:
+    def job():
+        cfg = parse_job_args(PrefsJobConfig, "prefs", argv, __doc__.splitlines()[0])
+        from shared.training.prefs import run_prefs
+        art = run_prefs(cfg)
+        return {"artifact": art.id, "path": art.path, "metrics": art.metrics}
+    return run_main(job)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Reward model (TRL RewardTrainer) on preference pairs, backbone = the SFT model, under Ray Train.
+
+    python -m ray_jobs.reward --config tiny run=myrun                (after prefs in the same run)
+    python -m ray_jobs.reward --config tiny method.method=lora data=hf:HuggingFaceH4/ultrafeedback_binarized
+
+A one-output sequence classifier trained with the Bradley-Terry loss on chosen vs rejected; the
+artifact (kind reward-model) records the held-out pair accuracy before (untrained head) and after.
+"""
+from __future__ import annotations
+
+import sys
+
+from ray_jobs._args import parse_job_args, run_main
+from shared.training.posttrain_config import RewardJobConfig
+
+
+def main(argv: list[str] | None = None) -> int:
+    def job():
+        cfg = parse_job_args(RewardJobConfig, "reward", argv, __doc__.splitlines()[0])
+        from shared.training.reward import run_reward
+        art = run_reward(cfg)
+        return {"artifact": art.id, "path": art.path, "metrics": art.metrics}
+    return run_main(job)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""Online RL (TRL GRPO or RLOO) of the DPO policy against the reward model and the exact checkers.
+
+    python -m ray_jobs.rl --config tiny run=myrun                  (after dpo and reward in the same run)
+    python -m ray_jobs.rl --config tiny algorithm=rloo checker_weight=0
+
+GRPO is a PPO-style clipped objective with group-relative advantages and no value model (not
+PPO); rollouts use HF generate and stop at <|end|>. Logs the rewards, then compares the policy's
+ancestors (base / SFT / DPO) with the RL policy on held-out and safety/helpfulness prompts.
+"""
+from __future__ import annotations
+
+import sys
+
+from ray_jobs._args import parse_job_args, run_main
+from shared.training.posttrain_config import RLJobConfig
+
+
+def main(argv: list[str] | None = None) -> int:
+    def job():
+        cfg = parse_job_args(RLJobConfig, "rl", argv, __doc__.splitlines()[0])
+        from shared.training.rl import run_rl
+        art = run_rl(cfg)
+        return {"artifact": art.id, "path": art.path, "metrics": art.metrics}
+    return run_main(job)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Supervised fine-tuning (TRL SFTTrainer) of a registered model on chat data, under Ray Train.
+
+    python -m ray_jobs.sft --config tiny run=myrun                 (after cpt in the same run)
+    python -m ray_jobs.sft --config tiny data=hf:databricks/databricks-dolly-15k method.method=lora
+
+Loss on the assistant's tokens only; the held-out split is scored before (the start model) and
+after (exact match, format adherence, refusals) into the artifact's metrics and heldout_eval.md.
+"""
+from __future__ import annotations
+
+import sys
+
+from ray_jobs._args import parse_job_args, run_main
+from shared.training.posttrain_config import SFTJobConfig
+
+
+def main(argv: list[str] | None = None, stage: str = "sft", doc: str | None = None) -> int:
+    def job():
+        cfg = parse_job_args(SFTJobConfig, stage, argv, (doc or __doc__).splitlines()[0])
+        from shared.training.sft import run_sft
+        art = run_sft(cfg)
+        return {"artifact": art.id, "path": art.path, "metrics": art.metrics}
+    return run_main(job)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Batched chat generation with a Hugging Face causal LM, for evaluation and preference sampling.
+
+``generate_replies(model, tokenizer, conversations, ...)`` renders each conversation with the one
+chat format plus the generation prompt (``<|assistant|>``), left-pads a batch, and samples (or
+decodes greedily with ``temperature=0``) until ``<|end|>`` / ``<|endoftext|>`` or the token budget.
+Each reply is returned as decoded text up to and including its stop token, special tokens kept,
+so the checkers can see whether the model terminated properly and whether it called a tool.
+
+Prompts longer than the context allows are cut from the left (the latest turns matter most).
+This is HF ``generate()``, fine for small evaluation sets; the serving engine is ``shared.engine``.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from shared.tokenizer.chat import END, EOT, render_chat
+
+
+def load_chat_model(path: str, device: str = "cpu"):
+    """``(model, tokenizer)`` from an HF checkpoint directory, in eval mode, ready for left-padded batches."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return model, tokenizer
+
+
+def context_length(model) -> int:
+    cfg = model.config
+    return int(getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", 2048))
+
+
+def _stop_ids(tokenizer) -> list[int]:
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in (END, EOT)]
+    return [i for i in ids if isinstance(i, int) and i != tokenizer.unk_token_id]
+
+
+def _decode_reply(tokenizer, ids: list[int], stops: set[int]) -> str:
+    """Text up to and including the first stop token (padding after it dropped)."""
+    for n, token in enumerate(ids):
+        if token in stops:
+            ids = ids[: n + 1]
+            break
+    return tokenizer.decode(ids, skip_special_tokens=False)
+
+
+@torch.no_grad()
+def generate_replies(model, tokenizer, conversations: Sequence[Sequence[dict[str, Any]]], *, n: int = 1,
+                     temperature: float = 0.0, top_p: float = 1.0, max_new_tokens: int = 48,
+                     batch_size: int = 32, seed: int = 0) -> list[list[str]]:
+    """``n`` replies per conversation (a list of ``n`` strings each); ``temperature=0`` is greedy."""
+    if temperature == 0 and n > 1:
+        raise ValueError("greedy decoding (temperature=0) gives the same reply n times; set temperature > 0")
+    limit = context_length(model)
+    if max_new_tokens >= limit:
+        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for the prompt in a context of {limit}")
+    stops = _stop_ids(tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[-1]
+    device = next(model.parameters()).device
+    torch.manual_seed(seed)
+    out: list[list[str]] = []
+    for start in range(0, len(conversations), batch_size):
+        prompts = [tokenizer(render_chat(c, add_generation_prompt=True), add_special_tokens=False).input_ids
+                   [-(limit - max_new_tokens):] for c in conversations[start:start + batch_size]]
+        width = max(len(p) for p in prompts)
+        input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(
+            do_sample=False)
+        generated = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                   num_return_sequences=n, eos_token_id=stops, pad_token_id=pad_id, **sampling)
+        new = generated[:, width:].tolist()
+        for i in range(len(prompts)):
+            out.append([_decode_reply(tokenizer, new[i * n + j], set(stops)) for j in range(n)])
+    return out

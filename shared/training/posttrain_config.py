@@ -1,0 +1,192 @@
+"""Configs of the post-training jobs: fine-tune / SFT, preference pairs, DPO, reward model, RL.
+
+Every trainer job shares ``PostTrainConfig`` (what to start from, the data, the fine-tuning
+method, DeepSpeed, the loop) and adds its algorithm's knobs, TRL style (``<algo>`` config beside
+``<algo>`` trainer). Presets live in ``configs/{finetune,sft,prefs,dpo,reward,rl}/``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from shared.config import ConfigError, help_field
+from shared.training.deepspeed_config import DeepSpeedConfig
+from shared.training.finetune_config import MethodConfig
+
+HF_SCHEDULES = ("cosine", "linear", "constant_with_warmup", "warmup_stable_decay")
+REWARD_METHODS = ("full", "lora")
+REWARD_METHOD_ERROR = ("the reward model supports method=full or method=lora (4-bit loading here is for causal "
+                       "LMs; the reward model is a sequence classifier); set method.method=lora")
+
+
+@dataclass
+class LoopConfig:
+    max_steps: int = help_field(200, "optimizer steps")
+    batch_size: int = help_field(16, "sequences (or pairs) per micro-batch per worker")
+    grad_accum: int = help_field(1, "micro-batches per optimizer step")
+    lr: float = help_field(1e-3, "peak learning rate")
+    schedule: str = help_field("cosine", f"HF lr schedule: {list(HF_SCHEDULES)}")
+    warmup: float = help_field(0.05, "warmup: steps if >= 1, else a ratio of max_steps")
+    weight_decay: float = help_field(0.0, "AdamW weight decay")
+    optim: str = help_field("adamw_torch", "HF optimizer name (paged_adamw_8bit for QLoRA on a GPU); with "
+                            "DeepSpeed the optimizer is DeepSpeed's AdamW")
+    grad_clip: float = help_field(1.0, "clip the global gradient norm (0 = off)")
+    max_length: int = help_field(128, "tokens per sequence (prompt + response); longer ones are truncated")
+    eval_every: int = help_field(50, "evaluate the held-out loss every N steps")
+    log_every: int = help_field(10, "log every N steps")
+    precision: Literal["auto", "fp32", "bf16"] = help_field(
+        "fp32", "auto = bf16 where supported; fp32 keeps tiny CPU runs exact and comparable")
+    seed: int = help_field(1234, "seed of init, shuffling and sampling")
+
+    def validate(self) -> None:
+        for name in ("max_steps", "batch_size", "grad_accum", "max_length", "eval_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if self.schedule not in HF_SCHEDULES:
+            raise ConfigError(f"train.schedule: unknown schedule {self.schedule!r}; choose one of {list(HF_SCHEDULES)}")
+
+
+@dataclass
+class PostTrainConfig:
+    """What every post-training trainer job needs."""
+
+    run: str = help_field("default", "run name: the artifact goes to <runs_dir>/<run>/<stage>")
+    stage: str = help_field("finetune", "stage name of the artifact this job writes")
+    init_from: str = help_field("cpt", "model to start from: an artifact name, an HF checkpoint dir or a hub id")
+    data: str = help_field("builtin:instructions", "training data: builtin:instructions, hf:<dataset>, a jsonl "
+                           "file, a text corpus (builtin:python-code ...) or a prefs artifact")
+    max_examples: Optional[int] = help_field(None, "use at most this many training examples")
+    eval_examples: int = help_field(200, "held-out examples for eval loss and the generation checks")
+    method: MethodConfig = field(default_factory=MethodConfig, metadata={"help": "full / lora / qlora"})
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig, metadata={"help": "ZeRO stage, offload"})
+    train: LoopConfig = field(default_factory=LoopConfig, metadata={"help": "optimizer and loop"})
+    num_workers: int = help_field(1, "Ray Train workers (data parallel; ZeRO partitions across them)")
+    cpus_per_worker: int = help_field(2, "CPU cores per worker (sets torch threads)")
+    use_gpu: bool = help_field(False, "one GPU per worker")
+    max_new_tokens: int = help_field(48, "generation budget of the after-training checks")
+    runs_dir: Optional[str] = help_field(None, "artifact root (default $JOURNEY_RUNS or ./runs)")
+    overwrite: bool = help_field(False, "replace an existing artifact of the same run/stage")
+
+    def validate(self) -> None:
+        self.method.validate()
+        self.deepspeed.validate()
+        self.train.validate()
+        if self.num_workers < 1 or self.cpus_per_worker < 1:
+            raise ConfigError("num_workers and cpus_per_worker must be >= 1")
+        if self.max_examples is not None and self.max_examples < 1:
+            raise ConfigError(f"max_examples must be >= 1 or unset, got {self.max_examples}")
+        if self.eval_examples < 0:
+            raise ConfigError(f"eval_examples must be >= 0, got {self.eval_examples}")
+
+
+@dataclass
+class SFTJobConfig(PostTrainConfig):
+    """Supervised fine-tuning (and plain fine-tuning on a text corpus) with TRL's SFTTrainer."""
+
+    stage: str = help_field("sft", "stage name of the artifact this job writes")
+    assistant_only_loss: bool = help_field(True, "chat data: loss on the assistant's tokens only (the reply "
+                                           "and its <|end|>); text corpora always train on every token")
+    packing: bool = help_field(False, "pack several examples into each max_length window (BFD packing)")
+
+
+@dataclass
+class DPOJobConfig(PostTrainConfig):
+    """Direct preference optimization with TRL's DPOTrainer."""
+
+    stage: str = help_field("dpo", "stage name of the artifact this job writes")
+    init_from: str = help_field("sft", "policy to start from (and, by default, the frozen reference)")
+    reference: Optional[str] = help_field(None, "frozen reference model (default: init_from)")
+    data: str = help_field("prefs", "preference pairs: a prefs artifact, hf:<dataset> or a jsonl file")
+    beta: float = help_field(0.1, "DPO beta: strength of the KL anchor to the reference")
+    loss_type: str = help_field("sigmoid", "TRL DPO loss: sigmoid (DPO), ipo, hinge, robust, ...")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.beta <= 0:
+            raise ConfigError(f"beta must be > 0, got {self.beta}")
+
+
+@dataclass
+class RewardJobConfig(PostTrainConfig):
+    """A reward model (sequence classifier with one score) trained on preference pairs (TRL RewardTrainer)."""
+
+    stage: str = help_field("reward", "stage name of the artifact this job writes")
+    init_from: str = help_field("sft", "backbone of the reward model (its LM head is replaced by a score head)")
+    data: str = help_field("prefs", "preference pairs: a prefs artifact, hf:<dataset> or a jsonl file")
+    center_rewards_coefficient: Optional[float] = help_field(
+        0.01, "weight of TRL's mean((r_chosen + r_rejected)^2) term that keeps rewards near zero (None = off); RL "
+        "adds the reward to the checkers' score, so an unanchored scale would drown or ignore them")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.method.method not in REWARD_METHODS:
+            raise ConfigError(f"{REWARD_METHOD_ERROR}, not {self.method.method!r}")
+        if self.center_rewards_coefficient is not None and self.center_rewards_coefficient < 0:
+            raise ConfigError(f"center_rewards_coefficient must be >= 0 or None, got {self.center_rewards_coefficient}")
+
+
+@dataclass
+class RLJobConfig(PostTrainConfig):
+    """Online RL against a reward model: TRL GRPO (group-relative PPO-style clipped objective) or RLOO."""
+
+    stage: str = help_field("rl", "stage name of the artifact this job writes")
+    init_from: str = help_field("dpo", "policy to start from")
+    reward_model: str = help_field("reward", "reward model artifact scoring each sampled completion")
+    checker_weight: float = help_field(1.0, "also add the exact checkers' score (verifiable rewards) times this")
+    algorithm: Literal["grpo", "rloo"] = help_field("grpo", "TRL trainer: grpo or rloo")
+    num_generations: int = help_field(4, "completions sampled per prompt (the group); train.batch_size counts "
+                                      "completions, so batch_size * grad_accum must be a multiple of it")
+    max_completion_length: int = help_field(32, "rollout budget in tokens (a rollout also stops at <|end|>)")
+    beta: float = help_field(0.04, "KL penalty to the starting policy (0 = no reference model is kept)")
+    temperature: float = help_field(1.0, "sampling temperature of the rollouts")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.num_generations < 2:
+            raise ConfigError("num_generations must be >= 2: GRPO/RLOO baselines compare completions of one prompt")
+        per_generation = self.train.batch_size * self.train.grad_accum
+        if per_generation % self.num_generations:
+            raise ConfigError(f"train.batch_size * train.grad_accum = {per_generation} completions per generation "
+                              f"round is not a multiple of num_generations={self.num_generations}; every prompt "
+                              "needs its whole group: make batch_size a multiple of num_generations")
+        for name, ok, need in (("max_completion_length", self.max_completion_length >= 1, ">= 1"),
+                               ("temperature", self.temperature > 0, "> 0"), ("beta", self.beta >= 0, ">= 0"),
+                               ("checker_weight", self.checker_weight >= 0, ">= 0")):
+            if not ok:
+                raise ConfigError(f"{name} must be {need}, got {getattr(self, name)}")
+
+
+@dataclass
+class PrefsJobConfig:
+    """Preference pairs sampled from a model's own outputs and scored (checkers, rules, reward model)."""
+
+    run: str = help_field("default", "run name")
+    stage: str = help_field("prefs", "stage name of the dataset artifact this job writes")
+    init_from: str = help_field("sft", "the model whose outputs are sampled")
+    data: str = help_field("builtin:instructions", "prompts: instruction examples whose checks score responses")
+    num_prompts: int = help_field(1000, "prompts to sample from the training split")
+    samples_per_prompt: int = help_field(4, "responses sampled per prompt")
+    temperature: float = help_field(1.0, "sampling temperature")
+    top_p: float = help_field(0.95, "nucleus sampling")
+    max_new_tokens: int = help_field(48, "response budget in tokens")
+    reward_model: Optional[str] = help_field(None, "also score with this reward model artifact when given")
+    min_margin: float = help_field(0.5, "keep a pair only when chosen beats rejected by at least this")
+    reference_fallback: bool = help_field(True, "when no sample passes the check, use the dataset's reference "
+                                          "answer as chosen (recorded per pair as chosen_source)")
+    batch_size: int = help_field(32, "prompts per generation batch")
+    num_workers: int = help_field(1, "Ray Data inference actors")
+    cpus_per_worker: int = help_field(2, "CPU cores per inference actor")
+    seed: int = help_field(1234, "seed of prompt choice and sampling")
+    runs_dir: Optional[str] = help_field(None, "artifact root (default $JOURNEY_RUNS or ./runs)")
+    overwrite: bool = help_field(False, "replace an existing artifact of the same run/stage")
+
+    def validate(self) -> None:
+        for name in ("num_prompts", "samples_per_prompt", "max_new_tokens", "batch_size", "num_workers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.samples_per_prompt < 2 and not self.reference_fallback:
+            raise ConfigError("samples_per_prompt must be >= 2 to form pairs (or enable reference_fallback)")
+        if not 0 < self.temperature:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")

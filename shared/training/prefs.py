@@ -1,0 +1,166 @@
+"""Preference pairs made from a model's own outputs (the input of DPO and of the reward model).
+
+1. Pick ``num_prompts`` training instructions (and a tenth as many held-out ones for DPO's eval).
+2. Sample ``samples_per_prompt`` replies per prompt from the model: a Ray Data pipeline whose
+   actors each hold the model (``map_batches`` over a callable class: batch inference).
+3. Score every reply (``chat_eval.score_replies``: the example's exact checker, the refusal rule,
+   reference overlap, well-formedness) and, when given, add a reward model's score.
+4. Pair the best reply (chosen) with the worst (rejected) when the margin is at least
+   ``min_margin``. When no sample passes the check and ``reference_fallback`` is on, the dataset's
+   own reference reply is chosen instead; every pair records ``chosen_source`` (model | reference).
+
+The artifact is a ``dataset``: ``train.jsonl`` / ``heldout.jsonl`` in the preference schema
+(``shared.data.instructions.schema``) plus ``stats.json``.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from shared.registry import Artifact
+
+PASSING_TASK_SCORE = 1.0  # the task part of chat_eval's score when the reply is right
+
+
+class ReplySampler:
+    """Ray Data actor: holds one model, samples ``n`` replies for each conversation of a batch."""
+
+    def __init__(self, model_path: str, n: int, temperature: float, top_p: float, max_new_tokens: int,
+                 threads: int, seed: int):
+        import torch
+        from shared.eval.generate import load_chat_model
+        torch.set_num_threads(threads)
+        self.model, self.tokenizer = load_chat_model(model_path)
+        self.opts = dict(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+        self.seed = seed
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from shared.eval.generate import generate_replies
+        conversations = [json.loads(p) for p in batch["prompt"]]
+        replies = generate_replies(self.model, self.tokenizer, conversations, batch_size=len(conversations),
+                                   seed=self.seed + int(batch["idx"][0]), **self.opts)
+        return {"idx": batch["idx"], "replies": np.array([json.dumps(r) for r in replies])}
+
+
+def sample_replies(model_path: str, examples: list[dict[str, Any]], cfg) -> list[list[str]]:
+    """``cfg.samples_per_prompt`` sampled replies per example, in example order (Ray Data)."""
+    import ray
+    from shared.training.runner import ensure_ray
+
+    ensure_ray()
+    items = [{"idx": i, "prompt": json.dumps(ex["messages"][:-1])} for i, ex in enumerate(examples)]
+    ds = ray.data.from_items(items).map_batches(
+        ReplySampler, batch_size=cfg.batch_size, concurrency=cfg.num_workers, num_cpus=cfg.cpus_per_worker,
+        fn_constructor_kwargs=dict(model_path=model_path, n=cfg.samples_per_prompt, temperature=cfg.temperature,
+                                   top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                                   threads=cfg.cpus_per_worker, seed=cfg.seed))
+    out: list[list[str]] = [[] for _ in examples]
+    for row in ds.iter_rows():
+        out[int(row["idx"])] = json.loads(row["replies"])
+    return out
+
+
+def reply_message(reply: str) -> dict[str, Any]:
+    """A generated reply as an assistant message (a tool call when it parses as one)."""
+    from shared.data.instructions.checks import parse_response
+    parsed = parse_response(reply)
+    if parsed["tool_call"] is not None:
+        return {"role": "assistant", "content": "", "tool_call": parsed["tool_call"]}
+    return {"role": "assistant", "content": parsed["text"]}
+
+
+def make_pairs(examples: list[dict], replies: list[list[str]], min_margin: float, reference_fallback: bool,
+               rewards: list[list[float]] | None = None) -> list[dict[str, Any]]:
+    """Chosen/rejected pairs with their margin (see the module docstring)."""
+    from shared.eval.chat_eval import score_replies
+    pairs = []
+    for i, (example, candidates) in enumerate(zip(examples, replies, strict=True)):
+        scored = score_replies([example] * len(candidates), candidates)
+        scores = [r["score"] + (rewards[i][j] if rewards else 0.0) for j, r in enumerate(scored)]
+        best, worst = int(np.argmax(scores)), int(np.argmin(scores))
+        chosen, source, chosen_score = reply_message(candidates[best]), "model", scores[best]
+        task_ok = scored[best]["score"] - (1.0 if scored[best]["format_ok"] else 0.0) >= PASSING_TASK_SCORE
+        if reference_fallback and not task_ok:
+            target = example["messages"][-1]
+            reference_score = score_replies([example], [_render_target(target)])[0]["score"]
+            chosen, source, chosen_score = target, "reference", reference_score
+        margin = chosen_score - scores[worst]
+        if margin >= min_margin:
+            pairs.append({"id": example["id"], "task": example.get("task", ""), "prompt": example["messages"][:-1],
+                          "chosen": [chosen], "rejected": [reply_message(candidates[worst])], "margin": margin,
+                          "chosen_source": source})
+    return pairs
+
+
+def _render_target(message: dict[str, Any]) -> str:
+    """The dataset's reference reply as the model would have generated it (after ``<|assistant|>``)."""
+    from shared.tokenizer.chat import ASSISTANT, render_message
+    return render_message(message).removeprefix(ASSISTANT)
+
+
+def pick_examples(source: str, split: str, count: int, seed: int) -> list[dict[str, Any]]:
+    from shared.data.instructions import load_sft_dataset
+    examples = load_sft_dataset(source, split=split)
+    rng = random.Random(seed)
+    return rng.sample(examples, min(count, len(examples)))
+
+
+def run_prefs(cfg) -> Artifact:
+    """Sample, score and pair; write and register the preference dataset."""
+    from shared.config import to_dict
+    from shared.data.instructions import check_nonempty
+    from shared.registry import Registry
+    from shared.training.posttrain import resolve_model
+
+    t0 = time.perf_counter()
+    registry = Registry(cfg.runs_dir)
+    model = resolve_model(registry, cfg.init_from, cfg.run)
+    reward = registry.resolve(cfg.reward_model, run=cfg.run) if cfg.reward_model else None
+    out_dir = registry.stage_dir(cfg.run, cfg.stage, overwrite=cfg.overwrite)
+    stats: dict[str, Any] = {}
+    for split, count in (("train", cfg.num_prompts), ("heldout", max(1, cfg.num_prompts // 10))):
+        examples = pick_examples(cfg.data, split, count, cfg.seed)
+        replies = sample_replies(model.path, examples, cfg)
+        rewards = _reward_scores(reward, examples, replies) if reward else None
+        pairs = make_pairs(examples, replies, cfg.min_margin, cfg.reference_fallback, rewards)
+        if split == "train":
+            check_nonempty(pairs, f"pairs sampled from {model.path}")
+        _write_jsonl(out_dir / f"{split}.jsonl", pairs)
+        stats.update(_stats(split, examples, replies, pairs))
+    (out_dir / "stats.json").write_text(json.dumps(stats, indent=1))
+    parents = model.parent_ids + ([reward.id] if reward else [])
+    return registry.register(cfg.run, cfg.stage, "dataset", parents=parents, config=to_dict(cfg), metrics=stats,
+                             timings={"sample_s": time.perf_counter() - t0})
+
+
+def _reward_scores(reward: Artifact, examples: list[dict], replies: list[list[str]]) -> list[list[float]]:
+    from shared.training.reward import score_with_reward_model
+    flat_prompts = [ex["messages"][:-1] for ex, rs in zip(examples, replies) for _ in rs]
+    flat = score_with_reward_model(str(reward.dir), flat_prompts, [r for rs in replies for r in rs])
+    out, k = [], 0
+    for rs in replies:
+        out.append(flat[k:k + len(rs)])
+        k += len(rs)
+    return out
+
+
+def _stats(split: str, examples: list[dict], replies: list[list[str]], pairs: list[dict]) -> dict[str, Any]:
+    from shared.eval.chat_eval import score_replies, summarize
+    flat = score_replies([ex for ex, rs in zip(examples, replies) for _ in rs], [r for rs in replies for r in rs])
+    sample = summarize(flat)
+    return {f"{split}_prompts": len(examples), f"{split}_pairs": len(pairs),
+            f"{split}_pairs_reference_chosen": sum(p["chosen_source"] == "reference" for p in pairs),
+            f"{split}_mean_margin": float(np.mean([p["margin"] for p in pairs])) if pairs else 0.0,
+            f"{split}_sample_exact_match": sample["exact_match"], f"{split}_sample_format_ok": sample["format_ok"]}
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -1,0 +1,124 @@
+"""Supervised fine-tuning with TRL's ``SFTTrainer``: chat data or a plain text corpus.
+
+Rows are either conversations (``{"messages": [...]}``, rendered by the one chat template saved
+with the tokenizer; loss on the assistant's tokens only when ``assistant_only_loss``) or text
+(``{"text": ...}``, every token trained: continued pretraining / domain fine-tuning through the same
+code path). The template's ``{% generation %}`` blocks tell TRL which tokens the assistant wrote.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from shared.tokenizer.chat import CHAT_TEMPLATE
+
+if TYPE_CHECKING:
+    from shared.registry import Artifact
+
+
+def conversational(rows: list[dict[str, Any]]) -> bool:
+    return bool(rows) and "messages" in rows[0]
+
+
+def build_trainer(spec, args: dict[str, Any]):
+    """An ``SFTTrainer`` for ``spec`` (a ``TrlSpec``) with the common ``TrainingArguments`` ``args``."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from shared.training.finetune_config import MethodConfig
+    from shared.training.finetune_methods import load_for_finetuning
+    from shared.config import from_dict
+
+    cfg = spec.config
+    chat = conversational(spec.train_rows)
+    model, tokenizer = load_for_finetuning(spec.model_path, from_dict(MethodConfig, cfg["method"]),
+                                           "cuda" if cfg["use_gpu"] else "cpu")
+    if chat:
+        tokenizer.chat_template = CHAT_TEMPLATE  # checkpoints saved before the template had generation blocks
+    sft_args = SFTConfig(**args, max_length=cfg["train"]["max_length"], packing=cfg.get("packing", False),
+                         assistant_only_loss=chat and cfg.get("assistant_only_loss", True),
+                         dataset_text_field="text", dataset_num_proc=None)
+    eval_ds = Dataset.from_list(spec.eval_rows) if spec.eval_rows else None
+    return SFTTrainer(model=model, args=sft_args, train_dataset=Dataset.from_list(spec.train_rows),
+                      eval_dataset=eval_ds, processing_class=tokenizer)
+
+
+# ----------------------------------------------------------------------------- driver side
+
+TEXT_SOURCES = ("builtin:python-docs", "builtin:python-code")
+
+
+def is_text_corpus(source: str) -> bool:
+    """A pretraining-style corpus (every token trained) rather than instruction data."""
+    from pathlib import Path
+    return source in TEXT_SOURCES or Path(source.removeprefix("file:")).suffix in (".txt", ".md") or (
+        Path(source.removeprefix("file:")).is_dir())
+
+
+def arrow_safe(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages with tool calls as compact JSON strings (see ``shared.tokenizer.chat``)."""
+    import json
+    out = []
+    for m in messages:
+        m = dict(m)
+        if isinstance(m.get("tool_call"), dict):
+            m["tool_call"] = json.dumps(m["tool_call"], ensure_ascii=False, separators=(",", ":"))
+        m.setdefault("content", "")
+        out.append(m)
+    return out
+
+
+def text_rows(source: str, max_examples: int | None, eval_examples: int) -> tuple[list[dict], list[dict]]:
+    """Documents of a text corpus split into train / held-out rows by the corpus' own hash split."""
+    from shared.data import iter_corpus, split_of
+    train, heldout = [], []
+    for doc in iter_corpus(source):
+        (heldout if split_of(doc.id, 0.05, 0) == "val" else train).append({"text": doc.text})
+        if max_examples and len(train) >= max_examples and len(heldout) >= eval_examples:
+            break
+    return train[:max_examples] if max_examples else train, heldout[:eval_examples]
+
+
+def chat_examples(source: str, split: str, limit: int | None) -> list[dict[str, Any]]:
+    from shared.data.instructions import load_sft_dataset
+    return load_sft_dataset(source, split=split, max_examples=limit)
+
+
+def run_sft(cfg) -> Artifact:
+    """Fine-tune ``cfg.init_from`` on ``cfg.data`` (chat or text) and register the checkpoint."""
+    import time
+    from shared.config import to_dict
+    from shared.registry import Registry
+    from shared.training.posttrain import fit_trl, resolve_model, train_metrics
+
+    t0 = time.perf_counter()
+    registry = Registry(cfg.runs_dir)
+    model = resolve_model(registry, cfg.init_from, cfg.run)
+    chat = not is_text_corpus(cfg.data)
+    if chat:
+        train_ex = chat_examples(cfg.data, "train", cfg.max_examples)
+        heldout_ex = chat_examples(cfg.data, "heldout", cfg.eval_examples or None)[: cfg.eval_examples]
+        train_rows = [{"messages": arrow_safe(e["messages"])} for e in train_ex]
+        eval_rows = [{"messages": arrow_safe(e["messages"])} for e in heldout_ex]
+    else:
+        train_rows, eval_rows = text_rows(cfg.data, cfg.max_examples, cfg.eval_examples)
+    out_dir = registry.stage_dir(cfg.run, cfg.stage, overwrite=cfg.overwrite)
+    t_data = time.perf_counter() - t0
+    fit = fit_trl(cfg, "sft", model, out_dir, train_rows, eval_rows)
+    metrics = train_metrics(fit.history, fit.final_eval)
+    metrics.update(n_train=len(train_rows), n_eval=len(eval_rows))
+    t1 = time.perf_counter()
+    if chat and heldout_ex:
+        metrics.update(heldout_comparison(model.path, str(out_dir), heldout_ex, out_dir, cfg.max_new_tokens))
+    timings = {"data_s": t_data, "train_s": fit.train_s, "eval_s": time.perf_counter() - t1}
+    return registry.register(cfg.run, cfg.stage, "hf-model", parents=model.parent_ids, config=to_dict(cfg),
+                             metrics=metrics, timings=timings, extra={"data": cfg.data, "chat": chat})
+
+
+def heldout_comparison(base_path: str, tuned_path: str, examples: list[dict], out_dir, max_new_tokens: int):
+    """Base vs tuned on held-out examples: ``base_<metric>`` and ``<metric>`` for the artifact."""
+    from shared.eval.chat_eval import evaluate_models
+    result = evaluate_models({"base": base_path, "tuned": tuned_path}, examples, out_dir, "heldout_eval",
+                             max_new_tokens=max_new_tokens)
+    metrics = {f"base_{k}": v for k, v in result["base"]["summary"].items() if k != "n"}
+    metrics.update({k: v for k, v in result["tuned"]["summary"].items() if k != "n"})
+    return metrics
