@@ -3,6 +3,7 @@
     journey run                       # tiny preset, a new run named journey-<timestamp>
     journey run preset=smoke run=ci   # seconds per stage (the e2e test)
     journey run pretrain.optim.max_steps=100 stages=[tokenizer,pretrain]
+    journey run stages=[tokenizer,pretrain,cpt,sft,prefs,dpo,reward,rl]   # with the optional RL stages
 
 Each stage is the same entry point ``python -m ray_jobs.<stage>`` runs, called in-process with
 ``configs/<stage>/<preset>.yaml`` plus this run's name and the per-stage overrides given here.
@@ -20,18 +21,24 @@ from ray_jobs._args import run_main
 from shared.config import ConfigError, help_field, load_config, parse_overrides
 from shared.registry import Registry
 
-STAGES = ("tokenizer", "pretrain", "cpt")
+STAGES = ("tokenizer", "pretrain", "cpt", "sft", "prefs", "dpo", "reward", "rl")
+DEFAULT_STAGES = ("tokenizer", "pretrain", "cpt", "sft", "prefs", "dpo")  # reward + rl are optional
 
 
 @dataclass
 class JourneyConfig:
     run: Optional[str] = help_field(None, "run name (default journey-<timestamp>)")
     preset: str = help_field("tiny", "preset used for every stage: configs/<stage>/<preset>.yaml")
-    stages: list[str] = help_field(list(STAGES), f"stages to run, in order: {list(STAGES)}")
+    stages: list[str] = help_field(list(DEFAULT_STAGES), f"stages to run, in order, out of {list(STAGES)}")
     runs_dir: Optional[str] = help_field(None, "artifact root (default $JOURNEY_RUNS or ./runs)")
     tokenizer: dict = help_field({}, "overrides for the tokenizer stage, e.g. tokenizer.vocab_size=2048")
     pretrain: dict = help_field({}, "overrides for the pretrain stage, e.g. pretrain.optim.max_steps=100")
     cpt: dict = help_field({}, "overrides for the continued-pretraining stage")
+    sft: dict = help_field({}, "overrides for the SFT stage, e.g. sft.train.max_steps=300")
+    prefs: dict = help_field({}, "overrides for the preference-pair stage, e.g. prefs.num_prompts=200")
+    dpo: dict = help_field({}, "overrides for the DPO stage, e.g. dpo.beta=0.2")
+    reward: dict = help_field({}, "overrides for the reward-model stage")
+    rl: dict = help_field({}, "overrides for the RL stage")
 
     def validate(self) -> None:
         unknown = [s for s in self.stages if s not in STAGES]
@@ -39,33 +46,56 @@ class JourneyConfig:
             raise ConfigError(f"unknown stage {unknown[0]!r}; stages are {list(STAGES)}")
 
 
-def _stage_config(stage: str, jc: JourneyConfig, run: str):
+def _config_class(stage: str) -> type:
     from shared.tokenizer.tokenizer_config import TokenizerConfig
+    from shared.training import posttrain_config as post
     from shared.training.pretrain_config import PretrainConfig
-    cls = TokenizerConfig if stage == "tokenizer" else PretrainConfig
+    return {"tokenizer": TokenizerConfig, "pretrain": PretrainConfig, "cpt": PretrainConfig,
+            "sft": post.SFTJobConfig, "prefs": post.PrefsJobConfig, "dpo": post.DPOJobConfig,
+            "reward": post.RewardJobConfig, "rl": post.RLJobConfig}[stage]
+
+
+def _stage_runner(stage: str):
+    """The ``shared`` function that runs a stage from its config (what ``ray_jobs.<stage>`` calls)."""
+    import importlib
+    module, fn = {"tokenizer": ("shared.tokenizer.artifact", "train_tokenizer_artifact"),
+                  "pretrain": ("shared.training.runner", "run_pretraining"),
+                  "cpt": ("shared.training.runner", "run_pretraining"),
+                  "sft": ("shared.training.sft", "run_sft"), "prefs": ("shared.training.prefs", "run_prefs"),
+                  "dpo": ("shared.training.dpo", "run_dpo"), "reward": ("shared.training.reward", "run_reward"),
+                  "rl": ("shared.training.rl", "run_rl")}[stage]
+    return getattr(importlib.import_module(module), fn)
+
+
+def _stage_config(stage: str, jc: JourneyConfig, run: str):
+    cls = _config_class(stage)
     base: dict[str, Any] = {"run": run, **getattr(jc, stage)}
     if jc.runs_dir:
         base["runs_dir"] = jc.runs_dir
     return load_config(cls, stage, jc.preset, base=base)
 
 
-def _run_stage(stage: str, cfg) -> None:
-    if stage == "tokenizer":
-        from shared.tokenizer.artifact import train_tokenizer_artifact
-        train_tokenizer_artifact(cfg)
-    else:
-        from shared.training.runner import run_pretraining
-        run_pretraining(cfg)
+# What each stage's row shows: the numbers that say whether the stage did its job.
+HEADLINES = {
+    "tokenizer": ("vocab_size",),
+    "pretrain": ("initial_val_loss", "val_loss", "val_bpb", "tokens_per_s"),
+    "cpt": ("initial_val_loss", "val_loss", "initial_general_loss", "general_loss"),
+    "sft": ("first_eval_loss", "eval_loss", "base_exact_match", "exact_match", "base_format_ok", "format_ok"),
+    "prefs": ("train_pairs", "train_pairs_reference_chosen", "train_sample_exact_match"),
+    "dpo": ("eval_rewards_accuracies", "heldout_sft_exact_match", "heldout_exact_match", "heldout_win_rate_vs_sft",
+            "safety_sft_refusal_rate_harmful", "safety_refusal_rate_harmful"),
+    "reward": ("eval_accuracy",),
+    "rl": ("heldout_exact_match", "heldout_win_rate_vs_dpo", "safety_refusal_rate_harmful"),
+}
 
 
 def summary(registry: Registry, run: str) -> str:
     """Markdown table of the run's artifacts and their headline metrics."""
-    keys = ("vocab_size", "initial_val_loss", "val_loss", "val_bpb", "initial_general_loss", "general_loss",
-            "tokens_per_s")
-    lines = ["| artifact | kind | " + " | ".join(keys) + " | time (s) |", "|" + "---|" * (len(keys) + 3)]
+    lines = ["| artifact | kind | headline metrics | time (s) |", "|---|---|---|---|"]
     for a in registry.artifacts(run):
-        cells = [f"{a.metrics[k]:.4g}" if isinstance(a.metrics.get(k), (int, float)) else "" for k in keys]
-        lines.append(f"| {a.id} | {a.kind} | " + " | ".join(cells) + f" | {sum(a.timings.values()):.0f} |")
+        keys = HEADLINES.get(a.stage, ("val_loss", "eval_loss"))
+        cells = ", ".join(f"{k}={a.metrics[k]:.4g}" for k in keys if isinstance(a.metrics.get(k), (int, float)))
+        lines.append(f"| {a.id} | {a.kind} | {cells} | {sum(a.timings.values()):.0f} |")
     return "\n".join(lines)
 
 
@@ -76,7 +106,7 @@ def run_journey(jc: JourneyConfig) -> str:
     t0 = time.perf_counter()
     for stage in jc.stages:
         print(f"== journey {run}: stage {stage} ==", flush=True)
-        _run_stage(stage, configs[stage])
+        _stage_runner(stage)(configs[stage])
     table = summary(registry, run)
     (registry.root / run / "summary.md").write_text(
         f"# Journey {run}\n\n{table}\n\nTotal {time.perf_counter() - t0:.0f} s.\n\n```\n{registry.lineage(run)}\n```\n")

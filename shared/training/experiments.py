@@ -5,13 +5,17 @@
   validation bits per byte (tokenizer-independent, unlike loss per token), tokens/s and the share
   of parameters spent on embeddings.
 - ``lr_schedule_experiment``: the same model and data under each LR schedule; loss curves side by side.
+- ``finetune_methods_experiment`` (in ``finetune_experiment``): full fine-tuning vs LoRA ranks (vs QLoRA on a
+  GPU) from one start model; it shares ``ExperimentConfig`` and the table writer defined here.
 
-Every run inside is an ordinary registered artifact (``<run>/pretrain-v4096``, ``<run>/pretrain-wsd``),
-and the experiment itself is an artifact holding the table (Markdown + JSON) and the PNG chart.
+Every pretraining run inside is an ordinary registered artifact (``<run>/pretrain-v4096``,
+``<run>/pretrain-wsd``), and the experiment itself is an artifact holding the table (Markdown + JSON)
+and the PNG chart (``write_experiment``).
 """
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -27,16 +31,25 @@ from shared.tokenizer.tokenizer_config import TokenizerConfig  # noqa: E402
 from shared.training.pretrain_config import PretrainConfig  # noqa: E402
 from shared.training.schedules import SCHEDULES, lr_at  # noqa: E402
 
+#: A finetune-methods arm: ``full``, ``lora-r<rank>`` or ``qlora-r<rank>``.
+METHOD_ARM = re.compile(r"^(full|(q?lora)-r([1-9][0-9]*))$")
+
 
 @dataclass
 class ExperimentConfig:
     run: str = help_field("experiments", "run name holding every artifact of the experiment")
-    preset: str = help_field("tiny", "tokenizer and pretrain preset the runs start from")
+    preset: str = help_field("tiny", "tokenizer, pretrain and (finetune-methods) sft preset the runs start from")
     steps: int = help_field(200, "optimizer steps per training run (equal for every arm)")
     vocab_sizes: list[int] = help_field([1024, 4096, 16384], "vocab-size arms")
     schedules: list[str] = help_field(list(SCHEDULES), "lr-schedule arms")
     tokenizer: dict = help_field({}, "overrides for every tokenizer training")
     pretrain: dict = help_field({}, "overrides for every pretraining run (e.g. optim.lr=1e-3)")
+    init_from: str = help_field("cpt", "finetune-methods: the model every arm starts from (an artifact name or an "
+                                "HF checkpoint dir)")
+    methods: list[str] = help_field(["full", "lora-r8", "lora-r16", "lora-r32", "qlora-r16"],
+                                    "finetune-methods arms: full, lora-r<rank>, qlora-r<rank> (qlora needs CUDA)")
+    finetune: dict = help_field({}, "overrides for every finetune-methods arm: SFT job keys on the sft preset "
+                                "(e.g. train.batch_size=8, data=..., use_gpu=true)")
     runs_dir: Optional[str] = help_field(None, "artifact root (default $JOURNEY_RUNS or ./runs)")
 
     def validate(self) -> None:
@@ -45,6 +58,10 @@ class ExperimentConfig:
             raise ValueError(f"unknown schedule {bad[0]!r}; choose from {list(SCHEDULES)}")
         if not self.vocab_sizes or min(self.vocab_sizes) < 512:
             raise ValueError("vocab_sizes must be a non-empty list of sizes >= 512")
+        bad = [m for m in self.methods if not METHOD_ARM.match(m)]
+        if bad or not self.methods:
+            raise ValueError(f"unknown finetune method arm {bad[0] if bad else '(none)'!r}; write full, lora-r<rank> "
+                             "or qlora-r<rank>, e.g. methods=[full,lora-r8,lora-r16]")
 
 
 def _pretrain_cfg(cfg: ExperimentConfig, stage: str, tokenizer: str, **extra: Any) -> PretrainConfig:
@@ -84,15 +101,21 @@ def _history(art: Artifact) -> list[dict[str, Any]]:
         return [json.loads(line) for line in fh]
 
 
-def _write(registry: Registry, cfg: ExperimentConfig, stage: str, rows: list[dict[str, Any]], columns: list[str],
-           parents: list[str], fig) -> Artifact:
+def _cell(value: Any) -> str:
+    if value is None:  # an arm that did not run (e.g. QLoRA without a GPU): its status column says why
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def write_experiment(registry: Registry, cfg: ExperimentConfig, stage: str, rows: list[dict[str, Any]],
+                     columns: list[str], parents: list[str], fig) -> Artifact:
+    """Save ``fig`` (PNG) and ``rows`` (Markdown over ``columns``, JSON in full); register the experiment."""
     out = registry.stage_dir(cfg.run, stage, overwrite=True)
     fig.savefig(out / f"{stage}.png", dpi=110)
     plt.close(fig)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        lines.append("| " + " | ".join(f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c])
-                                        for c in columns) + " |")
+        lines.append("| " + " | ".join(_cell(row[c]) for c in columns) + " |")
     (out / f"{stage}.md").write_text("\n".join(lines) + "\n")
     (out / f"{stage}.json").write_text(json.dumps(rows, indent=2))
     print("\n".join(lines))
@@ -122,7 +145,7 @@ def vocab_size_experiment(cfg: ExperimentConfig) -> Artifact:
     fig.suptitle(f"vocab size at equal compute ({cfg.steps} steps)")
     fig.tight_layout()
     cols = ["vocab_size", "val_bpb", "val_loss_per_token", "tokens_per_s", "bytes_per_s", "embedding_share", "n_params"]
-    return _write(Registry(cfg.runs_dir), cfg, "experiment-vocab-size", rows, cols, [a.id for a in arts], fig)
+    return write_experiment(Registry(cfg.runs_dir), cfg, "experiment-vocab-size", rows, cols, [a.id for a in arts], fig)
 
 
 def _bytes_per_token(art: Artifact) -> float:
@@ -157,7 +180,7 @@ def lr_schedule_experiment(cfg: ExperimentConfig) -> Artifact:
         ax.legend()
     fig.tight_layout()
     cols = ["schedule", "final_val_loss", "final_train_loss", "val_bpb"]
-    return _write(Registry(cfg.runs_dir), cfg, "experiment-lr-schedules", rows, cols, [a.id for a in arts], fig)
+    return write_experiment(Registry(cfg.runs_dir), cfg, "experiment-lr-schedules", rows, cols, [a.id for a in arts], fig)
 
 
-__all__ = ["ExperimentConfig", "vocab_size_experiment", "lr_schedule_experiment"]
+__all__ = ["ExperimentConfig", "METHOD_ARM", "write_experiment", "vocab_size_experiment", "lr_schedule_experiment"]

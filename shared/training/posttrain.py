@@ -58,12 +58,35 @@ class FitResult:
     train_s: float = 0.0
 
 
+def preflight(cfg, model: ModelRef) -> None:
+    """Fail on the driver, before any worker starts, on a method the model or machine cannot run.
+
+    QLoRA without a GPU and LoRA targets the model does not have are checked here on an empty
+    (meta-device) copy of the architecture: no weights are read, so this is cheap even for 8B.
+    """
+    import torch
+    from shared.training.finetune_config import MethodConfig
+    from shared.training.finetune_methods import require_qlora_runtime, target_modules_for
+
+    method: MethodConfig = cfg.method
+    if method.method == "qlora":
+        require_qlora_runtime(torch.device("cuda" if cfg.use_gpu else "cpu"))
+    if method.method == "full" or (not Path(model.path).is_dir()):
+        return  # hub ids: the architecture arrives with the download, checked in the worker
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+    with init_empty_weights():
+        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model.path))
+    target_modules_for(skeleton, method.target_spec())
+
+
 def fit_trl(cfg, algo: str, model: ModelRef, out_dir: Path, train_rows: list[dict], eval_rows: list[dict],
             extra: dict[str, Any] | None = None) -> FitResult:
     """Train under Ray Train and leave an HF checkpoint + history in ``out_dir`` (see module docstring)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    preflight(cfg, model)
     ensure_ray()
     spec = TrlSpec(algo=algo, config=to_dict(cfg), model_path=model.path, train_rows=train_rows,
                    eval_rows=eval_rows, extra=extra or {})

@@ -18,8 +18,10 @@ reply. Padding sits on the right and the model reads the last non-pad token, as 
 Sequences longer than the context lose their oldest tokens (training drops such pairs instead).
 
 Driver side, ``run_reward``: pairs from a ``prefs`` artifact (or a dataset), the fit under Ray
-Train, held-out pair accuracy before (TRL's step-0 evaluation, the untrained head) and after (the
-saved artifact, scored here), registered as a ``reward-model`` artifact.
+Train, then held-out pair accuracy: TRL's ``eval_accuracy`` before (its step-0 evaluation, the
+untrained head: ``eval_accuracy_before``) and after training, and ``heldout_accuracy`` /
+``heldout_margin`` of the saved artifact scored here (every pair, nothing filtered by length);
+registered as a ``reward-model`` artifact.
 
 Not here: using the reward (``prefs`` adds it to the checkers' score, ``rl`` optimizes against it).
 """
@@ -50,7 +52,6 @@ def load_reward_backbone(path: str, method, device: str = "cpu"):
     (never the fresh head) and trains the head in full; TRL wraps the model with it.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from trl.trainer.reward_trainer import suppress_seqcls_warning
 
     from shared.training.finetune_methods import enable_gradient_checkpointing
 
@@ -59,8 +60,8 @@ def load_reward_backbone(path: str, method, device: str = "cpu"):
     method.validate()
     if method.method not in REWARD_METHODS:
         raise ConfigError(f"{REWARD_METHOD_ERROR}, not {method.method!r}")
-    with suppress_seqcls_warning():  # the missing score head and the unused LM head are expected
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    # transformers reports score.weight as MISSING here: expected, the head is new and trains from scratch.
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.chat_template = CHAT_TEMPLATE  # the training rendering must be the one scoring rebuilds
     model.config.pad_token_id = tokenizer.pad_token_id  # the classifier reads the last non-pad token
@@ -221,8 +222,8 @@ def run_reward(cfg) -> Artifact:
                **first_last(fit.history, ("accuracy", "margin"))}
     t1 = time.perf_counter()
     before = [r["eval_accuracy"] for r in fit.history if r.get("step") == 0 and "eval_accuracy" in r]
-    if before:  # eval_on_start: the untrained head on the held-out pairs
-        metrics["heldout_accuracy_before"] = before[0]
+    if before:  # eval_on_start: TRL's accuracy of the untrained head; its final eval_accuracy is the after
+        metrics["eval_accuracy_before"] = before[0]
     if eval_pairs:
         after = pair_accuracy(str(out_dir), eval_pairs)
         metrics.update(heldout_accuracy=after["accuracy"], heldout_margin=after["margin"])
