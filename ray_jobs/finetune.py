@@ -1,7 +1,7 @@
 """Fine-tune any HF causal LM (full, LoRA r=8/16/32, QLoRA) with DeepSpeed ZeRO 1/2/3, under Ray Train.
 
     python -m ray_jobs.finetune --config tiny run=myrun method.method=lora method.lora_r=8
-    python -m ray_jobs.finetune --config tiny num_workers=2 cpus_per_worker=1 deepspeed.zero_stage=3
+    python -m ray_jobs.finetune --config zero2-cpu run=myrun deepspeed.zero_stage=3
     python -m ray_jobs.finetune --config llama3.1-8b-qlora          (one GPU)
 
 The data is chat (SFT: loss on the assistant's tokens) or a text corpus (domain fine-tuning:
@@ -11,11 +11,17 @@ from __future__ import annotations
 
 import sys
 
-from ray_jobs import sft
+from ray_jobs._args import parse_job_args, run_main
+from shared.training.posttrain_config import SFTJobConfig
 
 
 def main(argv: list[str] | None = None) -> int:
-    return sft.main(argv, stage="finetune", doc=__doc__)
+    def job():
+        cfg = parse_job_args(SFTJobConfig, "finetune", argv, __doc__.splitlines()[0])
+        from shared.training.sft import run_sft
+        art = run_sft(cfg)
+        return {"artifact": art.id, "path": art.path, "metrics": art.metrics}
+    return run_main(job)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,9 @@ from ray_jobs._args import parse_job_args, run_main
 from shared.training.posttrain_config import SFTJobConfig
 
 
-def main(argv: list[str] | None = None, stage: str = "sft", doc: str | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     def job():
-        cfg = parse_job_args(SFTJobConfig, stage, argv, (doc or __doc__).splitlines()[0])
+        cfg = parse_job_args(SFTJobConfig, "sft", argv, __doc__.splitlines()[0])
         from shared.training.sft import run_sft
         art = run_sft(cfg)
         return {"artifact": art.id, "path": art.path, "metrics": art.metrics}

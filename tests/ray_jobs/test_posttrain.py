@@ -132,3 +132,29 @@ def test_empty_preference_set_is_one_clear_error(base_model, tmp_path, sft_artif
                                                            "init_from": "t/sft", "data": str(empty)})
     with pytest.raises(DataError, match="no preference pairs"):
         run_dpo(cfg)
+
+
+def test_lora_sft_on_a_llama_architecture_checkpoint(base_model, ray_session, tmp_path):
+    """Model-agnostic: the same SFT path fine-tunes a Llama-architecture HF checkpoint (LoRA, all linear)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from shared.training.sft import run_sft
+    tok = AutoTokenizer.from_pretrained(Registry(base_model).resolve("t/tokenizer").dir)
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=48, intermediate_size=96,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         max_position_embeddings=64, eos_token_id=tok.eos_token_id,
+                                         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id))
+    path = tmp_path / "tiny-llama"
+    llama.save_pretrained(path)
+    tok.save_pretrained(path)
+    cfg = _sft_config(base_model, "llama-lora", init_from=str(path), max_examples=400, eval_examples=24,
+                      method={"method": "lora", "lora_r": 8, "target_modules": "all-linear"},
+                      train={"max_steps": 20, "lr": 0.01, "batch_size": 16, "max_length": 64, "eval_every": 10,
+                             "log_every": 5})
+    art = run_sft(cfg)
+    assert art.parents == []  # an HF directory outside the registry
+    assert art.metrics["eval_loss"] < art.metrics["first_eval_loss"], art.metrics
+    adapter = json.loads((art.dir / "adapter" / "adapter_config.json").read_text())
+    assert set(adapter["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                              "down_proj"}
+    assert json.loads((art.dir / "config.json").read_text())["model_type"] == "llama"
