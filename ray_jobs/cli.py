@@ -6,7 +6,13 @@
     journey pretrain [--config P] [k=v]         pretrain under Ray Train   (ray_jobs.pretrain)
     journey cpt [--config P] [k=v]              continued pretraining      (ray_jobs.cpt)
     journey import SRC [k=v]                    import a nanoGPT / llm.c / HF checkpoint (ray_jobs.import_ckpt)
-    journey experiment vocab-size|lr-schedules [k=v]
+    journey finetune [--config P] [k=v]         full / LoRA / QLoRA, DeepSpeed ZeRO (ray_jobs.finetune)
+    journey sft [--config P] [k=v]              supervised fine-tuning with TRL     (ray_jobs.sft)
+    journey prefs [--config P] [k=v]            preference pairs from the model's own samples (ray_jobs.prefs)
+    journey dpo [--config P] [k=v]              DPO with TRL                        (ray_jobs.dpo)
+    journey reward [--config P] [k=v]           reward model with TRL               (ray_jobs.reward)
+    journey rl [--config P] [k=v]               GRPO / RLOO against the reward model (ray_jobs.rl)
+    journey experiment vocab-size|lr-schedules|finetune-methods [k=v]
     journey runs                                list runs
     journey artifacts [RUN]                     list artifacts with their parents
 """
@@ -72,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "run":
         from ray_jobs import journey
         return journey.main(rest)
-    if command in ("pretrain", "cpt", "import"):
+    if command in ("pretrain", "cpt", "import", "finetune", "sft", "prefs", "dpo", "reward", "rl"):
         import importlib
         module = importlib.import_module(f"ray_jobs.{'import_ckpt' if command == 'import' else command}")
         return module.main(rest)

@@ -82,7 +82,7 @@ HEADLINES = {
     "cpt": ("initial_val_loss", "val_loss", "initial_general_loss", "general_loss"),
     "sft": ("first_eval_loss", "eval_loss", "base_exact_match", "exact_match", "base_format_ok", "format_ok"),
     "prefs": ("train_pairs", "train_pairs_reference_chosen", "train_sample_exact_match"),
-    "dpo": ("eval_rewards_accuracies", "heldout_sft_exact_match", "heldout_exact_match", "heldout_win_rate_vs_sft",
+    "dpo": ("last_eval_rewards_accuracies", "heldout_sft_exact_match", "heldout_exact_match", "heldout_win_rate_vs_sft",
             "safety_sft_refusal_rate_harmful", "safety_refusal_rate_harmful"),
     "reward": ("eval_accuracy",),
     "rl": ("heldout_exact_match", "heldout_win_rate_vs_dpo", "safety_refusal_rate_harmful"),

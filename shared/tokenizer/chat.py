@@ -85,6 +85,11 @@ def render_chat(messages: Iterable[Mapping[str, Any]], add_generation_prompt: bo
     return text + ASSISTANT if add_generation_prompt else text
 
 
+def render_reply(messages: Iterable[Mapping[str, Any]]) -> str:
+    """Assistant message(s) as the model generates them after the prompt's ``<|assistant|>``: ``42<|end|>``."""
+    return render_chat(messages).removeprefix(ASSISTANT)
+
+
 # The same format in Jinja, for HF ``apply_chat_template`` (which renders with trim_blocks and
 # lstrip_blocks, and whose ``tojson`` filter is json.dumps with ensure_ascii=False). Every tag
 # uses ``-`` so no whitespace from this source leaks into the output. The template checks roles

@@ -69,14 +69,20 @@ def read_pairs(path: Path) -> list[dict[str, Any]]:
 
 def load_pairs(registry: Registry, source: str, run: str, split: str, limit: int | None) -> tuple[list, Artifact | None]:
     """Preference pairs from a prefs artifact (``prefs``, ``run/prefs``) or a dataset by name."""
+    from shared.data import DataError
     from shared.data.instructions import load_preference_dataset
     from shared.registry import ArtifactNotFound
     try:
         art = registry.resolve(source, run=run)
     except ArtifactNotFound:
-        if source.startswith(("hf:", "builtin:")) or Path(source).is_file():
+        if not (source.startswith(("hf:", "builtin:")) or Path(source).is_file()):
+            raise
+        try:
             return load_preference_dataset(source, split=split, max_examples=limit), None
-        raise
+        except DataError:
+            if split == "train":
+                raise
+            return [], None  # a small file may have no held-out pairs: train without the eval loss
     if art.kind != "dataset" or not (art.dir / PAIR_FILES["train"]).exists():
         raise ValueError(f"artifact {art.id} is a {art.kind}, not a preference-pair dataset; "
                          "point data= at a prefs artifact (python -m ray_jobs.prefs) or a preference dataset")
@@ -84,24 +90,7 @@ def load_pairs(registry: Registry, source: str, run: str, split: str, limit: int
     return (rows[:limit] if limit else rows), art
 
 
-def base_model_of(registry: Registry, sft: Artifact | None) -> str | None:
-    """The model the SFT artifact started from (for the base/SFT/DPO table), if it is registered."""
-    for parent in (sft.parents if sft else []):
-        art = registry.resolve(parent)
-        if (art.dir / "config.json").exists():
-            return str(art.dir)
-    return None
-
-
-def dpo_metrics(history: list[dict[str, Any]]) -> dict[str, Any]:
-    """Reward margins and accuracies TRL logs (implicit rewards: beta * log-ratio to the reference)."""
-    out: dict[str, Any] = {}
-    for key in ("rewards/margins", "rewards/accuracies", "eval_rewards/margins", "eval_rewards/accuracies"):
-        values = [r[key] for r in history if key in r]
-        if values:
-            name = key.replace("/", "_")
-            out[f"first_{name}"], out[name] = values[0], values[-1]
-    return out
+DPO_LOGGED = ("rewards/margins", "rewards/accuracies", "eval_rewards/margins", "eval_rewards/accuracies")
 
 
 def run_dpo(cfg) -> Artifact:
@@ -110,7 +99,7 @@ def run_dpo(cfg) -> Artifact:
     from shared.config import to_dict
     from shared.data.instructions import check_nonempty
     from shared.registry import Registry
-    from shared.training.posttrain import fit_trl, resolve_model, train_metrics
+    from shared.training.posttrain import first_last, fit_trl, model_lineage, resolve_model, train_metrics
 
     t0 = time.perf_counter()
     registry = Registry(cfg.runs_dir)
@@ -123,10 +112,14 @@ def run_dpo(cfg) -> Artifact:
     t_data = time.perf_counter() - t0
     fit = fit_trl(cfg, "dpo", policy, out_dir, [pair_row(p) for p in train_pairs],
                   [pair_row(p) for p in eval_pairs[: cfg.eval_examples]], extra={"reference_path": reference.path})
-    metrics = {**train_metrics(fit.history, fit.final_eval), **dpo_metrics(fit.history), "n_pairs": len(train_pairs)}
+    # TRL logs implicit rewards (beta * log-ratio to the reference): their margin and how often chosen wins.
+    metrics = {**train_metrics(fit.history, fit.final_eval), **first_last(fit.history, DPO_LOGGED),
+               "n_pairs": len(train_pairs)}
     t1 = time.perf_counter()
-    models = {"base": base_model_of(registry, reference.artifact), "sft": reference.path, "dpo": str(out_dir)}
-    metrics.update(compare_stages({k: v for k, v in models.items() if v}, "dpo", "sft", out_dir, cfg))
+    models = dict(model_lineage(registry, reference, generations=2))  # e.g. {cpt: ..., sft: ...}
+    old = list(models)[-1]
+    models[cfg.stage] = str(out_dir)
+    metrics.update(compare_stages(models, cfg.stage, old, out_dir, cfg))
     parents = policy.parent_ids + ([pairs_art.id] if pairs_art else [])
     timings = {"data_s": t_data, "train_s": fit.train_s, "eval_s": time.perf_counter() - t1}
     return registry.register(cfg.run, cfg.stage, "hf-model", parents=parents, config=to_dict(cfg), metrics=metrics,
@@ -136,7 +129,8 @@ def run_dpo(cfg) -> Artifact:
 def compare_stages(models: dict[str, str], new: str, old: str, out_dir: Path, cfg) -> dict[str, Any]:
     """Held-out instructions and safety/helpfulness prompts for every model; ``new``'s win-rate over ``old``.
 
-    Writes ``heldout_eval.{md,json}`` and ``safety_helpfulness.{md,json}`` into ``out_dir``; returns
+    ``models`` maps a label (the stage name) to a checkpoint. Writes ``heldout_eval.{md,json}`` and
+    ``safety_helpfulness.{md,json}`` into ``out_dir``; returns
     the new model's numbers (``heldout_*``, ``safety_*``) and ``win_rate_vs_<old>`` for the manifest.
     """
     from shared.data.instructions import load_sft_dataset, safety_prompts

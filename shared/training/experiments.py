@@ -183,4 +183,5 @@ def lr_schedule_experiment(cfg: ExperimentConfig) -> Artifact:
     return write_experiment(Registry(cfg.runs_dir), cfg, "experiment-lr-schedules", rows, cols, [a.id for a in arts], fig)
 
 
-__all__ = ["ExperimentConfig", "METHOD_ARM", "write_experiment", "vocab_size_experiment", "lr_schedule_experiment"]
+__all__ = ["ExperimentConfig", "METHOD_ARM", "write_experiment", "vocab_size_experiment",
+           "lr_schedule_experiment"]

@@ -80,6 +80,17 @@ def sft_config(cfg: ExperimentConfig) -> SFTJobConfig:
     return job
 
 
+def check_context(model_path: str, job: SFTJobConfig) -> None:
+    """Refuse a ``max_length`` beyond the model's context: its position table has no rows for it."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path)
+    context = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    if context and job.train.max_length > context:
+        raise ConfigError(f"finetune.train.max_length={job.train.max_length} exceeds the context of {model_path} "
+                          f"({context} tokens); set finetune.train.max_length={context}")
+
+
 def training_rows(job: SFTJobConfig) -> tuple[list[dict], list[dict]]:
     """Train and held-out rows of ``job.data`` as the SFT stage builds them (chat messages or plain text)."""
     from shared.training.sft import arrow_safe, chat_examples, is_text_corpus, text_rows
@@ -188,10 +199,12 @@ def _chart(rows: list[dict[str, Any]], job: SFTJobConfig):
     labels = [r["method"] for r in ran]
     colors = [COLORS[arm_method(r["method"])["method"]] for r in ran]
     for ax, (key, title) in zip(axes, panels):
-        ax.bar(labels, [r[key] for r in ran], color=colors)
+        bars = ax.bar(labels, [r[key] for r in ran], color=colors)
+        ax.bar_label(bars, fmt="{:.3g}", fontsize=8)  # the values, since a log axis hides the ratios
         ax.set_title(title)
         ax.tick_params(axis="x", rotation=30)
     axes[0].set_yscale("log")
+    axes[0].set_ylim(bottom=1)  # log bars start at one parameter, not at an arbitrary decade
     skipped = [r["method"] for r in rows if r["status"] != "ok"]
     note = f"; not run: {', '.join(skipped)}" if skipped else ""
     fig.suptitle(f"fine-tuning methods: same data, {job.train.max_steps} steps of batch {job.train.batch_size}{note}")
@@ -207,6 +220,7 @@ def finetune_methods_experiment(cfg: ExperimentConfig) -> Artifact:
     registry = Registry(cfg.runs_dir)
     model = resolve_model(registry, cfg.init_from, cfg.run)
     job = sft_config(cfg)
+    check_context(model.path, job)
     base = to_dict(job)
     # Every arm's method is checked before the first one trains, so a bad combination fails in seconds.
     methods = {arm: to_dict(from_dict(MethodConfig, {**base["method"], **arm_method(arm)})) for arm in cfg.methods}
@@ -224,5 +238,5 @@ def finetune_methods_experiment(cfg: ExperimentConfig) -> Artifact:
     return write_experiment(registry, cfg, STAGE, rows, COLUMNS, model.parent_ids, _chart(rows, job))
 
 
-__all__ = ["finetune_methods_experiment", "arm_method", "sft_config", "training_rows", "train_arm", "StepTimer",
-           "STAGE", "COLUMNS"]
+__all__ = ["finetune_methods_experiment", "arm_method", "sft_config", "check_context", "training_rows",
+           "train_arm", "StepTimer", "STAGE", "COLUMNS", "NO_GPU"]

@@ -13,6 +13,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from shared.config import to_dict
@@ -133,3 +134,30 @@ def train_metrics(history: list[dict[str, Any]], final_eval: dict[str, Any]) -> 
     steps = [r["step"] for r in history]
     out["steps"] = max(steps) if steps else 0
     return out
+
+
+def first_last(history: list[dict[str, Any]], keys: Sequence[str]) -> dict[str, Any]:
+    """``first_<key>`` / ``last_<key>`` of each logged key (``/`` becomes ``_``) that the history holds."""
+    out: dict[str, Any] = {}
+    for key in keys:
+        values = [r[key] for r in history if r.get(key) is not None]
+        if values:
+            name = key.replace("/", "_")
+            out[f"first_{name}"], out[f"last_{name}"] = values[0], values[-1]
+    return out
+
+
+def model_lineage(registry: Registry, start: ModelRef, generations: int = 3) -> list[tuple[str, str]]:
+    """``(label, path)`` of ``start`` and its registered model ancestors, oldest first, labelled by stage name.
+
+    Each step follows the first parent that is a causal LM checkpoint (reward models and datasets
+    are skipped), so RL <- DPO <- SFT <- CPT reads back from any of them.
+    """
+    chain, art = [], start.artifact
+    chain.append((art.stage if art else "start", start.path))
+    while art is not None and len(chain) < generations:
+        parents = [registry.resolve(p) for p in art.parents]
+        art = next((p for p in parents if p.kind == "hf-model" and (p.dir / "config.json").exists()), None)
+        if art is not None:
+            chain.append((art.id if any(art.stage == label for label, _ in chain) else art.stage, str(art.dir)))
+    return chain[::-1]

@@ -79,6 +79,7 @@ def make_pairs(examples: list[dict], replies: list[list[str]], min_margin: float
                rewards: list[list[float]] | None = None) -> list[dict[str, Any]]:
     """Chosen/rejected pairs with their margin (see the module docstring)."""
     from shared.eval.chat_eval import score_replies
+    from shared.tokenizer.chat import render_reply
     pairs = []
     for i, (example, candidates) in enumerate(zip(examples, replies, strict=True)):
         scored = score_replies([example] * len(candidates), candidates)
@@ -88,7 +89,7 @@ def make_pairs(examples: list[dict], replies: list[list[str]], min_margin: float
         task_ok = scored[best]["score"] - (1.0 if scored[best]["format_ok"] else 0.0) >= PASSING_TASK_SCORE
         if reference_fallback and not task_ok:
             target = example["messages"][-1]
-            reference_score = score_replies([example], [_render_target(target)])[0]["score"]
+            reference_score = score_replies([example], [render_reply([target])])[0]["score"]
             chosen, source, chosen_score = target, "reference", reference_score
         margin = chosen_score - scores[worst]
         if margin >= min_margin:
@@ -96,12 +97,6 @@ def make_pairs(examples: list[dict], replies: list[list[str]], min_margin: float
                           "chosen": [chosen], "rejected": [reply_message(candidates[worst])], "margin": margin,
                           "chosen_source": source})
     return pairs
-
-
-def _render_target(message: dict[str, Any]) -> str:
-    """The dataset's reference reply as the model would have generated it (after ``<|assistant|>``)."""
-    from shared.tokenizer.chat import ASSISTANT, render_message
-    return render_message(message).removeprefix(ASSISTANT)
 
 
 def pick_examples(source: str, split: str, count: int, seed: int) -> list[dict[str, Any]]:

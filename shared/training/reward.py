@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared.config import ConfigError
-from shared.tokenizer.chat import CHAT_TEMPLATE, render_chat
+from shared.tokenizer.chat import CHAT_TEMPLATE, render_chat, render_reply
 
 if TYPE_CHECKING:
     from shared.registry import Artifact, Registry
@@ -54,7 +54,6 @@ def load_reward_backbone(path: str, method, device: str = "cpu"):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from shared.training.finetune_methods import enable_gradient_checkpointing
-
     from shared.training.posttrain_config import REWARD_METHOD_ERROR, REWARD_METHODS
 
     method.validate()
@@ -78,6 +77,9 @@ def reward_lora_config(model, method):
     peft_config = lora_config(model, method)
     # A randomly initialised head needs every weight trained; "all-linear" would also put an adapter on it.
     peft_config.target_modules = sorted(set(peft_config.target_modules) - {HEAD})
+    if not peft_config.target_modules:
+        raise ConfigError(f"method.target_modules={method.target_modules!r} leaves no backbone layer for LoRA once the "
+                          f"{HEAD!r} head (trained in full) is set aside; target the backbone, e.g. all-linear")
     peft_config.task_type = "SEQ_CLS"
     peft_config.modules_to_save = [HEAD]
     return peft_config
@@ -156,35 +158,18 @@ def score_with_reward_model(path: str, prompts: Sequence[Sequence[dict[str, Any]
     return RewardScorer(path).score(prompts, replies, batch_size)
 
 
-def reply_text(messages: Sequence[dict[str, Any]]) -> str:
-    """Assistant messages as the model generates them: the rendering without the leading ``<|assistant|>``."""
-    from shared.tokenizer.chat import ASSISTANT
-    return render_chat(messages).removeprefix(ASSISTANT)
-
-
 def pair_accuracy(path: str, pairs: Sequence[dict[str, Any]], batch_size: int = 32) -> dict[str, float]:
     """Share of pairs whose chosen reply the reward model at ``path`` scores above the rejected, and the mean margin."""
     scorer = RewardScorer(path)
     prompts = [p["prompt"] for p in pairs]
-    chosen = scorer.score(prompts, [reply_text(p["chosen"]) for p in pairs], batch_size)
-    rejected = scorer.score(prompts, [reply_text(p["rejected"]) for p in pairs], batch_size)
+    chosen = scorer.score(prompts, [render_reply(p["chosen"]) for p in pairs], batch_size)
+    rejected = scorer.score(prompts, [render_reply(p["rejected"]) for p in pairs], batch_size)
     margins = [c - r for c, r in zip(chosen, rejected)]
     n = max(1, len(pairs))
     return {"accuracy": sum(m > 0 for m in margins) / n, "margin": sum(margins) / n}
 
 
 # ----------------------------------------------------------------------------- driver side
-
-def first_last(history: list[dict[str, Any]], keys: Sequence[str]) -> dict[str, Any]:
-    """``first_<key>`` / ``last_<key>`` of each logged key (``/`` becomes ``_``) that the history holds."""
-    out: dict[str, Any] = {}
-    for key in keys:
-        values = [r[key] for r in history if r.get(key) is not None]
-        if values:
-            name = key.replace("/", "_")
-            out[f"first_{name}"], out[f"last_{name}"] = values[0], values[-1]
-    return out
-
 
 def resolve_reward_model(registry: Registry, name: str, run: str) -> ModelRef:
     """``name`` as a reward model (artifact or HF dir); anything that is not a sequence classifier is refused."""
@@ -206,7 +191,7 @@ def run_reward(cfg) -> Artifact:
     from shared.data.instructions import check_nonempty
     from shared.registry import Registry
     from shared.training.dpo import load_pairs, pair_row
-    from shared.training.posttrain import fit_trl, resolve_model, train_metrics
+    from shared.training.posttrain import first_last, fit_trl, resolve_model, train_metrics
 
     t0 = time.perf_counter()
     registry = Registry(cfg.runs_dir)
@@ -218,8 +203,8 @@ def run_reward(cfg) -> Artifact:
     t_data = time.perf_counter() - t0
     fit = fit_trl(cfg, "reward", backbone, out_dir, [pair_row(p) for p in train_pairs],
                   [pair_row(p) for p in eval_pairs])
-    metrics = {**train_metrics(fit.history, fit.final_eval), "n_pairs": len(train_pairs), "n_eval_pairs": len(eval_pairs),
-               **first_last(fit.history, ("accuracy", "margin"))}
+    metrics = {**train_metrics(fit.history, fit.final_eval), **first_last(fit.history, ("accuracy", "margin")),
+               "n_pairs": len(train_pairs), "n_eval_pairs": len(eval_pairs)}
     t1 = time.perf_counter()
     before = [r["eval_accuracy"] for r in fit.history if r.get("step") == 0 and "eval_accuracy" in r]
     if before:  # eval_on_start: TRL's accuracy of the untrained head; its final eval_accuracy is the after

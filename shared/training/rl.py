@@ -38,8 +38,7 @@ from shared.config import ConfigError
 from shared.tokenizer.chat import CHAT_TEMPLATE, END, EOT, render_chat
 
 if TYPE_CHECKING:
-    from shared.registry import Artifact, Registry
-    from shared.training.posttrain import ModelRef
+    from shared.registry import Artifact
 
 TRAINERS = {"grpo": ("GRPOTrainer", "GRPOConfig"), "rloo": ("RLOOTrainer", "RLOOConfig")}
 LOGGED = ("reward", "reward_std", "rewards/reward_model/mean", "rewards/checker/mean", "kl",
@@ -132,23 +131,6 @@ def prompt_rows(examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for ex in examples]
 
 
-def model_lineage(registry: Registry, start: ModelRef, generations: int = 3) -> list[tuple[str, str]]:
-    """``(label, path)`` of ``start`` and its registered model ancestors, oldest first, labelled by stage name.
-
-    Each step follows the first parent that is a causal LM checkpoint (reward models and datasets
-    are skipped), so RL <- DPO <- SFT <- CPT reads back from any of them.
-    """
-    from shared.training.reward import REWARD_KIND
-    chain, art = [], start.artifact
-    chain.append((art.stage if art else "start", start.path))
-    while art is not None and len(chain) < generations:
-        parents = [registry.resolve(p) for p in art.parents]
-        art = next((p for p in parents if p.kind != REWARD_KIND and (p.dir / "config.json").exists()), None)
-        if art is not None:
-            chain.append((art.id if any(art.stage == label for label, _ in chain) else art.stage, str(art.dir)))
-    return chain[::-1]
-
-
 def run_rl(cfg) -> Artifact:
     """RL the policy against the reward model and the checkers; compare with its ancestors; register it."""
     import time
@@ -156,8 +138,8 @@ def run_rl(cfg) -> Artifact:
     from shared.data.instructions import check_nonempty, load_sft_dataset
     from shared.registry import Registry
     from shared.training.dpo import compare_stages
-    from shared.training.posttrain import fit_trl, resolve_model, train_metrics
-    from shared.training.reward import first_last, resolve_reward_model
+    from shared.training.posttrain import first_last, fit_trl, model_lineage, resolve_model, train_metrics
+    from shared.training.reward import resolve_reward_model
 
     t0 = time.perf_counter()
     registry = Registry(cfg.runs_dir)

@@ -72,6 +72,7 @@ def training_arguments(cfg: dict[str, Any], output_dir: str, has_eval: bool) -> 
         use_cpu=not use_gpu, dataloader_num_workers=0, disable_tqdm=_rank() != 0,
         deepspeed=deepspeed_dict(DeepSpeedConfig(**cfg["deepspeed"]), on_cpu=not use_gpu),
         gradient_checkpointing=False,  # the method config enables it on the model itself
+        ddp_find_unused_parameters=False,  # every parameter that trains gets a gradient each step
     )
 
 

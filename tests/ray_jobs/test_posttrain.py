@@ -121,7 +121,7 @@ def test_dpo_trains_against_the_sft_reference_and_writes_the_tables(prefs_artifa
     table = (art.dir / "safety_helpfulness.md").read_text()
     assert "| base |" in table and "| sft |" in table and "| dpo |" in table
     assert 0.0 <= art.metrics["heldout_win_rate_vs_sft"] <= 1.0
-    assert "rewards_margins" in art.metrics
+    assert "last_rewards_margins" in art.metrics and "last_eval_rewards_accuracies" in art.metrics
 
 
 def test_empty_preference_set_is_one_clear_error(base_model, tmp_path, sft_artifact):

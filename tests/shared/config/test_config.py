@@ -63,10 +63,11 @@ def test_resolved_config_round_trips():
 
 
 def _job_classes():
-    from ray_jobs.journey import JourneyConfig  # noqa: F401  (journey has no presets of its own)
-    from shared.tokenizer.tokenizer_config import TokenizerConfig
-    from shared.training.pretrain_config import PretrainConfig
-    return {"tokenizer": TokenizerConfig, "pretrain": PretrainConfig, "cpt": PretrainConfig}
+    from ray_jobs.journey import STAGES, _config_class  # journey has no presets of its own
+    from shared.training.posttrain_config import SFTJobConfig
+    classes = {stage: _config_class(stage) for stage in STAGES}
+    classes["finetune"] = SFTJobConfig  # ray_jobs.finetune: the SFT trainer on any data and method
+    return classes
 
 
 def test_every_preset_in_configs_validates():

@@ -94,11 +94,12 @@ def test_reward_model_learns_to_rank_heldout_pairs(trained_reward, pairs):
 
 
 def test_scoring_matches_the_trainers_tokens_and_forward(trained_reward, pairs):
-    from shared.training.reward import RewardScorer, reply_text, score_with_reward_model
+    from shared.tokenizer.chat import render_reply
+    from shared.training.reward import RewardScorer, score_with_reward_model
     trainer, _, after_dir = trained_reward
     pair, row = pairs[1][0], trainer.eval_dataset[0]
     scorer = RewardScorer(after_dir)
-    reply = reply_text(pair["chosen"])
+    reply = render_reply(pair["chosen"])
     assert reply == f"{pair['chosen'][0]['content']}<|end|>"
     assert scorer.encode([pair["prompt"]], [reply])[0] == row["chosen_ids"]
     trainer.model.eval()
@@ -217,7 +218,7 @@ def test_rl_config_needs_whole_groups():
 def test_model_lineage_follows_model_parents(tmp_path):
     from shared.registry import Registry
     from shared.training.posttrain import ModelRef
-    from shared.training.rl import model_lineage
+    from shared.training.posttrain import model_lineage
     registry = Registry(tmp_path)
     for stage, kind, parents in (("cpt", "hf-model", []), ("sft", "hf-model", ["cpt"]), ("prefs", "dataset", ["sft"]),
                                  ("reward", "reward-model", ["sft", "prefs"]), ("dpo", "hf-model", ["prefs", "sft"])):
