@@ -12,7 +12,7 @@
     journey dpo [--config P] [k=v]              DPO with TRL                        (ray_jobs.dpo)
     journey reward [--config P] [k=v]           reward model with TRL               (ray_jobs.reward)
     journey rl [--config P] [k=v]               GRPO / RLOO against the reward model (ray_jobs.rl)
-    journey experiment vocab-size|lr-schedules|finetune-methods [k=v]
+    journey experiment vocab-size|lr-schedules|finetune-methods [--config P] [k=v]
     journey runs                                list runs
     journey artifacts [RUN]                     list artifacts with their parents
 """

@@ -41,6 +41,7 @@ from shared.registry import Artifact, Registry  # noqa: E402
 from shared.training.experiments import METHOD_ARM, ExperimentConfig, write_experiment  # noqa: E402
 from shared.training.finetune_config import MethodConfig  # noqa: E402
 from shared.training.posttrain_config import SFTJobConfig  # noqa: E402
+from shared.training.sft import training_rows  # noqa: E402
 
 STAGE = "experiment-finetune-methods"
 NO_GPU = "skipped: needs a CUDA GPU"
@@ -89,18 +90,6 @@ def check_context(model_path: str, job: SFTJobConfig) -> None:
     if context and job.train.max_length > context:
         raise ConfigError(f"finetune.train.max_length={job.train.max_length} exceeds the context of {model_path} "
                           f"({context} tokens); set finetune.train.max_length={context}")
-
-
-def training_rows(job: SFTJobConfig) -> tuple[list[dict], list[dict]]:
-    """Train and held-out rows of ``job.data`` as the SFT stage builds them (chat messages or plain text)."""
-    from shared.training.sft import arrow_safe, chat_examples, is_text_corpus, text_rows
-
-    if is_text_corpus(job.data):
-        return text_rows(job.data, job.max_examples, job.eval_examples)
-    train = chat_examples(job.data, "train", job.max_examples)
-    heldout = chat_examples(job.data, "heldout", job.eval_examples)
-    return ([{"messages": arrow_safe(e["messages"])} for e in train],
-            [{"messages": arrow_safe(e["messages"])} for e in heldout])
 
 
 # ----------------------------------------------------------------------------- one arm, in its own process
@@ -201,6 +190,7 @@ def _chart(rows: list[dict[str, Any]], job: SFTJobConfig):
     for ax, (key, title) in zip(axes, panels):
         bars = ax.bar(labels, [r[key] for r in ran], color=colors)
         ax.bar_label(bars, fmt="{:.3g}", fontsize=8)  # the values, since a log axis hides the ratios
+        ax.margins(y=0.15)  # room for the labels under the title
         ax.set_title(title)
         ax.tick_params(axis="x", rotation=30)
     axes[0].set_yscale("log")
@@ -224,7 +214,7 @@ def finetune_methods_experiment(cfg: ExperimentConfig) -> Artifact:
     base = to_dict(job)
     # Every arm's method is checked before the first one trains, so a bad combination fails in seconds.
     methods = {arm: to_dict(from_dict(MethodConfig, {**base["method"], **arm_method(arm)})) for arm in cfg.methods}
-    train_rows, eval_rows = training_rows(job)
+    train_rows, eval_rows, _ = training_rows(job)
     _require_ray(job.use_gpu)
     rows = []
     for arm, method in methods.items():
@@ -238,5 +228,5 @@ def finetune_methods_experiment(cfg: ExperimentConfig) -> Artifact:
     return write_experiment(registry, cfg, STAGE, rows, COLUMNS, model.parent_ids, _chart(rows, job))
 
 
-__all__ = ["finetune_methods_experiment", "arm_method", "sft_config", "check_context", "training_rows",
+__all__ = ["finetune_methods_experiment", "arm_method", "sft_config", "check_context",
            "train_arm", "StepTimer", "STAGE", "COLUMNS", "NO_GPU"]

@@ -83,6 +83,17 @@ def chat_examples(source: str, split: str, limit: int | None) -> list[dict[str, 
     return load_sft_dataset(source, split=split, max_examples=limit)
 
 
+def training_rows(cfg) -> tuple[list[dict], list[dict], list[dict]]:
+    """Trainer rows (train, eval) of ``cfg.data``, chat messages or plain text, and the held-out
+    chat examples with their checks (empty for text) for the after-training comparison."""
+    if is_text_corpus(cfg.data):
+        return (*text_rows(cfg.data, cfg.max_examples, cfg.eval_examples), [])
+    train = chat_examples(cfg.data, "train", cfg.max_examples)
+    heldout = chat_examples(cfg.data, "heldout", cfg.eval_examples or None)[: cfg.eval_examples]
+    return ([{"messages": arrow_safe(e["messages"])} for e in train],
+            [{"messages": arrow_safe(e["messages"])} for e in heldout], heldout)
+
+
 def run_sft(cfg) -> Artifact:
     """Fine-tune ``cfg.init_from`` on ``cfg.data`` (chat or text) and register the checkpoint."""
     import time
@@ -94,13 +105,7 @@ def run_sft(cfg) -> Artifact:
     registry = Registry(cfg.runs_dir)
     model = resolve_model(registry, cfg.init_from, cfg.run)
     chat = not is_text_corpus(cfg.data)
-    if chat:
-        train_ex = chat_examples(cfg.data, "train", cfg.max_examples)
-        heldout_ex = chat_examples(cfg.data, "heldout", cfg.eval_examples or None)[: cfg.eval_examples]
-        train_rows = [{"messages": arrow_safe(e["messages"])} for e in train_ex]
-        eval_rows = [{"messages": arrow_safe(e["messages"])} for e in heldout_ex]
-    else:
-        train_rows, eval_rows = text_rows(cfg.data, cfg.max_examples, cfg.eval_examples)
+    train_rows, eval_rows, heldout_ex = training_rows(cfg)
     out_dir = registry.stage_dir(cfg.run, cfg.stage, overwrite=cfg.overwrite)
     t_data = time.perf_counter() - t0
     fit = fit_trl(cfg, "sft", model, out_dir, train_rows, eval_rows)

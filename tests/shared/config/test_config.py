@@ -64,9 +64,11 @@ def test_resolved_config_round_trips():
 
 def _job_classes():
     from ray_jobs.journey import STAGES, _config_class  # journey has no presets of its own
+    from shared.training.experiments import ExperimentConfig
     from shared.training.posttrain_config import SFTJobConfig
     classes = {stage: _config_class(stage) for stage in STAGES}
     classes["finetune"] = SFTJobConfig  # ray_jobs.finetune: the SFT trainer on any data and method
+    classes["experiment"] = ExperimentConfig
     return classes
 
 
