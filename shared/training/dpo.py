@@ -47,7 +47,11 @@ def build_trainer(spec, args: dict[str, Any]):
     ref_model = None  # TRL: a frozen copy of the policy (full) or the policy with adapters off (LoRA)
     if reference_path != spec.model_path:
         ref_model = AutoModelForCausalLM.from_pretrained(reference_path)
-    dpo_args = DPOConfig(**args, beta=cfg["beta"], loss_type=[cfg["loss_type"]], max_length=cfg["train"]["max_length"])
+    losses, weights = [cfg["loss_type"]], [1.0]
+    if cfg["sft_weight"] > 0:  # RPO: DPO plus NLL on the chosen reply
+        losses, weights = losses + ["sft"], weights + [cfg["sft_weight"]]
+    dpo_args = DPOConfig(**args, beta=cfg["beta"], loss_type=losses, loss_weights=weights,
+                         max_length=cfg["train"]["max_length"])
     eval_ds = Dataset.from_list(spec.eval_rows) if spec.eval_rows else None
     return DPOTrainer(model=model, ref_model=ref_model, args=dpo_args, train_dataset=Dataset.from_list(spec.train_rows),
                       eval_dataset=eval_ds, processing_class=tokenizer)

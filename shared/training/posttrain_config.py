@@ -101,11 +101,15 @@ class DPOJobConfig(PostTrainConfig):
     data: str = help_field("prefs", "preference pairs: a prefs artifact, hf:<dataset> or a jsonl file")
     beta: float = help_field(0.1, "DPO beta: strength of the KL anchor to the reference")
     loss_type: str = help_field("sigmoid", "TRL DPO loss: sigmoid (DPO), ipo, hinge, robust, ...")
+    sft_weight: float = help_field(0.0, "add this times the NLL of the chosen reply (RPO); keeps the chosen "
+                                   "likelihood from falling with the rejected one, which small models need")
 
     def validate(self) -> None:
         super().validate()
         if self.beta <= 0:
             raise ConfigError(f"beta must be > 0, got {self.beta}")
+        if self.sft_weight < 0:
+            raise ConfigError(f"sft_weight must be >= 0, got {self.sft_weight}")
 
 
 @dataclass
