@@ -21,13 +21,20 @@ def test_journey_run_smoke(tmp_path):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     stages = {p.parent.name: json.loads(p.read_text()) for p in (runs / "smoke").glob("*/journey.json")}
-    assert set(stages) == {"tokenizer", "pretrain", "cpt"}
+    assert set(stages) == {"tokenizer", "pretrain", "cpt", "sft", "prefs", "dpo"}
     assert stages["cpt"]["parents"] == ["smoke/tokenizer", "smoke/pretrain"]
+    assert stages["sft"]["parents"] == ["smoke/cpt"]
+    assert stages["prefs"]["parents"] == ["smoke/sft"]
+    assert stages["dpo"]["parents"] == ["smoke/sft", "smoke/prefs"]
     for stage in ("pretrain", "cpt"):
         m = stages[stage]["metrics"]
         assert m["val_loss"] < m["initial_val_loss"], (stage, m)
+    sft = stages["sft"]["metrics"]
+    assert sft["eval_loss"] < sft["first_eval_loss"], sft
+    assert stages["prefs"]["metrics"]["train_pairs"] > 0
+    assert (runs / "smoke" / "dpo" / "safety_helpfulness.md").exists()
     summary = (runs / "smoke" / "summary.md").read_text()
-    assert "smoke/cpt" in summary and "└─ smoke/pretrain" in summary
+    assert "smoke/dpo" in summary and "└─ smoke/pretrain" in summary
 
     listing = subprocess.run([str(Path(sys.executable).parent / "journey"), "artifacts", "smoke"], cwd=REPO,
                              env=env, capture_output=True, text=True, timeout=120)
