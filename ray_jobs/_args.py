@@ -51,3 +51,18 @@ def run_main(fn: Callable[[], Any]) -> int:
     if result is not None and not isinstance(result, int):
         print(json.dumps(result, indent=2, default=str) if isinstance(result, (dict, list)) else result)
     return result if isinstance(result, int) else 0
+
+
+def stage_main(cls: type[T], stage: str, argv: list[str] | None, doc: str, runner: str) -> int:
+    """The whole ``main`` of a stage entry point: parse ``cls`` for ``stage``, call ``runner``, print the artifact.
+
+    ``runner`` is ``"module:function"`` (imported only after the config parsed, so ``--help`` and
+    config errors stay fast): a ``shared`` function taking the config and returning an Artifact.
+    """
+    def job():
+        import importlib
+        cfg = parse_job_args(cls, stage, argv, doc.splitlines()[0])
+        module, fn = runner.split(":")
+        art = getattr(importlib.import_module(module), fn)(cfg)
+        return {"artifact": art.id, "path": art.path, "metrics": art.metrics}
+    return run_main(job)

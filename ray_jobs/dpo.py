@@ -10,17 +10,12 @@ from __future__ import annotations
 
 import sys
 
-from ray_jobs._args import parse_job_args, run_main
+from ray_jobs._args import stage_main
 from shared.training.posttrain_config import DPOJobConfig
 
 
 def main(argv: list[str] | None = None) -> int:
-    def job():
-        cfg = parse_job_args(DPOJobConfig, "dpo", argv, __doc__.splitlines()[0])
-        from shared.training.dpo import run_dpo
-        art = run_dpo(cfg)
-        return {"artifact": art.id, "path": art.path, "metrics": art.metrics}
-    return run_main(job)
+    return stage_main(DPOJobConfig, "dpo", argv, __doc__, "shared.training.dpo:run_dpo")
 
 
 if __name__ == "__main__":

@@ -11,17 +11,12 @@ from __future__ import annotations
 
 import sys
 
-from ray_jobs._args import parse_job_args, run_main
+from ray_jobs._args import stage_main
 from shared.training.posttrain_config import SFTJobConfig
 
 
 def main(argv: list[str] | None = None) -> int:
-    def job():
-        cfg = parse_job_args(SFTJobConfig, "finetune", argv, __doc__.splitlines()[0])
-        from shared.training.sft import run_sft
-        art = run_sft(cfg)
-        return {"artifact": art.id, "path": art.path, "metrics": art.metrics}
-    return run_main(job)
+    return stage_main(SFTJobConfig, "finetune", argv, __doc__, "shared.training.sft:run_sft")
 
 
 if __name__ == "__main__":

@@ -9,17 +9,12 @@ from __future__ import annotations
 
 import sys
 
-from ray_jobs._args import parse_job_args, run_main
+from ray_jobs._args import stage_main
 from shared.training.posttrain_config import PrefsJobConfig
 
 
 def main(argv: list[str] | None = None) -> int:
-    def job():
-        cfg = parse_job_args(PrefsJobConfig, "prefs", argv, __doc__.splitlines()[0])
-        from shared.training.prefs import run_prefs
-        art = run_prefs(cfg)
-        return {"artifact": art.id, "path": art.path, "metrics": art.metrics}
-    return run_main(job)
+    return stage_main(PrefsJobConfig, "prefs", argv, __doc__, "shared.training.prefs:run_prefs")
 
 
 if __name__ == "__main__":

@@ -9,17 +9,12 @@ from __future__ import annotations
 
 import sys
 
-from ray_jobs._args import parse_job_args, run_main
+from ray_jobs._args import stage_main
 from shared.training.pretrain_config import PretrainConfig
 
 
 def main(argv: list[str] | None = None) -> int:
-    def job():
-        cfg = parse_job_args(PretrainConfig, "pretrain", argv, __doc__.splitlines()[0])
-        from shared.training.runner import run_pretraining
-        art = run_pretraining(cfg)
-        return {"artifact": art.id, "path": art.path, "metrics": art.metrics}
-    return run_main(job)
+    return stage_main(PretrainConfig, "pretrain", argv, __doc__, "shared.training.runner:run_pretraining")
 
 
 if __name__ == "__main__":

@@ -10,17 +10,12 @@ from __future__ import annotations
 
 import sys
 
-from ray_jobs._args import parse_job_args, run_main
+from ray_jobs._args import stage_main
 from shared.training.posttrain_config import RewardJobConfig
 
 
 def main(argv: list[str] | None = None) -> int:
-    def job():
-        cfg = parse_job_args(RewardJobConfig, "reward", argv, __doc__.splitlines()[0])
-        from shared.training.reward import run_reward
-        art = run_reward(cfg)
-        return {"artifact": art.id, "path": art.path, "metrics": art.metrics}
-    return run_main(job)
+    return stage_main(RewardJobConfig, "reward", argv, __doc__, "shared.training.reward:run_reward")
 
 
 if __name__ == "__main__":

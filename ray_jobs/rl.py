@@ -11,17 +11,12 @@ from __future__ import annotations
 
 import sys
 
-from ray_jobs._args import parse_job_args, run_main
+from ray_jobs._args import stage_main
 from shared.training.posttrain_config import RLJobConfig
 
 
 def main(argv: list[str] | None = None) -> int:
-    def job():
-        cfg = parse_job_args(RLJobConfig, "rl", argv, __doc__.splitlines()[0])
-        from shared.training.rl import run_rl
-        art = run_rl(cfg)
-        return {"artifact": art.id, "path": art.path, "metrics": art.metrics}
-    return run_main(job)
+    return stage_main(RLJobConfig, "rl", argv, __doc__, "shared.training.rl:run_rl")
 
 
 if __name__ == "__main__":

@@ -10,17 +10,12 @@ from __future__ import annotations
 
 import sys
 
-from ray_jobs._args import parse_job_args, run_main
+from ray_jobs._args import stage_main
 from shared.tokenizer.tokenizer_config import TokenizerConfig
 
 
 def main(argv: list[str] | None = None) -> int:
-    def job():
-        from shared.tokenizer.artifact import train_tokenizer_artifact
-        cfg = parse_job_args(TokenizerConfig, "tokenizer", argv, __doc__.splitlines()[0])
-        art = train_tokenizer_artifact(cfg)
-        return {"artifact": art.id, "path": art.path, "metrics": art.metrics}
-    return run_main(job)
+    return stage_main(TokenizerConfig, "tokenizer", argv, __doc__, "shared.tokenizer.artifact:train_tokenizer_artifact")
 
 
 if __name__ == "__main__":

@@ -480,8 +480,10 @@ def test_rayjob_entrypoints_parse_with_the_jobs_own_parser(monkeypatch):
                 raise _Parsed([module._stage_config(stage, jc, jc.run) for stage in jc.stages])
             monkeypatch.setattr(module, "run_journey", stop)
         else:
-            assert hasattr(module, "parse_job_args"), f"ray_jobs.{module_name} no longer uses parse_job_args"
-            monkeypatch.setattr(module, "parse_job_args", parse_then_stop)
+            # Entry points parse through _args.parse_job_args, directly or via _args.stage_main.
+            monkeypatch.setattr(_args, "parse_job_args", parse_then_stop)
+            if hasattr(module, "parse_job_args"):
+                monkeypatch.setattr(module, "parse_job_args", parse_then_stop)
         with pytest.raises(_Parsed):
             code = module.main(list(args))
             pytest.fail(f"python -m ray_jobs.{module_name} {' '.join(args)} exited {code} instead of parsing")
