@@ -114,3 +114,33 @@ def evaluate_models(models: dict[str, str], examples: Sequence[dict[str, Any]], 
     (out_dir / f"{name}.md").write_text(comparison_table(summaries) + "\n")
     (out_dir / f"{name}.json").write_text(json.dumps({"summaries": summaries, "replies": scored}, indent=1))
     return {label: {"summary": summaries[label], "rows": scored[label]} for label in models}
+
+
+def reply_logprob(model, tokenizer, prompt: Sequence[dict[str, Any]], reply: str) -> float:
+    """Sum of log p(reply tokens | prompt) under ``model`` (the prompt cut from the left to fit)."""
+    import torch
+    from shared.eval.generate import context_length
+    from shared.tokenizer.chat import render_chat
+    p_ids = tokenizer(render_chat(prompt, add_generation_prompt=True), add_special_tokens=False).input_ids
+    r_ids = tokenizer(reply, add_special_tokens=False).input_ids
+    limit = context_length(model)
+    r_ids = r_ids[: limit - 1]
+    p_ids = p_ids[-(limit - len(r_ids)):]
+    ids = torch.tensor([p_ids + r_ids])
+    with torch.no_grad():
+        logits = model(ids).logits[0, len(p_ids) - 1:-1].float()
+    return float(torch.log_softmax(logits, -1).gather(-1, ids[0, len(p_ids):, None]).sum())
+
+
+def pair_preference_accuracy(path: str, pairs: Sequence[dict[str, Any]]) -> float:
+    """Share of preference pairs where the model at ``path`` gives the chosen reply the higher log-probability.
+
+    This is the model's own ranking, comparable across models (unlike DPO's implicit-reward accuracy,
+    which is relative to the reference and 0.5 for the reference itself by construction).
+    """
+    from shared.eval.generate import load_chat_model
+    from shared.tokenizer.chat import render_reply
+    model, tokenizer = load_chat_model(path)
+    wins = sum(reply_logprob(model, tokenizer, p["prompt"], render_reply(p["chosen"]))
+               > reply_logprob(model, tokenizer, p["prompt"], render_reply(p["rejected"])) for p in pairs)
+    return wins / len(pairs) if pairs else float("nan")

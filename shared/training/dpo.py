@@ -124,6 +124,11 @@ def run_dpo(cfg) -> Artifact:
     old = list(models)[-1]
     models[cfg.stage] = str(out_dir)
     metrics.update(compare_stages(models, cfg.stage, old, out_dir, cfg))
+    if eval_pairs:  # does the policy itself rank held-out chosen above rejected more often than SFT did?
+        from shared.eval.chat_eval import pair_preference_accuracy
+        for label in (old, cfg.stage):
+            key = "pair_accuracy" if label == cfg.stage else f"{old}_pair_accuracy"
+            metrics[f"heldout_{key}"] = pair_preference_accuracy(models[label], eval_pairs[: cfg.eval_examples])
     parents = policy.parent_ids + ([pairs_art.id] if pairs_art else [])
     timings = {"data_s": t_data, "train_s": fit.train_s, "eval_s": time.perf_counter() - t1}
     return registry.register(cfg.run, cfg.stage, "hf-model", parents=parents, config=to_dict(cfg), metrics=metrics,

@@ -177,8 +177,9 @@ class PrefsJobConfig:
     max_new_tokens: int = help_field(48, "response budget in tokens")
     reward_model: Optional[str] = help_field(None, "also score with this reward model artifact when given")
     min_margin: float = help_field(0.5, "keep a pair only when chosen beats rejected by at least this")
-    reference_fallback: bool = help_field(True, "when no sample passes the check, use the dataset's reference "
-                                          "answer as chosen (recorded per pair as chosen_source)")
+    reference_fallback: bool = help_field(False, "when no sample passes the check, use the dataset's reference "
+                                          "answer as chosen (recorded per pair as chosen_source); off = "
+                                          "on-policy pairs only")
     batch_size: int = help_field(32, "prompts per generation batch")
     num_workers: int = help_field(1, "Ray Data inference actors")
     cpus_per_worker: int = help_field(2, "CPU cores per inference actor")

@@ -92,9 +92,12 @@ def make_pairs(examples: list[dict], replies: list[list[str]], min_margin: float
             reference_score = score_replies([example], [render_reply([target])])[0]["score"]
             chosen, source, chosen_score = target, "reference", reference_score
         margin = chosen_score - scores[worst]
-        if margin >= min_margin:
+        rejected = reply_message(candidates[worst])
+        # An unterminated "42" and the reference "42<|end|>" are the same message once parsed: the
+        # defect (no end of turn) has no conversational form, so such a pair would teach nothing.
+        if margin >= min_margin and rejected != chosen:
             pairs.append({"id": example["id"], "task": example.get("task", ""), "prompt": example["messages"][:-1],
-                          "chosen": [chosen], "rejected": [reply_message(candidates[worst])], "margin": margin,
+                          "chosen": [chosen], "rejected": [rejected], "margin": margin,
                           "chosen_source": source})
     return pairs
 
