@@ -172,6 +172,8 @@ class PrefsJobConfig:
     data: str = help_field("builtin:instructions", "prompts: instruction examples whose checks score responses")
     num_prompts: int = help_field(1000, "prompts to sample from the training split")
     samples_per_prompt: int = help_field(4, "responses sampled per prompt")
+    include_greedy: bool = help_field(True, "also generate the greedy reply and reject it first among equals: "
+                                      "the pairs then target the mistakes greedy decoding makes")
     temperature: float = help_field(1.0, "sampling temperature")
     top_p: float = help_field(0.95, "nucleus sampling")
     max_new_tokens: int = help_field(48, "response budget in tokens")

@@ -1,12 +1,14 @@
 """Preference pairs made from a model's own outputs (the input of DPO and of the reward model).
 
 1. Pick ``num_prompts`` training instructions (and a tenth as many held-out ones for DPO's eval).
-2. Sample ``samples_per_prompt`` replies per prompt from the model: a Ray Data pipeline whose
-   actors each hold the model (``map_batches`` over a callable class: batch inference).
+2. Sample ``samples_per_prompt`` replies per prompt from the model, plus its greedy reply when
+   ``include_greedy``: a Ray Data pipeline whose actors each hold the model (``map_batches`` over a
+   callable class: batch inference).
 3. Score every reply (``chat_eval.score_replies``: the example's exact checker, the refusal rule,
    reference overlap, well-formedness) and, when given, add a reward model's score.
 4. Pair the best reply (chosen) with the worst (rejected) when the margin is at least
-   ``min_margin``. When no sample passes the check and ``reference_fallback`` is on, the dataset's
+   ``min_margin``; among equally bad replies the greedy one is rejected, so the pairs push on the
+   mistakes the model actually makes when it decodes greedily. When no sample passes the check and ``reference_fallback`` is on, the dataset's
    own reference reply is chosen instead; every pair records ``chosen_source`` (model | reference).
 
 The artifact is a ``dataset``: ``train.jsonl`` / ``heldout.jsonl`` in the preference schema
@@ -29,22 +31,27 @@ PASSING_TASK_SCORE = 1.0  # the task part of chat_eval's score when the reply is
 
 
 class ReplySampler:
-    """Ray Data actor: holds one model, samples ``n`` replies for each conversation of a batch."""
+    """Ray Data actor: holds one model; for each conversation of a batch, its greedy reply first
+    (when ``greedy``) and then ``n`` sampled ones."""
 
     def __init__(self, model_path: str, n: int, temperature: float, top_p: float, max_new_tokens: int,
-                 threads: int, seed: int):
+                 threads: int, seed: int, greedy: bool = False):
         import torch
         from shared.eval.generate import load_chat_model
         torch.set_num_threads(threads)
         self.model, self.tokenizer = load_chat_model(model_path)
         self.opts = dict(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
-        self.seed = seed
+        self.seed, self.greedy = seed, greedy
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from shared.eval.generate import generate_replies
         conversations = [json.loads(p) for p in batch["prompt"]]
         replies = generate_replies(self.model, self.tokenizer, conversations, batch_size=len(conversations),
                                    seed=self.seed + int(batch["idx"][0]), **self.opts)
+        if self.greedy:
+            first = generate_replies(self.model, self.tokenizer, conversations, batch_size=len(conversations),
+                                     max_new_tokens=self.opts["max_new_tokens"])
+            replies = [g + r for g, r in zip(first, replies)]
         return {"idx": batch["idx"], "replies": np.array([json.dumps(r) for r in replies])}
 
 
@@ -59,7 +66,7 @@ def sample_replies(model_path: str, examples: list[dict[str, Any]], cfg) -> list
         ReplySampler, batch_size=cfg.batch_size, concurrency=cfg.num_workers, num_cpus=cfg.cpus_per_worker,
         fn_constructor_kwargs=dict(model_path=model_path, n=cfg.samples_per_prompt, temperature=cfg.temperature,
                                    top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                                   threads=cfg.cpus_per_worker, seed=cfg.seed))
+                                   threads=cfg.cpus_per_worker, seed=cfg.seed, greedy=cfg.include_greedy))
     out: list[list[str]] = [[] for _ in examples]
     for row in ds.iter_rows():
         out[int(row["idx"])] = json.loads(row["replies"])
