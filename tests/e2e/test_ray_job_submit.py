@@ -80,9 +80,12 @@ def test_pretrain_via_ray_job_submit(ray_head, tmp_path):
                 "python", "-m", f"ray_jobs.{module}", "--config", f"configs/{module}/{preset}.yaml",
                 "run=submitted", f"runs_dir={runs}",
                 "optim.max_steps=20" if module == "pretrain" else "max_bytes_per_source=100000")
-        for _ in range(12):  # right after `ray start` the job agent may not be up yet: Ray asks to retry
+        # Right after `ray start` the head's job agent may not have registered yet and Ray asks to retry;
+        # on a loaded 2-core machine that has taken over a minute.
+        deadline = time.monotonic() + 240
+        while True:
             proc = _ray(*args, env=env, timeout=600, check=False)
-            if "No available agent" not in proc.stdout + proc.stderr:
+            if "No available agent" not in proc.stdout + proc.stderr or time.monotonic() > deadline:
                 break
             time.sleep(5)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
