@@ -33,8 +33,9 @@ LABEL org.opencontainers.image.title="gpt-journey" \
 
 # wget: KubeRay's default readiness/liveness probes run `wget ... /api/local_raylet_healthz` in
 # the Ray container, and compose's healthcheck does the same. Without it the pods never get Ready.
+# g++: DeepSpeed compiles its CPU communication op (with ninja) the first time ZeRO runs on CPU.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends wget \
+ && apt-get install -y --no-install-recommends wget g++ \
  && rm -rf /var/lib/apt/lists/*
 
 # torch first, from the PyTorch index, so pyproject's `torch` requirement is already met by the
