@@ -58,12 +58,11 @@ def training_arguments(cfg: dict[str, Any], output_dir: str, has_eval: bool) -> 
     loop, use_gpu = cfg["train"], cfg["use_gpu"]
     device = torch.device("cuda" if use_gpu else "cpu")
     precision = resolve_precision(loop["precision"], device)
-    warmup = loop["warmup"]
     return dict(
         output_dir=output_dir, max_steps=loop["max_steps"], per_device_train_batch_size=loop["batch_size"],
         per_device_eval_batch_size=loop["batch_size"], gradient_accumulation_steps=loop["grad_accum"],
         learning_rate=loop["lr"], lr_scheduler_type=loop["schedule"],
-        warmup_steps=warmup if warmup >= 1 else warmup * loop["max_steps"],
+        warmup_steps=loop["warmup"],  # transformers reads < 1 as a ratio of max_steps, like our config
         weight_decay=loop["weight_decay"], max_grad_norm=loop["grad_clip"] or 1e9, optim=loop["optim"],
         logging_steps=loop["log_every"], eval_strategy="steps" if has_eval else "no",
         eval_steps=loop["eval_every"] if has_eval else None, eval_on_start=has_eval, save_strategy="no",
