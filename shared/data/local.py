@@ -72,8 +72,11 @@ def _iter_file(path: Path, name: str, source: str, text_field: str, chunk_bytes:
                 yield Document(id=f"{name}:{row}", text=text, source=source)
 
 
-def _jsonl_texts(path: Path, text_field: str) -> Iterator[tuple[int, str]]:
-    """(1-based line number, text) for every non-blank line with a non-null text field."""
+def jsonl_records(path: Path) -> Iterator[tuple[int, object]]:
+    """(1-based line number, parsed JSON value) for every non-blank line, decoded strictly as UTF-8.
+
+    Streams the file; a bad byte or a line that is not JSON is an error naming the file and line.
+    """
     offset = 0
     with path.open("rb") as f:
         for line_no, raw in enumerate(f, start=1):
@@ -82,15 +85,20 @@ def _jsonl_texts(path: Path, text_field: str) -> Iterator[tuple[int, str]]:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                yield line_no, json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}:{line_no} is not valid JSON ({exc.msg}); fix or remove that line") from None
-            if not isinstance(record, dict) or text_field not in record:
-                keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-                raise missing_field(f"{path}:{line_no}", text_field, keys)
-            text = record[text_field]
-            if text is not None:
-                yield line_no, as_text(text, f"{path}:{line_no}", text_field)
+
+
+def _jsonl_texts(path: Path, text_field: str) -> Iterator[tuple[int, str]]:
+    """(1-based line number, text) for every non-blank line with a non-null text field."""
+    for line_no, record in jsonl_records(path):
+        if not isinstance(record, dict) or text_field not in record:
+            keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+            raise missing_field(f"{path}:{line_no}", text_field, keys)
+        text = record[text_field]
+        if text is not None:
+            yield line_no, as_text(text, f"{path}:{line_no}", text_field)
 
 
 def parquet_texts(path: Path, text_field: str) -> Iterator[str | None]:

@@ -11,7 +11,6 @@ safety/helpfulness prompts, and DPO's win-rate against SFT on the same prompts.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,15 +59,10 @@ def build_trainer(spec, args: dict[str, Any]):
 # ----------------------------------------------------------------------------- driver side
 
 def read_pairs(path: Path) -> list[dict[str, Any]]:
+    """Every pair of a jsonl file in the preference schema, validated (errors name the file and line)."""
     from shared.data.instructions import validate_preference_example
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if line.strip():
-                row = json.loads(line)
-                validate_preference_example(row, f"{path}:{n}")
-                rows.append(row)
-    return rows
+    from shared.data.instructions.loaders import read_jsonl
+    return list(read_jsonl(path, validate_preference_example))
 
 
 def load_pairs(registry: Registry, source: str, run: str, split: str, limit: int | None) -> tuple[list, Artifact | None]:

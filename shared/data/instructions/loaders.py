@@ -19,7 +19,6 @@ the split are found. Every example is validated; a set with none raises :class:`
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -27,13 +26,14 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from shared.data.documents import DataError, decode_utf8
+from shared.data.documents import DataError
 from shared.data.hub import _load_streaming, _resolve_builder, parse_hf_spec
 from shared.data.instructions.builtin import SOURCE as BUILTIN_SOURCE
 from shared.data.instructions.builtin import generate_instructions
 from shared.data.instructions.hub_formats import FORMATS, HubFormat
 from shared.data.instructions.schema import (check_nonempty, check_split, split_name, validate_preference_example,
                                              validate_sft_example)
+from shared.data.local import jsonl_records
 
 log = logging.getLogger(__name__)
 Validate = Callable[[Any, str], None]
@@ -134,15 +134,6 @@ def read_jsonl(path: Path, validate: Validate) -> Iterator[dict]:
     """Rows of a ``.jsonl`` file in our schema, each validated (errors name the file and line)."""
     if not path.is_file():
         raise DataError(f"{path} does not exist or is not a file; check the path (relative to {Path.cwd()})")
-    offset = 0
-    for number, line in enumerate(path.read_bytes().splitlines(keepends=True), 1):
-        text = decode_utf8(line, path, offset)
-        offset += len(line)
-        if not text.strip():
-            continue
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{number} is not valid JSON ({exc.msg}); fix or remove that line") from None
+    for number, row in jsonl_records(path):
         validate(row, f"{path}:{number}")
         yield row
