@@ -39,6 +39,14 @@ def help_field(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any
     return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
 
 
+def require_positive(obj: Any, names: tuple[str, ...], prefix: str = "") -> None:
+    """Raise ``ConfigError`` naming the first of ``obj``'s integer fields ``names`` that is below 1."""
+    for name in names:
+        value = getattr(obj, name)
+        if value < 1:
+            raise ConfigError(f"{prefix}{name} must be >= 1, got {value}")
+
+
 def preset_path(stage: str, preset: str) -> Path:
     """Resolve ``preset`` (a name under ``configs/<stage>/`` or a YAML path) to a file."""
     candidate = Path(preset)

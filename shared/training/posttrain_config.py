@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from shared.config import ConfigError, help_field
+from shared.config import ConfigError, help_field, require_positive
 from shared.training.deepspeed_config import DeepSpeedConfig
 from shared.training.finetune_config import MethodConfig
 
@@ -39,9 +39,8 @@ class LoopConfig:
     seed: int = help_field(1234, "seed of init, shuffling and sampling")
 
     def validate(self) -> None:
-        for name in ("max_steps", "batch_size", "grad_accum", "max_length", "eval_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        require_positive(self, ("max_steps", "batch_size", "grad_accum", "max_length", "eval_every", "log_every"),
+                         "train.")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         if self.schedule not in HF_SCHEDULES:
@@ -190,9 +189,7 @@ class PrefsJobConfig:
     overwrite: bool = help_field(False, "replace an existing artifact of the same run/stage")
 
     def validate(self) -> None:
-        for name in ("num_prompts", "samples_per_prompt", "max_new_tokens", "batch_size", "num_workers"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_positive(self, ("num_prompts", "samples_per_prompt", "max_new_tokens", "batch_size", "num_workers"))
         if self.samples_per_prompt < 2 and not self.reference_fallback:
             raise ConfigError("samples_per_prompt must be >= 2 to form pairs (or enable reference_fallback)")
         if not 0 < self.temperature:

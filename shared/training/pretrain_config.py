@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from shared.config import ConfigError, help_field
+from shared.config import ConfigError, help_field, require_positive
 from shared.model.presets import PRESETS
 from shared.training.schedules import SCHEDULES
 
@@ -84,9 +84,7 @@ class PretrainConfig:
         o = self.optim
         if o.schedule not in SCHEDULES:
             raise ConfigError(f"optim.schedule: unknown schedule {o.schedule!r}; choose one of {list(SCHEDULES)}")
-        for name in ("max_steps", "batch_size", "grad_accum"):
-            if getattr(o, name) < 1:
-                raise ConfigError(f"optim.{name} must be >= 1, got {getattr(o, name)}")
+        require_positive(o, ("max_steps", "batch_size", "grad_accum"), "optim.")
         if o.lr <= 0:
             raise ConfigError(f"optim.lr must be > 0, got {o.lr}")
         if self.model.preset not in PRESETS:
@@ -95,6 +93,4 @@ class PretrainConfig:
             raise ConfigError("num_workers and cpus_per_worker must be >= 1")
         if not 0 < self.data.val_fraction < 1:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.data.val_fraction}")
-        for name in ("eval_every", "ckpt_every", "log_every", "eval_batches"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_positive(self, ("eval_every", "ckpt_every", "log_every", "eval_batches"))
