@@ -82,14 +82,21 @@ def reply_message(reply: str) -> dict[str, Any]:
     return {"role": "assistant", "content": parsed["text"]}
 
 
-def make_pairs(examples: list[dict], replies: list[list[str]], min_margin: float, reference_fallback: bool,
-               rewards: list[list[float]] | None = None) -> list[dict[str, Any]]:
-    """Chosen/rejected pairs with their margin (see the module docstring)."""
+def score_candidates(examples: list[dict], replies: list[list[str]]) -> list[list[dict[str, Any]]]:
+    """Each example's replies scored by its own check (``chat_eval.score_replies`` rows, reply included)."""
+    from shared.eval.chat_eval import score_replies
+    return [score_replies([example] * len(candidates), candidates)
+            for example, candidates in zip(examples, replies, strict=True)]
+
+
+def make_pairs(examples: list[dict], scored_replies: list[list[dict[str, Any]]], min_margin: float,
+               reference_fallback: bool, rewards: list[list[float]] | None = None) -> list[dict[str, Any]]:
+    """Chosen/rejected pairs with their margin from ``score_candidates`` rows (see the module docstring)."""
     from shared.eval.chat_eval import score_replies
     from shared.tokenizer.chat import render_reply
     pairs = []
-    for i, (example, candidates) in enumerate(zip(examples, replies, strict=True)):
-        scored = score_replies([example] * len(candidates), candidates)
+    for i, (example, scored) in enumerate(zip(examples, scored_replies, strict=True)):
+        candidates = [r["reply"] for r in scored]
         scores = [r["score"] + (rewards[i][j] if rewards else 0.0) for j, r in enumerate(scored)]
         best, worst = int(np.argmax(scores)), int(np.argmin(scores))
         chosen, source, chosen_score = reply_message(candidates[best]), "model", scores[best]
@@ -133,11 +140,12 @@ def run_prefs(cfg) -> Artifact:
         examples = pick_examples(cfg.data, split, count, cfg.seed)
         replies = sample_replies(model.path, examples, cfg)
         rewards = _reward_scores(reward, examples, replies) if reward else None
-        pairs = make_pairs(examples, replies, cfg.min_margin, cfg.reference_fallback, rewards)
+        scored = score_candidates(examples, replies)
+        pairs = make_pairs(examples, scored, cfg.min_margin, cfg.reference_fallback, rewards)
         if split == "train":
             check_nonempty(pairs, f"pairs sampled from {model.path}")
         _write_jsonl(out_dir / f"{split}.jsonl", pairs)
-        stats.update(_stats(split, examples, replies, pairs))
+        stats.update(_stats(split, examples, scored, pairs))
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=1))
     parents = model.parent_ids + ([reward.id] if reward else [])
     return registry.register(cfg.run, cfg.stage, "dataset", parents=parents, config=to_dict(cfg), metrics=stats,
@@ -155,10 +163,9 @@ def _reward_scores(reward: Artifact, examples: list[dict], replies: list[list[st
     return out
 
 
-def _stats(split: str, examples: list[dict], replies: list[list[str]], pairs: list[dict]) -> dict[str, Any]:
-    from shared.eval.chat_eval import score_replies, summarize
-    flat = score_replies([ex for ex, rs in zip(examples, replies) for _ in rs], [r for rs in replies for r in rs])
-    sample = summarize(flat)
+def _stats(split: str, examples: list[dict], scored: list[list[dict]], pairs: list[dict]) -> dict[str, Any]:
+    from shared.eval.chat_eval import summarize
+    sample = summarize([row for rows in scored for row in rows])
     return {f"{split}_prompts": len(examples), f"{split}_pairs": len(pairs),
             f"{split}_pairs_reference_chosen": sum(p["chosen_source"] == "reference" for p in pairs),
             f"{split}_mean_margin": float(np.mean([p["margin"] for p in pairs])) if pairs else 0.0,
