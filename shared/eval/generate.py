@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from shared.config import ConfigError
 from shared.tokenizer.chat import END, EOT, render_chat
 
 
@@ -32,9 +33,18 @@ def context_length(model) -> int:
     return int(getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", 2048))
 
 
-def _stop_ids(tokenizer) -> list[int]:
+def stop_token_ids(tokenizer, required: bool = False) -> list[int]:
+    """Ids of ``<|end|>`` (end of an assistant turn) and ``<|endoftext|>`` that the tokenizer has.
+
+    ``required``: raise ``ConfigError`` unless it has both (RL rollouts must stop at a turn's end);
+    otherwise a tokenizer without them (a hub base model) simply generates to the budget.
+    """
     ids = [tokenizer.convert_tokens_to_ids(t) for t in (END, EOT)]
-    return [i for i in ids if isinstance(i, int) and i != tokenizer.unk_token_id]
+    known = [i for i in ids if isinstance(i, int) and i != tokenizer.unk_token_id]
+    if required and len(known) < len(ids):
+        raise ConfigError(f"the tokenizer has no {END} / {EOT} token, so rollouts could not stop at the end of a "
+                          "turn; RL needs a model trained with our tokenizer (shared.tokenizer) and chat format")
+    return known
 
 
 def _decode_reply(tokenizer, ids: list[int], stops: set[int]) -> str:
@@ -56,7 +66,7 @@ def generate_replies(model, tokenizer, conversations: Sequence[Sequence[dict[str
     limit = context_length(model)
     if max_new_tokens >= limit:
         raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for the prompt in a context of {limit}")
-    stops = _stop_ids(tokenizer)
+    stops = stop_token_ids(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[-1]
     device = next(model.parameters()).device
     torch.manual_seed(seed)

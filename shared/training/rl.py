@@ -34,8 +34,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from shared.config import ConfigError
-from shared.tokenizer.chat import CHAT_TEMPLATE, END, EOT, render_chat
+from shared.tokenizer.chat import CHAT_TEMPLATE, render_chat
 
 if TYPE_CHECKING:
     from shared.registry import Artifact
@@ -47,19 +46,11 @@ LOGGED = ("reward", "reward_std", "rewards/reward_model/mean", "rewards/checker/
 
 # ----------------------------------------------------------------------------- worker side
 
-def stop_token_ids(tokenizer) -> list[int]:
-    """``<|end|>`` (the end of an assistant turn) and ``<|endoftext|>``; refuses a tokenizer without them."""
-    ids = [tokenizer.convert_tokens_to_ids(t) for t in (END, EOT)]
-    if any(i is None or i == tokenizer.unk_token_id for i in ids):
-        raise ConfigError(f"the tokenizer has no {END} / {EOT} token, so rollouts could not stop at the end of a "
-                          "turn; RL needs a model trained with our tokenizer (shared.tokenizer) and chat format")
-    return ids
-
-
 def stop_at_end_of_turn(model, tokenizer) -> None:
     """Make ``generate`` (and TRL, which reads the eos ids from the generation config) stop at the turn's end."""
+    from shared.eval.generate import stop_token_ids
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base.generation_config.eos_token_id = stop_token_ids(tokenizer)
+    base.generation_config.eos_token_id = stop_token_ids(tokenizer, required=True)
     base.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
