@@ -12,6 +12,7 @@
     journey dpo [--config P] [k=v]              DPO with TRL                        (ray_jobs.dpo)
     journey reward [--config P] [k=v]           reward model with TRL               (ray_jobs.reward)
     journey rl [--config P] [k=v]               GRPO / RLOO against the reward model (ray_jobs.rl)
+    journey eval all|ARTIFACT [k=v]             scorecard of a run / evaluate one artifact (ray_jobs.evaluate)
     journey experiment vocab-size|lr-schedules|finetune-methods [--config P] [k=v]
     journey runs                                list runs
     journey artifacts [RUN]                     list artifacts with their parents
@@ -78,9 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     if command == "run":
         from ray_jobs import journey
         return journey.main(rest)
-    if command in ("pretrain", "cpt", "import", "finetune", "sft", "prefs", "dpo", "reward", "rl"):
+    if command in ("pretrain", "cpt", "import", "finetune", "sft", "prefs", "dpo", "reward", "rl", "eval"):
         import importlib
-        module = importlib.import_module(f"ray_jobs.{'import_ckpt' if command == 'import' else command}")
+        module_name = {"import": "import_ckpt", "eval": "evaluate"}.get(command, command)
+        module = importlib.import_module(f"ray_jobs.{module_name}")
         return module.main(rest)
     handlers = {"tokenizer": _tokenizer, "experiment": _experiment, "runs": _runs, "artifacts": _artifacts}
     if command not in handlers:

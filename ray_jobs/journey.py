@@ -3,11 +3,13 @@
     journey run                       # tiny preset, a new run named journey-<timestamp>
     journey run preset=smoke run=ci   # seconds per stage (the e2e test)
     journey run pretrain.optim.max_steps=100 stages=[tokenizer,pretrain]
-    journey run stages=[tokenizer,pretrain,cpt,sft,prefs,dpo,reward,rl]   # with the optional RL stages
+    journey run stages=[tokenizer,pretrain,cpt,sft,prefs,dpo,reward,rl,eval]   # with the optional RL stages
 
 Each stage is the same entry point ``python -m ray_jobs.<stage>`` runs, called in-process with
 ``configs/<stage>/<preset>.yaml`` plus this run's name and the per-stage overrides given here.
-Ends with a summary table (``runs/<run>/summary.md``) of every artifact's headline metrics.
+The last stage, ``eval``, puts every model artifact of the run on the same tasks (the scorecard,
+``runs/<run>/eval/scorecard.md``). Ends with a summary table (``runs/<run>/summary.md``) of every
+artifact's headline metrics, followed by the scorecard.
 """
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ from ray_jobs._args import run_main
 from shared.config import ConfigError, help_field, load_config, parse_overrides
 from shared.registry import Registry
 
-STAGES = ("tokenizer", "pretrain", "cpt", "sft", "prefs", "dpo", "reward", "rl")
-DEFAULT_STAGES = ("tokenizer", "pretrain", "cpt", "sft", "prefs", "dpo")  # reward + rl are optional
+STAGES = ("tokenizer", "pretrain", "cpt", "sft", "prefs", "dpo", "reward", "rl", "eval")
+DEFAULT_STAGES = ("tokenizer", "pretrain", "cpt", "sft", "prefs", "dpo", "eval")  # reward + rl are optional
 
 
 @dataclass
@@ -39,6 +41,7 @@ class JourneyConfig:
     dpo: dict = help_field({}, "overrides for the DPO stage, e.g. dpo.beta=0.2")
     reward: dict = help_field({}, "overrides for the reward-model stage")
     rl: dict = help_field({}, "overrides for the RL stage")
+    eval: dict = help_field({}, "overrides for the scorecard stage, e.g. eval.suite_limit=100")
 
     def validate(self) -> None:
         unknown = [s for s in self.stages if s not in STAGES]
@@ -49,10 +52,11 @@ class JourneyConfig:
 def _config_class(stage: str) -> type:
     from shared.tokenizer.tokenizer_config import TokenizerConfig
     from shared.training import posttrain_config as post
+    from shared.eval.eval_config import EvalConfig
     from shared.training.pretrain_config import PretrainConfig
     return {"tokenizer": TokenizerConfig, "pretrain": PretrainConfig, "cpt": PretrainConfig,
             "sft": post.SFTJobConfig, "prefs": post.PrefsJobConfig, "dpo": post.DPOJobConfig,
-            "reward": post.RewardJobConfig, "rl": post.RLJobConfig}[stage]
+            "reward": post.RewardJobConfig, "rl": post.RLJobConfig, "eval": EvalConfig}[stage]
 
 
 def _stage_runner(stage: str):
@@ -63,7 +67,7 @@ def _stage_runner(stage: str):
                   "cpt": ("shared.training.runner", "run_pretraining"),
                   "sft": ("shared.training.sft", "run_sft"), "prefs": ("shared.training.prefs", "run_prefs"),
                   "dpo": ("shared.training.dpo", "run_dpo"), "reward": ("shared.training.reward", "run_reward"),
-                  "rl": ("shared.training.rl", "run_rl")}[stage]
+                  "rl": ("shared.training.rl", "run_rl"), "eval": ("shared.eval.scorecard", "run_eval")}[stage]
     return getattr(importlib.import_module(module), fn)
 
 
@@ -93,6 +97,10 @@ def summary(registry: Registry, run: str) -> str:
     """Markdown table of the run's artifacts and their headline metrics."""
     lines = ["| artifact | kind | headline metrics | time (s) |", "|---|---|---|---|"]
     for a in registry.artifacts(run):
+        if a.kind == "report":
+            lines.append(f"| {a.id} | report | {len(a.parents)} artifacts on the same tasks: {a.stage}/scorecard.md | "
+                         f"{sum(a.timings.values()):.0f} |")
+            continue
         keys = HEADLINES.get(a.stage, ("val_loss", "eval_loss"))
         cells = ", ".join(f"{k}={a.metrics[k]:.4g}" for k in keys if isinstance(a.metrics.get(k), (int, float)))
         lines.append(f"| {a.id} | {a.kind} | {cells} | {sum(a.timings.values()):.0f} |")
@@ -108,9 +116,14 @@ def run_journey(jc: JourneyConfig) -> str:
         print(f"== journey {run}: stage {stage} ==", flush=True)
         _stage_runner(stage)(configs[stage])
     table = summary(registry, run)
+    scorecard = registry.root / run / "eval" / "scorecard.md"
+    card = scorecard.read_text() if "eval" in jc.stages and scorecard.exists() else ""
     (registry.root / run / "summary.md").write_text(
-        f"# Journey {run}\n\n{table}\n\nTotal {time.perf_counter() - t0:.0f} s.\n\n```\n{registry.lineage(run)}\n```\n")
+        f"# Journey {run}\n\n{table}\n\nTotal {time.perf_counter() - t0:.0f} s.\n\n```\n{registry.lineage(run)}\n```\n"
+        + (f"\n{card}" if card else ""))
     print(table)
+    if card:
+        print(card)
     print(registry.lineage(run))
     return run
 

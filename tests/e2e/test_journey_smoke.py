@@ -21,7 +21,7 @@ def test_journey_run_smoke(tmp_path):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     stages = {p.parent.name: json.loads(p.read_text()) for p in (runs / "smoke").glob("*/journey.json")}
-    assert set(stages) == {"tokenizer", "pretrain", "cpt", "sft", "prefs", "dpo"}
+    assert set(stages) == {"tokenizer", "pretrain", "cpt", "sft", "prefs", "dpo", "eval"}
     assert stages["cpt"]["parents"] == ["smoke/tokenizer", "smoke/pretrain"]
     assert stages["sft"]["parents"] == ["smoke/cpt"]
     assert stages["prefs"]["parents"] == ["smoke/sft"]
@@ -36,6 +36,22 @@ def test_journey_run_smoke(tmp_path):
     summary = (runs / "smoke" / "summary.md").read_text()
     assert "smoke/dpo" in summary and "└─ smoke/pretrain" in summary
 
+    # The scorecard: every model artifact on the same tasks, each compared with its parent.
+    assert stages["eval"]["kind"] == "report"
+    assert stages["eval"]["parents"] == ["smoke/pretrain", "smoke/cpt", "smoke/sft", "smoke/dpo"]
+    card = json.loads((runs / "smoke" / "eval" / "scorecard.json").read_text())
+    assert card["parents"] == {"smoke/pretrain": None, "smoke/cpt": "smoke/pretrain", "smoke/sft": "smoke/cpt",
+                               "smoke/dpo": "smoke/sft"}
+    for metric in ("perplexity/general_bpb", "perplexity/domain_bpb", "instructions/exact_match",
+                   "chat_format/format_ok", "tool_use/valid_call", "safety/refusal_rate_harmful",
+                   "journey_docs_cloze/acc", "journey_facts_mc/acc"):
+        assert all(isinstance(card["metrics"][metric][a], float) for a in card["artifacts"]), metric
+    cpt_bpb = card["metrics"]["perplexity/domain_bpb"]
+    assert cpt_bpb["smoke/cpt"] < cpt_bpb["smoke/pretrain"]  # continued pretraining on code helps on code
+    assert "rag" in card["skipped"]["smoke/sft"]  # no retriever yet: skipped with a reason, never a fake number
+    assert (runs / "smoke" / "eval" / "scorecard.png").stat().st_size > 0
+    assert "| metric | pretrain | cpt | sft | dpo |" in summary
+
     listing = subprocess.run([str(Path(sys.executable).parent / "journey"), "artifacts", "smoke"], cwd=REPO,
                              env=env, capture_output=True, text=True, timeout=120)
     assert "└─ smoke/cpt" in listing.stdout
@@ -48,6 +64,8 @@ def test_journey_run_smoke(tmp_path):
     (["pretrain", "--config", "tiny", "optim.lr=fast"], "optim.lr: expected a number, got 'fast'"),
     (["pretrain", "--config", "tiny", "run=nowhere"], "no artifact named 'tokenizer'"),
     (["import", "/nonexistent/ckpt.pt"], "checkpoint /nonexistent/ckpt.pt not found"),
+    (["eval", "all", "tasks=perplexity,hellaswagg"], "unknown eval task 'hellaswagg'"),
+    (["eval", "all", "tasks=hellaswag"], "need data_dir="),
 ])
 def test_cli_bad_input_is_one_clear_line(tmp_path, args, message):
     env = {**os.environ, "JOURNEY_RUNS": str(tmp_path / "runs")}

@@ -1,0 +1,146 @@
+"""Perplexity of any checkpoint on held-out text, and the loss curves the training stages logged.
+
+``heldout_perplexity(model_path, sets)`` measures, for each named set (default: ``general`` = the
+builtin Python docs, ``domain`` = the builtin Python code, the corpora of pretraining and continued
+pretraining), the mean next-token cross-entropy on that source's held-out documents: the same
+per-document split rule the pretraining stages use (``split_of(id, 0.05, seed 0)``), so no
+document any stage trained on is scored. Documents are tokenized with the artifact's own tokenizer,
+joined with ``<|endoftext|>`` and cut into non-overlapping context-length windows; the first
+``max_tokens`` tokens are used, so every artifact is scored on exactly the same text. Reported per
+set: ``<set>_loss`` (nats/token), ``<set>_ppl`` and ``<set>_bpb`` (bits per UTF-8 byte, comparable
+across tokenizers, unlike loss and perplexity).
+
+``training_curves(artifacts, png)`` plots the eval/val losses each stage logged in its
+``metrics.jsonl`` on one figure, one panel per stage, for the report.
+
+Why our own loop instead of lm-eval's ``wikitext``-style perplexity task: lm-eval's rolling
+loglikelihood needs a registered dataset per source; here the sources are the journey's own
+corpora, read through ``shared.data`` with the split rule the training stages use.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+DEFAULT_SETS = {"general": "builtin:python-docs", "domain": "builtin:python-code"}
+VAL_FRACTION, SPLIT_SEED = 0.05, 0  # the pretraining configs' defaults: data.val_fraction, data.seed
+
+
+def heldout_text(source: str, max_bytes: int) -> str:
+    """Held-out documents of ``source`` joined by blank lines, up to about ``max_bytes`` of text."""
+    from shared.data.sources import iter_documents
+    from shared.data.split import split_of
+    parts, size = [], 0
+    for doc in iter_documents(source):
+        if split_of(doc.id, VAL_FRACTION, SPLIT_SEED) != "val" or not doc.text.strip():
+            continue
+        parts.append(doc.text)
+        size += len(doc.text.encode("utf-8"))
+        if size >= max_bytes:
+            break
+    if not parts:
+        from shared.eval.checkpoint import EvalError
+        raise EvalError(f"{source} has no held-out documents (split_of(id, {VAL_FRACTION}) put none in val); "
+                        "use a larger corpus for perplexity")
+    return "\n\n".join(parts)
+
+
+def _windows(ids: list[int], width: int, max_tokens: int) -> list[list[int]]:
+    ids = ids[: max_tokens + 1]
+    # Overlap by one token so every token after the first is a prediction target exactly once.
+    return [ids[i:i + width + 1] for i in range(0, len(ids) - 1, width) if len(ids[i:i + width + 1]) > 1]
+
+
+def text_loss(model, tokenizer, text: str, max_tokens: int, batch_size: int = 8) -> dict[str, float]:
+    """Mean cross-entropy of ``model`` over the first ``max_tokens`` tokens of ``text``."""
+    import torch
+    from shared.eval.generate import context_length
+    eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    if isinstance(eot, int) and eot != tokenizer.unk_token_id:
+        ids = [eot] + ids  # the document boundary the model saw in pretraining
+    windows = _windows(ids, context_length(model), max_tokens)
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(windows), batch_size):
+            batch = windows[start:start + batch_size]
+            width = max(len(w) for w in batch)
+            x = torch.zeros(len(batch), width, dtype=torch.long)
+            mask = torch.zeros(len(batch), width, dtype=torch.bool)
+            for row, w in enumerate(batch):
+                x[row, :len(w)] = torch.tensor(w)
+                mask[row, :len(w)] = True
+            x, mask = x.to(device), mask.to(device)
+            logits = model(x[:, :-1], attention_mask=mask[:, :-1].long()).logits.float()
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")
+            target_mask = mask[:, 1:]
+            total += float(nll[target_mask].sum())
+            count += int(target_mask.sum())
+    scored_text = tokenizer.decode([t for w in windows for t in w[1:]], skip_special_tokens=False)
+    n_bytes = max(1, len(scored_text.encode("utf-8")))
+    loss = total / max(count, 1)
+    return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "bpb": total / math.log(2) / n_bytes, "tokens": count}
+
+
+def heldout_perplexity(model_path: str | Path, sets: Mapping[str, str] | None = None, max_tokens: int = 16384,
+                       batch_size: int = 8, device: str = "cpu") -> dict[str, float]:
+    """``{<set>_loss, <set>_ppl, <set>_bpb}`` for each held-out set (see the module docstring)."""
+    from shared.eval.checkpoint import require_causal_lm
+    from shared.eval.generate import load_chat_model
+    require_causal_lm(model_path)
+    model, tokenizer = load_chat_model(str(model_path), device)
+    out: dict[str, float] = {}
+    # ~6 bytes per token leaves room: the text is cut to max_tokens after tokenization anyway.
+    for name, source in (sets or DEFAULT_SETS).items():
+        result = text_loss(model, tokenizer, heldout_text(source, max_tokens * 6), max_tokens, batch_size)
+        out.update({f"{name}_{k}": v for k, v in result.items() if k != "tokens"})
+    return out
+
+
+# Which logged keys are curves worth drawing, per stage kind of log.
+CURVE_KEYS = ("val_loss", "general_loss", "eval_loss")
+
+
+def logged_curves(artifact_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """``{key: [(step, value), ...]}`` for the eval/val losses in an artifact's ``metrics.jsonl``."""
+    path = Path(artifact_dir) / "metrics.jsonl"
+    curves: dict[str, list[tuple[int, float]]] = {}
+    if not path.exists():
+        return curves
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a half-written last line of an interrupted stage
+        for key in CURVE_KEYS:
+            if isinstance(row.get(key), (int, float)) and "step" in row:
+                curves.setdefault(key, []).append((int(row["step"]), float(row[key])))
+    return curves
+
+
+def training_curves(artifacts: Sequence[Any], png: str | Path) -> Path | None:
+    """One panel per artifact with logged eval losses; ``None`` when no artifact logged any."""
+    panels = [(a, c) for a in artifacts if (c := logged_curves(a.dir))]
+    if not panels:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
+    for ax, (artifact, curves) in zip(axes[0], panels):
+        for key, points in curves.items():
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=key)
+        ax.set_title(artifact.stage)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss (nats/token)")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Held-out loss logged during training, per stage")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return Path(png)

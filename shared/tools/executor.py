@@ -1,0 +1,83 @@
+"""Validate a tool call against its tool's pydantic argument model, then run it.
+
+``execute(call)`` takes the call as a dict or as the JSON the model wrote after
+``<|tool_call|>`` (``{"name": "calculator", "arguments": {"expression": "2 + 3"}}``) and returns
+the tool's answer as text, which goes back to the model as a ``tool`` message. ``validate_call``
+is the first half alone (what "is this a valid call?" metrics need). Only tools in ``TOOLS`` run;
+an unknown name, missing or extra arguments, or a failing tool all raise :class:`ToolError`.
+
+This is the in-process executor; sandboxing and the bus consumer belong to the serving layer.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.tools import ToolError
+from shared.tools.calculator import MAX_EXPRESSION_CHARS, calculate
+from shared.tools.docs_search import search_docs
+
+MAX_QUERY_CHARS = 200
+
+
+class CalculatorArgs(BaseModel):
+    """Arguments of ``calculator``."""
+    model_config = ConfigDict(extra="forbid")
+    expression: str = Field(min_length=1, max_length=MAX_EXPRESSION_CHARS,
+                            description="arithmetic with + - * / // % ** and parentheses, e.g. '12 * (3 + 4)'")
+
+
+class SearchDocsArgs(BaseModel):
+    """Arguments of ``search_docs``."""
+    model_config = ConfigDict(extra="forbid")
+    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS,
+                       description="what to look up, usually a module name, e.g. 'json'")
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str
+    arguments: type[BaseModel]
+    run: Callable[[Any], str]  # called with a validated ``arguments`` instance
+
+
+TOOLS: dict[str, Tool] = {tool.name: tool for tool in (
+    Tool("calculator", "Evaluate an arithmetic expression.", CalculatorArgs, lambda a: calculate(a.expression)),
+    Tool("search_docs", "Find the summary of a Python standard-library module.", SearchDocsArgs,
+         lambda a: search_docs(a.query)),
+)}
+
+
+def validate_call(call: Mapping[str, Any] | str) -> tuple[Tool, BaseModel]:
+    """The tool a call names and its validated arguments; :class:`ToolError` naming what is wrong."""
+    if isinstance(call, str):
+        try:
+            call = json.loads(call)
+        except json.JSONDecodeError as exc:
+            raise ToolError(f"the tool call is not valid JSON ({exc.msg} at char {exc.pos}); write "
+                            '{"name": ..., "arguments": {...}}') from None
+    if not isinstance(call, Mapping) or not isinstance(call.get("name"), str):
+        raise ToolError(f'a tool call must be {{"name": str, "arguments": {{...}}}}, got {call!r:.200}')
+    tool = TOOLS.get(call["name"])
+    if tool is None:
+        raise ToolError(f"unknown tool {call['name']!r}; the tools are {sorted(TOOLS)}")
+    arguments = call.get("arguments")
+    if not isinstance(arguments, Mapping):
+        raise ToolError(f"the arguments of {tool.name!r} must be an object, got {arguments!r:.200}")
+    try:
+        return tool, tool.arguments.model_validate(dict(arguments))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in exc.errors())
+        expected = ", ".join(tool.arguments.model_fields)
+        raise ToolError(f"invalid arguments for {tool.name!r} ({problems}); it takes: {expected}") from None
+
+
+def execute(call: Mapping[str, Any] | str) -> str:
+    """Validate ``call`` and run it; the tool's answer as text."""
+    tool, arguments = validate_call(call)
+    return tool.run(arguments)
