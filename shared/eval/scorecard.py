@@ -242,7 +242,15 @@ def run_eval(cfg: EvalConfig):
     registry = Registry(cfg.runs_dir)
     split_tasks(cfg.tasks, cfg.source, cfg.data_dir)  # unknown tasks fail before any model loads
     if cfg.artifact:
-        artifact = registry.resolve(cfg.artifact, cfg.run)
+        from shared.registry import ArtifactNotFound
+        try:
+            artifact = registry.resolve(cfg.artifact, cfg.run)
+        except ArtifactNotFound:
+            if not Path(cfg.artifact).is_dir():
+                raise
+            # A plain directory (e.g. an HF checkpoint not made by a stage): evaluated after the causal-LM
+            # check, with no manifest to update.
+            return {"artifact": None, **evaluate_artifact(cfg.artifact, cfg)}
         require_causal_lm(artifact.dir)
         result = evaluate_artifact(artifact.dir, cfg)
         registry.update_metrics(artifact, **{f"eval/{k}": v for k, v in result["metrics"].items()})

@@ -271,3 +271,31 @@ def test_artifacts_that_are_not_causal_lms_are_refused(tiny_model, tmp_path):
     (reward / "model.safetensors").write_bytes(b"")
     with pytest.raises(EvalError, match="GPT2ForSequenceClassification"):
         run_lm_eval(reward, ["journey_facts_mc"])
+
+
+def test_journey_eval_command_runs_standard_tasks_offline(tiny_model, standard_data, capsys):
+    """``journey eval <checkpoint> tasks=... source=local data_dir=...``: the user's command, in-process."""
+    from ray_jobs.evaluate import main
+    path, _, _ = tiny_model
+    data_dir, expected = standard_data
+    code = main([str(path), "tasks=hellaswag,arc_easy,truthfulqa_mc1", "source=local", f"data_dir={data_dir}",
+                 "limit=null", "batch_size=3"])
+    assert code == 0, capsys.readouterr().err
+    saved = json.loads((path / "eval" / "results.json").read_text())
+    for task in ("hellaswag", "arc_easy", "truthfulqa_mc1"):
+        docs = expected[task]
+        assert saved["metrics"][f"{task}/acc"] == pytest.approx(sum(d["acc"] for d in docs) / len(docs), rel=1e-4)
+    assert (path / "eval" / "lm_eval.json").exists()
+
+
+def test_journey_eval_command_refuses_a_tokenizer_in_one_line(tiny_model, tmp_path, capsys):
+    from ray_jobs.evaluate import main
+    _, _, tok = tiny_model
+    tok.save_pretrained(tmp_path / "tok")
+    (tmp_path / "tok" / "config.json").unlink(missing_ok=True)
+    assert main([str(tmp_path / "tok"), "tasks=journey_facts_mc"]) == 2
+    err = capsys.readouterr().err
+    assert "journey: error:" in err and "not a causal language model" in err and "Traceback" not in err
+    (tmp_path / "tok" / "config.json").write_text(json.dumps({"architectures": ["GPT2ForSequenceClassification"]}))
+    assert main([str(tmp_path / "tok"), "tasks=journey_facts_mc"]) == 2
+    assert "GPT2ForSequenceClassification" in capsys.readouterr().err
