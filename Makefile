@@ -15,6 +15,8 @@ $(VENV)/.installed: pyproject.toml
 	# CPU torch first: an unpinned torch would pull a multi-GB CUDA build.
 	$(PIP) install -q "$(TORCH)"
 	$(PIP) install -q -e ".[dev]"
+	# llama.cpp (GGUF) built from source as a portable CPU build: the default native build segfaults on Q8_0/Q4_0 here.
+	$(PY) -c "import llama_cpp" 2>/dev/null || PYTHON=$(PY) scripts/install_llama_cpp.sh
 	touch $@
 
 setup: $(VENV)/.installed
