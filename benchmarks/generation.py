@@ -1,0 +1,193 @@
+"""Our inference engine vs Hugging Face ``generate()``: FP32 decode speed, TTFT, prefill, concurrency, bandwidth bound.
+
+Same weights in both (a gpt2-124m-shaped random model by default, or ``--checkpoint DIR``), same
+process, same threads. Batch 1, ``--prompt-tokens`` prompt, ``--new-tokens`` greedy tokens (no
+early stop):
+- engine: TTFT, prefill tokens/s and decode tokens/s from its per-request metrics;
+- HF: ``generate(max_new_tokens=1)`` timed as TTFT (prefill + first token), the full run minus that
+  as decode time; decode tokens/s = (new_tokens - 1) / decode time; prefill tokens/s = prompt / TTFT.
+Both greedy runs must give the same tokens (checked and reported).
+Then the engine's aggregate tokens/s with 1, 4, 16 concurrent requests (all submitted at once),
+and the memory-bandwidth bound: copy bandwidth of a large tensor copy (bytes read + written per
+second), bytes the engine reads per decode token (its weights), bound = bandwidth / bytes; the
+read-only bandwidth (a large sum) and its bound are reported beside it.
+
+Each measurement is the best of ``--repeats`` runs (a shared machine only ever slows a run down).
+Results go to ``--out`` as ``generation.json`` and ``generation.md``.
+
+    python benchmarks/generation.py [--checkpoint DIR] [--threads 2] [--new-tokens 128] [--out DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from shared.engine import Engine, EngineConfig, SamplingParams
+from shared.model.gpt import GPT
+from shared.model.hf import gpt_to_hf, load_gpt
+from shared.model.presets import model_config
+
+
+def copy_bandwidth(mib: int = 512, repeats: int = 5) -> tuple[float, float]:
+    """``(copy, read)`` bytes per second over a ``mib`` MiB float tensor, best runs.
+
+    copy: ``dst.copy_(src)``, counting bytes read + written (the STREAM "Copy" convention); read:
+    ``src.sum()``, read only, which is what streaming weights through a matrix-vector product does.
+    """
+    src = torch.ones(mib * 2**20 // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # touch the pages first
+    nbytes = src.numel() * 4
+    copy = 2 * nbytes / min(_timed(lambda: dst.copy_(src)) for _ in range(repeats))
+    read = nbytes / min(_timed(src.sum) for _ in range(repeats))
+    return copy, read
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def engine_single(engine: Engine, prompt: list[int], new_tokens: int, repeats: int) -> tuple[dict, list[int]]:
+    params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
+    engine.submit(prompt, SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)).result()  # warm-up
+    runs = [engine.submit(prompt, params).result() for _ in range(repeats)]
+    best = max(runs, key=lambda o: o.metrics.decode_tokens_per_s)
+    m = best.metrics
+    return {"ttft_s": min(o.metrics.ttft_s for o in runs),
+            "prefill_tokens_per_s": max(o.metrics.prefill_tokens_per_s for o in runs),
+            "tpot_s": m.tpot_s, "decode_tokens_per_s": m.decode_tokens_per_s}, best.token_ids
+
+
+@torch.inference_mode()
+def hf_single(hf, prompt: list[int], new_tokens: int, repeats: int) -> tuple[dict, list[int]]:
+    ids = torch.tensor([prompt])
+
+    def run(n: int):
+        return hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                           do_sample=False, pad_token_id=0, use_cache=True)
+    run(4)  # warm-up
+    ttft = min(_timed(lambda: run(1)) for _ in range(repeats))
+    total = min(_timed(lambda: run(new_tokens)) for _ in range(repeats))
+    decode = total - ttft
+    return {"ttft_s": ttft, "prefill_tokens_per_s": len(prompt) / ttft, "tpot_s": decode / (new_tokens - 1),
+            "decode_tokens_per_s": (new_tokens - 1) / decode}, run(new_tokens)[0, len(prompt):].tolist()
+
+
+def engine_concurrent(engine: Engine, prompts: list[list[int]], new_tokens: int, repeats: int) -> dict:
+    params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
+    best = None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        outs = engine.generate(prompts, params)
+        wall = time.perf_counter() - start
+        if best is None or wall < best[0]:
+            best = (wall, outs)
+    wall, outs = best
+    tokens = sum(len(o.token_ids) for o in outs)
+    return {"requests": len(prompts), "wall_s": wall, "aggregate_tokens_per_s": tokens / wall,
+            "mean_ttft_s": sum(o.metrics.ttft_s for o in outs) / len(outs),
+            "mean_decode_tokens_per_s": sum(o.metrics.decode_tokens_per_s for o in outs) / len(outs)}
+
+
+def build_model(args) -> GPT:
+    if args.checkpoint:
+        return load_gpt(args.checkpoint)
+    torch.manual_seed(0)
+    return GPT(model_config("gpt2-124m")).eval()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", help="HF GPT-2 checkpoint dir (default: random gpt2-124m-shaped weights)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompt-tokens", type=int, default=32)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--concurrency", default="1,4,16", help="comma-separated request counts")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--backend", default="auto", choices=("auto", "dense", "onednn"))
+    ap.add_argument("--skip-hf", action="store_true", help="engine only")
+    ap.add_argument("--out", help="directory for generation.json and generation.md")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    levels = [int(c) for c in args.concurrency.split(",")]
+
+    gpt = build_model(args)
+    cfg = gpt.config
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, cfg.vocab_size, (args.prompt_tokens,), generator=g).tolist()
+               for _ in range(max(levels))]
+    max_seq_len = min(cfg.block_size, args.prompt_tokens + args.new_tokens)
+    engine = Engine(gpt, None, EngineConfig(max_batch_size=max(levels), max_seq_len=max_seq_len,
+                                            linear_backend=args.backend))
+    hf = None if args.skip_hf else gpt_to_hf(gpt)
+    del gpt
+
+    result = {"model": args.checkpoint or "random gpt2-124m", "threads": args.threads, "dtype": "float32",
+              "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "repeats": args.repeats,
+              "linear_backend": engine.model.lm_head.__class__.__name__, "cpu_count": os.cpu_count(),
+              "load_avg_at_start": os.getloadavg()[0]}
+    bandwidth, read_bandwidth = copy_bandwidth()
+    per_token = engine.model.decode_bytes_per_token()
+    bound = bandwidth / per_token
+    result["bandwidth"] = {"copy_GBps": bandwidth / 1e9, "read_GBps": read_bandwidth / 1e9,
+                           "bytes_per_decode_token": per_token, "bound_decode_tokens_per_s": bound,
+                           "read_bound_decode_tokens_per_s": read_bandwidth / per_token}
+    result["engine"], ours = engine_single(engine, prompts[0], args.new_tokens, args.repeats)
+    result["engine"]["fraction_of_bound"] = result["engine"]["decode_tokens_per_s"] / bound
+    if hf is not None:
+        result["hf_generate"], theirs = hf_single(hf, prompts[0], args.new_tokens, args.repeats)
+        result["hf_generate"]["fraction_of_bound"] = result["hf_generate"]["decode_tokens_per_s"] / bound
+        result["same_greedy_tokens"] = ours == theirs
+        result["decode_speedup_vs_hf"] = (result["engine"]["decode_tokens_per_s"]
+                                          / result["hf_generate"]["decode_tokens_per_s"])
+        result["ttft_ratio_hf_over_engine"] = result["hf_generate"]["ttft_s"] / result["engine"]["ttft_s"]
+    result["concurrency"] = [engine_concurrent(engine, prompts[:c], args.new_tokens, args.repeats) for c in levels]
+    base = result["concurrency"][0]["aggregate_tokens_per_s"]
+    for row in result["concurrency"]:
+        row["vs_first_level"] = row["aggregate_tokens_per_s"] / base
+    result["load_avg_at_end"] = os.getloadavg()[0]
+    text = markdown(result)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "generation.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / "generation.md").write_text(text)
+
+
+def markdown(r: dict) -> str:
+    bw = r["bandwidth"]
+    lines = [f"# Generation benchmark: {r['model']}, FP32, {r['threads']} threads",
+             "", f"Prompt {r['prompt_tokens']} tokens, {r['new_tokens']} new tokens, batch 1, best of {r['repeats']}; "
+             f"engine linear layers: {r['linear_backend']}; load average {r['load_avg_at_start']:.2f} at start, "
+             f"{r['load_avg_at_end']:.2f} at end.", "",
+             f"Copy bandwidth {bw['copy_GBps']:.1f} GB/s (read + write); the engine reads "
+             f"{bw['bytes_per_decode_token'] / 1e6:.0f} MB per decode token: bound "
+             f"{bw['bound_decode_tokens_per_s']:.1f} tokens/s. (Read-only bandwidth {bw['read_GBps']:.1f} GB/s: bound "
+             f"{bw['read_bound_decode_tokens_per_s']:.1f} tokens/s.)", "",
+             "| | TTFT (ms) | prefill tok/s | decode tok/s | ms/token | of bound |", "|---|---|---|---|---|---|"]
+    for name in ("engine", "hf_generate"):
+        if name in r:
+            m = r[name]
+            lines.append(f"| {name} | {m['ttft_s'] * 1e3:.1f} | {m['prefill_tokens_per_s']:.0f} | "
+                         f"{m['decode_tokens_per_s']:.1f} | {m['tpot_s'] * 1e3:.2f} | {m['fraction_of_bound']:.0%} |")
+    if "hf_generate" in r:
+        lines += ["", f"Decode speed-up vs HF generate: **{r['decode_speedup_vs_hf']:.2f}x**; TTFT ratio (HF / engine) "
+                  f"{r['ttft_ratio_hf_over_engine']:.2f}x; identical greedy tokens: {r['same_greedy_tokens']}."]
+    lines += ["", "| concurrent requests | aggregate tok/s | vs first | mean TTFT (ms) | mean decode tok/s/request |",
+              "|---|---|---|---|---|"]
+    for c in r["concurrency"]:
+        lines.append(f"| {c['requests']} | {c['aggregate_tokens_per_s']:.1f} | {c['vs_first_level']:.2f}x | "
+                     f"{c['mean_ttft_s'] * 1e3:.0f} | {c['mean_decode_tokens_per_s']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""The linear layers of the engine's forward pass, and the seam where quantized layers plug in.
+
+Contract of an engine linear layer: an ``nn.Module`` with ``in_features``, ``out_features`` and
+``forward(x: [N, in_features]) -> [N, out_features]`` computing ``x @ W.T + b`` in the engine's
+dtype (rows are tokens of the flattened step batch, so ``x`` is always 2-D). ``EngineModel`` calls
+its layers only through that contract, so ``shared.quant`` swaps in INT8/INT4 weight-only layers
+with ``EngineModel.replace_linear`` (or builds them up front through ``EngineModel.from_gpt``'s
+``make_linear`` factory) without touching the model code.
+
+Why not ``nn.Linear``: for one-token decode every matmul is a matrix-vector product that must
+stream the whole weight from memory, and how fast that goes depends on the weight's layout. On
+the x86 CPUs we serve from (MKL on AMD EPYC, 2 threads, measured while writing this module):
+- ``nn.Linear``'s (out, in) layout reaches ~14 GB/s on the 154 MB tied lm_head, the transposed
+  (in, out) layout with ``addmm`` ~24 GB/s: ``DenseLinear`` stores the transpose.
+- MKL's small-M GEMM is slow (batch 4 costs almost 2x batch 1); oneDNN with weights prepacked once
+  in its blocked format keeps batches of 2-32 rows near the memory bound: ``OneDNNLinear``, the
+  default on CPU. At batch 1 it is the faster one on 2 threads (~22 vs ~27 ms per GPT-2-small
+  forward), while on a single thread MKL's GEMV with the transposed layout wins by ~15%
+  (``linear_backend="dense"`` for single-threaded batch-1 serving). Its weight is an opaque oneDNN
+  tensor (no state_dict, no ``.to``), so it is built last, from plain weights, and never trained
+  or saved.
+
+This module does not quantize and does not choose what to quantize (``shared.quant``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from shared.engine.errors import EngineError
+
+
+class DenseLinear(nn.Module):
+    """``x @ W.T + b`` with ``W`` stored transposed, (in, out), for fast matrix-vector products."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.register_buffer("weight_t", weight.detach().t().contiguous())
+        self.register_buffer("bias", None if bias is None else bias.detach().contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bias is None:
+            return torch.mm(x, self.weight_t)
+        return torch.addmm(self.bias, x, self.weight_t)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class OneDNNLinear(nn.Module):
+    """``x @ W.T + b`` through oneDNN with ``W`` prepacked once for batches around ``batch_hint`` rows."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, batch_hint: int):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        # A plain attribute, not a buffer: oneDNN tensors have no storage, so state_dict/.to() cannot handle them.
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), batch_hint)
+        self.register_buffer("bias", None if bias is None else bias.detach().contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def onednn_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The concrete backend ("dense" or "onednn") for ``backend`` on ``device``."""
+    if backend == "auto":
+        return "onednn" if device.type == "cpu" and onednn_available() else "dense"
+    if backend == "onednn" and (device.type != "cpu" or not onednn_available()):
+        raise EngineError(f"linear_backend='onednn' needs a CPU build of PyTorch with oneDNN (mkldnn); this is "
+                          f"{device.type} with mkldnn available={onednn_available()}: use 'auto' or 'dense'")
+    return backend
+
+
+def backend_linear(weight: torch.Tensor, bias: torch.Tensor | None, backend: str, batch_hint: int = 16) -> nn.Module:
+    """An engine linear layer for ``weight`` (out, in) and ``bias`` with a concrete ``backend``."""
+    if backend == "onednn":
+        return OneDNNLinear(weight, bias, batch_hint)
+    return DenseLinear(weight, bias)
