@@ -12,6 +12,7 @@
     journey dpo [--config P] [k=v]              DPO with TRL                        (ray_jobs.dpo)
     journey reward [--config P] [k=v]           reward model with TRL               (ray_jobs.reward)
     journey rl [--config P] [k=v]               GRPO / RLOO against the reward model (ray_jobs.rl)
+    journey quantize [--config P] [k=v]         INT8/INT4 (engine), GGUF F16/Q8_0/Q4_0 (llama.cpp), compared (ray_jobs.quantize)
     journey eval all|ARTIFACT [k=v]             scorecard of a run / evaluate one artifact (ray_jobs.evaluate)
     journey experiment vocab-size|lr-schedules|finetune-methods [--config P] [k=v]
     journey runs                                list runs
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "run":
         from ray_jobs import journey
         return journey.main(rest)
-    if command in ("pretrain", "cpt", "import", "finetune", "sft", "prefs", "dpo", "reward", "rl", "eval"):
+    if command in ("pretrain", "cpt", "import", "finetune", "sft", "prefs", "dpo", "reward", "rl", "quantize", "eval"):
         import importlib
         module_name = {"import": "import_ckpt", "eval": "evaluate"}.get(command, command)
         module = importlib.import_module(f"ray_jobs.{module_name}")

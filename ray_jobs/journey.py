@@ -3,7 +3,7 @@
     journey run                       # tiny preset, a new run named journey-<timestamp>
     journey run preset=smoke run=ci   # seconds per stage (the e2e test)
     journey run pretrain.optim.max_steps=100 stages=[tokenizer,pretrain]
-    journey run stages=[tokenizer,pretrain,cpt,sft,prefs,dpo,reward,rl,eval]   # with the optional RL stages
+    journey run stages=[tokenizer,pretrain,cpt,sft,prefs,dpo,reward,rl,quantize,eval]   # with the optional RL stages
 
 Each stage is the same entry point ``python -m ray_jobs.<stage>`` runs, called in-process with
 ``configs/<stage>/<preset>.yaml`` plus this run's name and the per-stage overrides given here.
@@ -23,8 +23,8 @@ from ray_jobs._args import run_main
 from shared.config import ConfigError, help_field, load_config, parse_overrides
 from shared.registry import Registry
 
-STAGES = ("tokenizer", "pretrain", "cpt", "sft", "prefs", "dpo", "reward", "rl", "eval")
-DEFAULT_STAGES = ("tokenizer", "pretrain", "cpt", "sft", "prefs", "dpo", "eval")  # reward + rl are optional
+STAGES = ("tokenizer", "pretrain", "cpt", "sft", "prefs", "dpo", "reward", "rl", "quantize", "eval")
+DEFAULT_STAGES = ("tokenizer", "pretrain", "cpt", "sft", "prefs", "dpo", "quantize", "eval")  # reward, rl optional
 
 
 @dataclass
@@ -41,6 +41,7 @@ class JourneyConfig:
     dpo: dict = help_field({}, "overrides for the DPO stage, e.g. dpo.beta=0.2")
     reward: dict = help_field({}, "overrides for the reward-model stage")
     rl: dict = help_field({}, "overrides for the RL stage")
+    quantize: dict = help_field({}, "overrides for the quantize stage, e.g. quantize.variants=[int8,gguf-q8_0]")
     eval: dict = help_field({}, "overrides for the scorecard stage, e.g. eval.suite_limit=100")
 
     def validate(self) -> None:
@@ -53,10 +54,12 @@ def _config_class(stage: str) -> type:
     from shared.tokenizer.tokenizer_config import TokenizerConfig
     from shared.training import posttrain_config as post
     from shared.eval.eval_config import EvalConfig
+    from shared.quant.quantize_config import QuantizeConfig
     from shared.training.pretrain_config import PretrainConfig
     return {"tokenizer": TokenizerConfig, "pretrain": PretrainConfig, "cpt": PretrainConfig,
             "sft": post.SFTJobConfig, "prefs": post.PrefsJobConfig, "dpo": post.DPOJobConfig,
-            "reward": post.RewardJobConfig, "rl": post.RLJobConfig, "eval": EvalConfig}[stage]
+            "reward": post.RewardJobConfig, "rl": post.RLJobConfig, "quantize": QuantizeConfig,
+            "eval": EvalConfig}[stage]
 
 
 def _stage_runner(stage: str):
@@ -67,7 +70,8 @@ def _stage_runner(stage: str):
                   "cpt": ("shared.training.runner", "run_pretraining"),
                   "sft": ("shared.training.sft", "run_sft"), "prefs": ("shared.training.prefs", "run_prefs"),
                   "dpo": ("shared.training.dpo", "run_dpo"), "reward": ("shared.training.reward", "run_reward"),
-                  "rl": ("shared.training.rl", "run_rl"), "eval": ("shared.eval.scorecard", "run_eval")}[stage]
+                  "rl": ("shared.training.rl", "run_rl"), "quantize": ("shared.quant.stage", "run_quantize"),
+                  "eval": ("shared.eval.scorecard", "run_eval")}[stage]
     return getattr(importlib.import_module(module), fn)
 
 
@@ -90,18 +94,25 @@ HEADLINES = {
             "safety_sft_refusal_rate_harmful", "safety_refusal_rate_harmful"),
     "reward": ("eval_accuracy",),
     "rl": ("heldout_exact_match", "heldout_win_rate_vs_dpo", "safety_refusal_rate_harmful"),
+    "quantize": ("fp32/decode_tokens_per_s", "int8/decode_tokens_per_s", "int4/decode_tokens_per_s",
+                 "gguf-q8_0/decode_tokens_per_s", "gguf-q4_0/decode_tokens_per_s", "int8/ppl_delta", "int4/ppl_delta"),
 }
+
+
+# Variants written by the quantize stage (stage names quantize-<variant>) are read by kind.
+KIND_HEADLINES = {"quantized": ("bytes", "decode_tokens_per_s", "ppl_delta", "top1_agreement"),
+                  "gguf": ("bytes", "decode_tokens_per_s", "ppl_delta", "top1_agreement")}
 
 
 def summary(registry: Registry, run: str) -> str:
     """Markdown table of the run's artifacts and their headline metrics."""
     lines = ["| artifact | kind | headline metrics | time (s) |", "|---|---|---|---|"]
     for a in registry.artifacts(run):
-        if a.kind == "report":
+        if a.kind == "report" and a.stage == "eval":
             lines.append(f"| {a.id} | report | {len(a.parents)} artifacts on the same tasks: {a.stage}/scorecard.md | "
                          f"{sum(a.timings.values()):.0f} |")
             continue
-        keys = HEADLINES.get(a.stage, ("val_loss", "eval_loss"))
+        keys = HEADLINES.get(a.stage) or KIND_HEADLINES.get(a.kind, ("val_loss", "eval_loss"))
         cells = ", ".join(f"{k}={a.metrics[k]:.4g}" for k in keys if isinstance(a.metrics.get(k), (int, float)))
         lines.append(f"| {a.id} | {a.kind} | {cells} | {sum(a.timings.values()):.0f} |")
     return "\n".join(lines)

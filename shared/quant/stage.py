@@ -1,0 +1,233 @@
+"""The quantize stage: the final model at every precision, each run, measured and registered.
+
+``run_quantize(cfg)`` takes the model artifact ``init_from`` and for each variant in ``cfg.variants``:
+
+- builds it: ``fp32`` / ``bf16`` are the parent's weights in our engine; ``int8`` / ``int8-dynamic`` /
+  ``int4`` are weight-only (or dynamic) quantized engine models saved as artifacts
+  ``<stage>-<variant>`` (``shared.quant.quantized_checkpoint``); ``gguf-*`` are GGUF files from
+  our exporter, quantized by llama.cpp, registered as ``<stage>-gguf-<type>`` (kind ``gguf``);
+- measures quality on held-out text (``quality_text``: held-out chat conversations by default, or
+  the perplexity sets' general / domain text; the same token windows for every variant): loss and perplexity, the delta against FP32, and top-1 agreement with FP32
+  (share of positions where the variant's most likely next token is FP32's);
+- measures speed with the same prompt: TTFT, prefill tokens/s, decode tokens/s at batch 1 (our
+  engine's per-request metrics; llama.cpp's own perf counters), and for engine variants the
+  aggregate tokens/s with ``concurrency`` requests at once; HF ``generate()`` on FP32 is the peer row.
+
+Then it registers the report artifact ``<stage>`` (``quantize.md`` / ``.json``, ``variants.png``,
+``prefill_vs_decode.png``, ``throughput_vs_batch.png``), with the variants and the parent as parents.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from shared.quant.quantize_config import GGUF_VARIANTS, QuantizeConfig
+
+LogitsFn = Callable[[list[int]], torch.Tensor]  # token ids -> [T, vocab] logits (float32)
+
+
+# ---------------------------------------------------------------- quality
+def quality_text(kind: str, max_bytes: int) -> str:
+    """Held-out text the variants are scored on: ``chat`` (held-out builtin conversations in the chat format,
+    what an assistant model is for), or the ``general`` / ``domain`` perplexity sets."""
+    if kind == "chat":
+        from shared.data.instructions.builtin import load_instructions
+        from shared.tokenizer.chat import render_chat
+        parts, size = [], 0
+        for example in load_instructions(split="heldout"):
+            parts.append(render_chat(example["messages"]))
+            size += len(parts[-1])
+            if size >= max_bytes:
+                break
+        return "".join(parts)
+    from shared.eval.perplexity import DEFAULT_SETS, heldout_text
+    return heldout_text(DEFAULT_SETS[kind], max_bytes)
+
+
+def heldout_windows(tokenizer, kind: str, width: int, max_tokens: int) -> list[list[int]]:
+    """Non-overlapping windows of ``width`` tokens of held-out ``kind`` text, ``max_tokens`` in all."""
+    ids = tokenizer(quality_text(kind, max_tokens * 6), add_special_tokens=False).input_ids[:max_tokens]
+    return [ids[i:i + width] for i in range(0, len(ids) - width + 1, width)]
+
+
+def quality(logits_fn: LogitsFn, windows: list[list[int]], reference_top1: list[torch.Tensor] | None) -> dict:
+    """Loss, perplexity and (given FP32's argmaxes) top-1 agreement of one variant over the windows."""
+    total, count, agree = 0.0, 0, 0
+    top1 = []
+    for n, ids in enumerate(windows):
+        logits = logits_fn(ids).float()
+        target = torch.tensor(ids[1:])
+        total += float(torch.nn.functional.cross_entropy(logits[:-1], target, reduction="sum"))
+        count += len(ids) - 1
+        best = logits.argmax(-1)
+        top1.append(best)
+        if reference_top1 is not None:
+            agree += int((best == reference_top1[n]).sum())
+    loss = total / count
+    out = {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "tokens": count, "top1": top1}
+    if reference_top1 is not None:
+        out["top1_agreement"] = agree / sum(len(w) for w in windows)
+    return out
+
+
+# ---------------------------------------------------------------- variants
+def gguf_variant(variant: str, parent_dir: Path, out_dir: Path, f16_cache: dict) -> Path:
+    """The GGUF file of ``variant`` (``gguf-f16``, ``gguf-q8_0``, ...) written into ``out_dir``."""
+    from shared.quant.gguf_export import export_gguf
+    from shared.quant.llama_cpp import quantize_gguf
+    qtype = variant.split("-", 1)[1]
+    target = out_dir / f"model-{qtype}.gguf"
+    if qtype in ("f32", "f16"):
+        return export_gguf(parent_dir, target, dtype=qtype)
+    if "f16" not in f16_cache:  # llama.cpp quantizes from a 16/32-bit file; one export serves every type
+        f16_cache["f16"] = export_gguf(parent_dir, out_dir.parent / "model-f16.source.gguf", dtype="f32")
+    return quantize_gguf(f16_cache["f16"], target, qtype)
+
+
+def engine_model(variant: str, gpt, cfg: QuantizeConfig, out_dir: Path | None, parent_dir: Path):
+    """``(EngineModel, dtype name, saved-files report)`` for an engine variant."""
+    from shared.engine import EngineModel
+    if variant in ("fp32", "bf16"):
+        dtype = torch.float32 if variant == "fp32" else torch.bfloat16
+        return EngineModel.from_gpt(gpt, dtype=dtype), ("float32" if variant == "fp32" else "bfloat16"), None
+    from shared.quant.quantized_checkpoint import load_quantized_engine_model, save_quantized
+    save_quantized(gpt, parent_dir, out_dir, scheme=variant, group_size=cfg.group_size,
+                   include_lm_head=cfg.include_lm_head)
+    # Served from what was saved, not from memory: the artifact is what a user deploys.
+    model, report = load_quantized_engine_model(out_dir)
+    return model, "float32", report
+
+
+def engine_logits_fn(model) -> LogitsFn:
+    """Logits at every position of a sequence from an engine model: one prefill chunk into a fresh cache."""
+    from shared.engine import KVCache, StepBatch
+    cfg = model.config
+
+    @torch.inference_mode()
+    def logits(ids: list[int]) -> torch.Tensor:
+        cache = KVCache(cfg.n_layer, 1, cfg.n_head, len(ids), cfg.n_embd // cfg.n_head, dtype=model.dtype)
+        return model(StepBatch.build([], [(0, 0, ids)], range(len(ids)), dtype=model.dtype), cache).float()
+    return logits
+
+
+# ---------------------------------------------------------------- speed
+def engine_speed(model, dtype: str, prompt: list[int], cfg: QuantizeConfig, block_size: int) -> dict:
+    from shared.engine import Engine, EngineConfig
+    from shared.engine.measure import engine_concurrent, engine_single
+    levels = sorted(set(cfg.concurrency))
+    engine = Engine(model, None, EngineConfig(max_batch_size=max(levels), dtype=dtype,
+                                              max_seq_len=min(block_size, len(prompt) + cfg.new_tokens)))
+    single, _ = engine_single(engine, prompt, cfg.new_tokens, cfg.repeats)
+    single["concurrency"] = {str(c): engine_concurrent(engine, [prompt] * c, cfg.new_tokens, cfg.repeats)
+                             ["aggregate_tokens_per_s"] for c in levels}
+    return single
+
+
+def llama_speed(llama, prompt: list[int], cfg: QuantizeConfig) -> dict:
+    from shared.quant.llama_cpp import llama_generate
+    runs = [llama_generate(llama, prompt, max_new_tokens=cfg.new_tokens, ignore_eog=True, n_threads=cfg.threads)
+            for _ in range(cfg.repeats + 1)][1:]  # the first run warms up
+    best = max(runs, key=lambda r: r.decode_tokens_per_s)
+    return {"ttft_s": min(r.prefill_ms for r in runs) / 1e3, "prefill_tokens_per_s": max(
+        r.prefill_tokens_per_s for r in runs), "decode_tokens_per_s": best.decode_tokens_per_s,
+        "tpot_s": 1.0 / best.decode_tokens_per_s if best.decode_tokens_per_s else None,
+        "wall_tokens_per_s": best.wall_tokens_per_s}
+
+
+def file_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+# ---------------------------------------------------------------- the stage
+def run_quantize(cfg: QuantizeConfig):
+    from shared.config import to_dict
+    from shared.eval.checkpoint import require_causal_lm
+    from shared.model.hf import load_gpt
+    from shared.registry import Registry
+    from shared.tokenizer.hf_format import load_tokenizer
+
+    torch.set_num_threads(cfg.threads)
+    registry = Registry(cfg.runs_dir)
+    parent = registry.resolve(cfg.init_from, cfg.run)
+    require_causal_lm(parent.dir)
+    report_dir = registry.stage_dir(cfg.run, cfg.stage, overwrite=cfg.overwrite)
+    t0 = time.perf_counter()
+    gpt = load_gpt(parent.dir).eval()
+    tokenizer = load_tokenizer(parent.dir)
+    block = gpt.config.block_size
+    windows = heldout_windows(tokenizer, cfg.quality_text, block, cfg.ppl_tokens)
+    prompt = [t for w in windows for t in w][-cfg.prompt_tokens:]
+    if len(prompt) + cfg.new_tokens > block:
+        from shared.config import ConfigError
+        raise ConfigError(f"prompt_tokens + new_tokens = {len(prompt) + cfg.new_tokens} exceeds the model's context "
+                          f"of {block}; lower new_tokens")
+
+    with torch.inference_mode():
+        reference = quality(lambda ids: gpt(torch.tensor([ids]))[0][0], windows, None)
+    rows: dict[str, dict[str, Any]] = {}
+    variant_artifacts = []
+    timeline = None
+    if cfg.hf_baseline:
+        from shared.engine.measure import hf_single
+        from shared.model.hf import gpt_to_hf
+        hf = gpt_to_hf(gpt).eval()
+        rows["hf-generate-fp32"] = {"runtime": "HF generate()", "bytes": file_bytes(parent.dir / "model.safetensors"),
+                                    **hf_single(hf, prompt, cfg.new_tokens, cfg.repeats)[0],
+                                    "loss": reference["loss"], "ppl": reference["ppl"], "top1_agreement": 1.0}
+        del hf
+    f16_cache: dict = {}
+    for variant in cfg.variants:
+        print(f"quantize: {variant}", flush=True)
+        if variant in GGUF_VARIANTS:
+            from shared.quant.llama_cpp import llama_logits, load_llama
+            stage = f"{cfg.stage}-{variant}"
+            out_dir = registry.stage_dir(cfg.run, stage, overwrite=cfg.overwrite)
+            path = gguf_variant(variant, parent.dir, out_dir, f16_cache)
+            llama = load_llama(path, n_threads=cfg.threads, logits_all=True)
+            q = quality(lambda ids: torch.from_numpy(llama_logits(llama, ids)), windows, reference["top1"])
+            speed = llama_speed(llama, prompt, cfg)
+            row = {"runtime": "llama.cpp", "bytes": path.stat().st_size, **speed}
+            del llama
+        else:
+            out_dir = None
+            if variant not in ("fp32", "bf16"):
+                stage = f"{cfg.stage}-{variant}"
+                out_dir = registry.stage_dir(cfg.run, stage, overwrite=cfg.overwrite)
+            model, dtype, _ = engine_model(variant, gpt, cfg, out_dir, parent.dir)
+            q = quality(engine_logits_fn(model), windows, reference["top1"])
+            speed = engine_speed(model, dtype, prompt, cfg, block)
+            size = file_bytes(out_dir / "quantized.safetensors") if out_dir else model.decode_bytes_per_token()
+            row = {"runtime": "engine", "bytes": size, **speed}
+            if variant == "fp32":
+                from shared.engine import Engine, EngineConfig
+                from shared.engine.measure import request_timeline
+                timeline = request_timeline(Engine(model, None, EngineConfig(
+                    max_batch_size=1, max_seq_len=min(block, len(prompt) + cfg.new_tokens))), prompt, cfg.new_tokens)
+        row.update(loss=q["loss"], ppl=q["ppl"], ppl_delta=q["ppl"] - reference["ppl"],
+                   ppl_change=q["ppl"] / reference["ppl"] - 1,
+                   top1_agreement=q["top1_agreement"])
+        rows[variant] = row
+        if out_dir is not None:
+            kind = "gguf" if variant in GGUF_VARIANTS else "quantized"
+            metrics = {k: row[k] for k in ("bytes", "ppl", "ppl_delta", "top1_agreement", "decode_tokens_per_s")}
+            variant_artifacts.append(registry.register(cfg.run, f"{cfg.stage}-{variant}", kind, parents=[parent.id],
+                                                       config={**to_dict(cfg), "variant": variant}, metrics=metrics))
+    result = {"parent": parent.id, "quality_text": cfg.quality_text,
+              "reference": {"loss": reference["loss"], "ppl": reference["ppl"]},
+              "prompt_tokens": len(prompt), "new_tokens": cfg.new_tokens, "threads": cfg.threads, "rows": rows,
+              "timeline": timeline}
+    from shared.quant.report import write_report
+    write_report(result, report_dir)
+    headline = {f"{v}/{k}": r[k] for v, r in rows.items() for k in ("decode_tokens_per_s", "ppl_delta")
+                if isinstance(r.get(k), (int, float))}
+    return registry.register(cfg.run, cfg.stage, "report", parents=[parent.id] + [a.id for a in variant_artifacts],
+                             config=to_dict(cfg), metrics=headline, timings={"quantize": time.perf_counter() - t0})
+
+
+def save_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=1, default=str) + "\n")
