@@ -3,6 +3,10 @@
 - ``gguf_export``: an HF GPT-2 checkpoint dir (ours) -> a llama.cpp GGUF file (F32/F16), tokenizer included.
 - ``llama_cpp``: run GGUF files with llama-cpp-python (load, logits, generation with tokens/s) and
   quantize them with llama.cpp (F16, Q8_0, Q4_0, Q4_K).
+- ``weight_only``: INT8 / INT4 weight-only and dynamic INT8 linear layers for ``shared.engine`` (torch CPU kernels).
+- ``engine_quant``: quantize an ``EngineModel``'s linear layers (in place or via ``from_gpt``'s factory); bytes report.
+- ``quality``: greedy agreement and relative logits error of a quantized engine model vs its reference.
+- ``quantized_checkpoint``: save / load a quantized engine model as an artifact directory (no fp32 needed).
 
 Modules are imported by name (``from shared.quant.gguf_export import export_gguf``); this package
 re-exports nothing, so importing it costs nothing and optional runtimes stay optional.

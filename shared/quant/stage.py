@@ -96,23 +96,15 @@ def engine_model(variant: str, gpt, cfg: QuantizeConfig, out_dir: Path | None, p
         dtype = torch.float32 if variant == "fp32" else torch.bfloat16
         return EngineModel.from_gpt(gpt, dtype=dtype), ("float32" if variant == "fp32" else "bfloat16"), None
     from shared.quant.quantized_checkpoint import load_quantized_engine_model, save_quantized
-    save_quantized(gpt, parent_dir, out_dir, scheme=variant, group_size=cfg.group_size,
-                   include_lm_head=cfg.include_lm_head)
+    report = save_quantized(gpt, parent_dir, out_dir, scheme=variant, group_size=cfg.group_size,
+                            include_lm_head=cfg.include_lm_head)
     # Served from what was saved, not from memory: the artifact is what a user deploys.
-    model, report = load_quantized_engine_model(out_dir)
-    return model, "float32", report
+    return load_quantized_engine_model(out_dir), "float32", report.to_dict()
 
 
 def engine_logits_fn(model) -> LogitsFn:
-    """Logits at every position of a sequence from an engine model: one prefill chunk into a fresh cache."""
-    from shared.engine import KVCache, StepBatch
-    cfg = model.config
-
-    @torch.inference_mode()
-    def logits(ids: list[int]) -> torch.Tensor:
-        cache = KVCache(cfg.n_layer, 1, cfg.n_head, len(ids), cfg.n_embd // cfg.n_head, dtype=model.dtype)
-        return model(StepBatch.build([], [(0, 0, ids)], range(len(ids)), dtype=model.dtype), cache).float()
-    return logits
+    from shared.quant.quality import sequence_logits
+    return lambda ids: sequence_logits(model, ids).float()
 
 
 # ---------------------------------------------------------------- speed
