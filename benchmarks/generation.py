@@ -40,6 +40,53 @@ def build_model(args) -> GPT:
     return GPT(model_config("gpt2-124m")).eval()
 
 
+def variant_rows(gpt: GPT, variants: list[str], prompt: list[int], args, fp32_bytes: int) -> dict[str, dict]:
+    """Batch-1 speed of each variant on the same weights and prompt: engine BF16/INT8/INT4, llama.cpp GGUF files."""
+    import tempfile
+
+    from shared.quant.stage import llama_speed
+    rows: dict[str, dict] = {}
+    engine_variants = [v for v in variants if not v.startswith("gguf-")]
+    for variant in engine_variants:
+        if variant == "bf16":
+            engine = Engine(gpt, None, EngineConfig(max_batch_size=1, dtype="bfloat16",
+                                                    max_seq_len=min(gpt.config.block_size, len(prompt) + args.new_tokens)))
+        else:
+            from shared.quant.engine_quant import QuantSpec, build_quantized_engine_model
+            model, _ = build_quantized_engine_model(gpt, QuantSpec(scheme=variant))
+            engine = Engine(model, None, EngineConfig(max_batch_size=1, max_seq_len=min(
+                gpt.config.block_size, len(prompt) + args.new_tokens)))
+        row, _ = engine_single(engine, prompt, args.new_tokens, args.repeats)
+        rows[f"engine-{variant}"] = {**row, "bytes_per_decode_token": engine.model.decode_bytes_per_token()}
+        del engine
+    gguf_variants = [v for v in variants if v.startswith("gguf-")]
+    if gguf_variants:
+        from shared.model.hf import save_hf_checkpoint
+        from shared.quant.gguf_export import export_gguf
+        from shared.quant.llama_cpp import load_llama, quantize_gguf
+        with tempfile.TemporaryDirectory() as tmp:
+            hf_dir = save_hf_checkpoint(gpt, Path(tmp) / "hf", tokenizer_dir=benchmark_tokenizer(Path(tmp)))
+            source = export_gguf(hf_dir, Path(tmp) / "model-f32.gguf", dtype="f32")
+            for variant in gguf_variants:
+                qtype = variant.split("-", 1)[1]
+                path = source if qtype == "f32" else (export_gguf(hf_dir, Path(tmp) / "model-f16.gguf", dtype="f16")
+                                                      if qtype == "f16" else quantize_gguf(source, Path(tmp) / f"{qtype}.gguf", qtype))
+                llama = load_llama(path, n_threads=args.threads)
+                cfg = argparse.Namespace(new_tokens=args.new_tokens, repeats=args.repeats, threads=args.threads)
+                row = llama_speed(llama, prompt, cfg)
+                # Bytes per token: the file's weights (the tied embedding is read once as the output matrix).
+                rows[f"llama.cpp-{qtype}"] = {**row, "bytes_per_decode_token": path.stat().st_size}
+                del llama
+    return rows
+
+
+def benchmark_tokenizer(tmp: Path) -> Path:
+    """A small byte-level BPE tokenizer of ours for the GGUF file (rows past its vocab are exported as padding)."""
+    from shared.tokenizer.train import train_tokenizer
+    train_tokenizer([Path(__file__).read_text(encoding="utf-8")] * 4, vocab_size=512, out_dir=tmp / "tok")
+    return tmp / "tok"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", help="HF GPT-2 checkpoint dir (default: random gpt2-124m-shaped weights)")
@@ -50,6 +97,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--backend", default="auto", choices=("auto", "dense", "onednn"))
     ap.add_argument("--skip-hf", action="store_true", help="engine only")
+    ap.add_argument("--variants", default="bf16,int8,int4,gguf-f32,gguf-f16,gguf-q8_0,gguf-q4_0",
+                    help="other precisions / backends at batch 1: bf16, int8, int4, int8-dynamic (our engine), "
+                         "gguf-f32, gguf-f16, gguf-q8_0, gguf-q4_0, gguf-q4_k (llama.cpp); empty for none")
     ap.add_argument("--out", help="directory for generation.json and generation.md")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -64,7 +114,6 @@ def main() -> None:
     engine = Engine(gpt, None, EngineConfig(max_batch_size=max(levels), max_seq_len=max_seq_len,
                                             linear_backend=args.backend))
     hf = None if args.skip_hf else gpt_to_hf(gpt)
-    del gpt
 
     result = {"model": args.checkpoint or "random gpt2-124m", "threads": args.threads, "dtype": "float32",
               "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "repeats": args.repeats,
@@ -85,6 +134,14 @@ def main() -> None:
         result["decode_speedup_vs_hf"] = (result["engine"]["decode_tokens_per_s"]
                                           / result["hf_generate"]["decode_tokens_per_s"])
         result["ttft_ratio_hf_over_engine"] = result["hf_generate"]["ttft_s"] / result["engine"]["ttft_s"]
+    variants = [v for v in args.variants.split(",") if v]
+    if variants:
+        result["variants"] = variant_rows(gpt, variants, prompts[0], args, per_token)
+        for row in result["variants"].values():
+            row["fraction_of_bound"] = row["decode_tokens_per_s"] / (bandwidth / row["bytes_per_decode_token"])
+            if "hf_generate" in result:
+                row["decode_speedup_vs_hf"] = row["decode_tokens_per_s"] / result["hf_generate"]["decode_tokens_per_s"]
+    del gpt
     result["concurrency"] = [engine_concurrent(engine, prompts[:c], args.new_tokens, args.repeats) for c in levels]
     base = result["concurrency"][0]["aggregate_tokens_per_s"]
     for row in result["concurrency"]:
@@ -118,6 +175,14 @@ def markdown(r: dict) -> str:
     if "hf_generate" in r:
         lines += ["", f"Decode speed-up vs HF generate: **{r['decode_speedup_vs_hf']:.2f}x**; TTFT ratio (HF / engine) "
                   f"{r['ttft_ratio_hf_over_engine']:.2f}x; identical greedy tokens: {r['same_greedy_tokens']}."]
+    if r.get("variants"):
+        lines += ["", "Other precisions and backends, batch 1 (bytes per token = the weights each decode step reads):", "",
+                  "| variant | TTFT (ms) | prefill tok/s | decode tok/s | vs HF | MB per token | of bound |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, m in r["variants"].items():
+            lines.append(f"| {name} | {m['ttft_s'] * 1e3:.1f} | {m['prefill_tokens_per_s']:.0f} | "
+                         f"{m['decode_tokens_per_s']:.1f} | {m.get('decode_speedup_vs_hf', float('nan')):.2f}x | "
+                         f"{m['bytes_per_decode_token'] / 1e6:.0f} | {m['fraction_of_bound']:.0%} |")
     lines += ["", "| concurrent requests | aggregate tok/s | vs first | mean TTFT (ms) | mean decode tok/s/request |",
               "|---|---|---|---|---|"]
     for c in r["concurrency"]:
