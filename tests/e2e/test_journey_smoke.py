@@ -21,7 +21,8 @@ def test_journey_run_smoke(tmp_path):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     stages = {p.parent.name: json.loads(p.read_text()) for p in (runs / "smoke").glob("*/journey.json")}
-    assert set(stages) == {"tokenizer", "pretrain", "cpt", "sft", "prefs", "dpo", "eval"}
+    variants = {f"quantize-{v}" for v in ("int8", "int4", "gguf-f16", "gguf-q8_0", "gguf-q4_0")}
+    assert set(stages) == {"tokenizer", "pretrain", "cpt", "sft", "prefs", "dpo", "quantize", "eval"} | variants
     assert stages["cpt"]["parents"] == ["smoke/tokenizer", "smoke/pretrain"]
     assert stages["sft"]["parents"] == ["smoke/cpt"]
     assert stages["prefs"]["parents"] == ["smoke/sft"]
@@ -35,6 +36,17 @@ def test_journey_run_smoke(tmp_path):
     assert (runs / "smoke" / "dpo" / "safety_helpfulness.md").exists()
     summary = (runs / "smoke" / "summary.md").read_text()
     assert "smoke/dpo" in summary and "└─ smoke/pretrain" in summary
+
+    # Quantized variants: each an artifact of the DPO model, run and measured side by side.
+    for v in variants:
+        assert stages[v]["parents"] == ["smoke/dpo"], v
+        assert 0.5 < stages[v]["metrics"]["top1_agreement"] <= 1.0, (v, stages[v]["metrics"])
+        assert stages[v]["metrics"]["decode_tokens_per_s"] > 0
+    assert stages["quantize"]["parents"][0] == "smoke/dpo"
+    report = (runs / "smoke" / "quantize" / "quantize.md").read_text()
+    assert "| hf-generate-fp32 |" in report and "| gguf-q4_0 | llama.cpp |" in report and "Prefill vs decode" in report
+    sizes = {v: stages[v]["metrics"]["bytes"] for v in variants}
+    assert sizes["quantize-gguf-q4_0"] < sizes["quantize-gguf-q8_0"] < sizes["quantize-gguf-f16"]
 
     # The scorecard: every model artifact on the same tasks, each compared with its parent.
     assert stages["eval"]["kind"] == "report"
