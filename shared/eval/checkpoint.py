@@ -18,7 +18,8 @@ class EvalError(ConfigError):
     """Evaluation cannot run as asked. The message names the problem and the fix."""
 
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+# quantized.safetensors: an INT8/INT4 variant (shared.quant), evaluated through our engine (shared.eval.engine_backend).
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "quantized.safetensors")
 
 
 def require_causal_lm(path: str | Path) -> Path:

@@ -116,7 +116,8 @@ def run_lm_eval(model_path: str | Path, tasks: Sequence[str], *, source: str = "
         # Only hub tasks need lm-eval's index of its ~15k registered tasks (seconds to build);
         # ours are passed by path.
         needs_index = source == "hub" and any(t in STANDARD_TASKS for t in tasks)
-        lm = HFLM(pretrained=str(root), device=device, batch_size=batch_size)
+        from shared.eval.engine_backend import lm_or_none
+        lm = lm_or_none(root) or HFLM(pretrained=str(root), device=device, batch_size=batch_size)
         results = lm_eval.simple_evaluate(
             model=lm, tasks=specs, task_manager=TaskManager(include_defaults=needs_index), limit=limit,
             num_fewshot=num_fewshot, log_samples=out_path is not None, random_seed=seed, numpy_random_seed=seed,

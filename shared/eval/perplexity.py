@@ -90,15 +90,45 @@ def heldout_perplexity(model_path: str | Path, sets: Mapping[str, str] | None = 
                        batch_size: int = 8, device: str = "cpu") -> dict[str, float]:
     """``{<set>_loss, <set>_ppl, <set>_bpb}`` for each held-out set (see the module docstring)."""
     from shared.eval.checkpoint import require_causal_lm
+    from shared.eval.engine_backend import engine_context, engine_sequence_logits, engine_tokenizer, is_quantized
     from shared.eval.generate import load_chat_model
     require_causal_lm(model_path)
-    model, tokenizer = load_chat_model(str(model_path), device)
+    if is_quantized(model_path):  # no HF weights: the engine computes the same logits
+        model = EngineLogits(lambda ids: engine_sequence_logits(model_path, ids), engine_context(model_path))
+        tokenizer = engine_tokenizer(model_path)
+    else:
+        model, tokenizer = load_chat_model(str(model_path), device)
     out: dict[str, float] = {}
     # ~6 bytes per token leaves room: the text is cut to max_tokens after tokenization anyway.
     for name, source in (sets or DEFAULT_SETS).items():
         result = text_loss(model, tokenizer, heldout_text(source, max_tokens * 6), max_tokens, batch_size)
         out.update({f"{name}_{k}": v for k, v in result.items() if k != "tokens"})
     return out
+
+
+class EngineLogits:
+    """Just enough of an HF causal LM for ``text_loss``: ``config``, ``parameters()`` and ``model(x).logits``,
+    computed row by row by ``logits_fn`` (an engine model scoring one sequence at a time)."""
+
+    def __init__(self, logits_fn, context: int):
+        import torch
+        from types import SimpleNamespace
+        self.logits_fn = logits_fn
+        self.config = SimpleNamespace(n_positions=context)
+        self._param = torch.zeros(1)
+
+    def parameters(self):
+        return iter([self._param])
+
+    def __call__(self, x, attention_mask=None):
+        import torch
+        rows = []
+        for row, mask in zip(x, attention_mask if attention_mask is not None else torch.ones_like(x)):
+            n = int(mask.sum())
+            logits = self.logits_fn(row[:n].tolist())
+            pad = torch.zeros(x.shape[1] - n, logits.shape[-1])
+            rows.append(torch.cat([logits, pad]))
+        return type("Output", (), {"logits": torch.stack(rows)})()
 
 
 # Which logged keys are curves worth drawing, per stage kind of log.

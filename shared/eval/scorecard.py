@@ -24,7 +24,7 @@ from typing import Any
 from shared.eval.checkpoint import EvalError, require_causal_lm
 from shared.eval.eval_config import PERPLEXITY, EvalConfig
 
-MODEL_KINDS = ("hf-model",)
+MODEL_KINDS = ("hf-model", "quantized")  # quantized: INT8/INT4 variants, run by our engine (engine_backend)
 LOWER_IS_BETTER = ("loss", "ppl", "bpb", "stray_role")
 
 

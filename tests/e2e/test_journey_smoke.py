@@ -50,10 +50,12 @@ def test_journey_run_smoke(tmp_path):
 
     # The scorecard: every model artifact on the same tasks, each compared with its parent.
     assert stages["eval"]["kind"] == "report"
-    assert stages["eval"]["parents"] == ["smoke/pretrain", "smoke/cpt", "smoke/sft", "smoke/dpo"]
+    models = ["smoke/pretrain", "smoke/cpt", "smoke/sft", "smoke/dpo", "smoke/quantize-int8", "smoke/quantize-int4"]
+    assert stages["eval"]["parents"] == models  # the INT8/INT4 variants too, run by our engine
     card = json.loads((runs / "smoke" / "eval" / "scorecard.json").read_text())
     assert card["parents"] == {"smoke/pretrain": None, "smoke/cpt": "smoke/pretrain", "smoke/sft": "smoke/cpt",
-                               "smoke/dpo": "smoke/sft"}
+                               "smoke/dpo": "smoke/sft", "smoke/quantize-int8": "smoke/dpo",
+                               "smoke/quantize-int4": "smoke/dpo"}
     for metric in ("perplexity/general_bpb", "perplexity/domain_bpb", "instructions/exact_match",
                    "chat_format/format_ok", "tool_use/valid_call", "safety/refusal_rate_harmful",
                    "journey_docs_cloze/acc", "journey_facts_mc/acc"):
@@ -62,7 +64,7 @@ def test_journey_run_smoke(tmp_path):
     assert cpt_bpb["smoke/cpt"] < cpt_bpb["smoke/pretrain"]  # continued pretraining on code helps on code
     assert "rag" in card["skipped"]["smoke/sft"]  # no retriever yet: skipped with a reason, never a fake number
     assert (runs / "smoke" / "eval" / "scorecard.png").stat().st_size > 0
-    assert "| metric | pretrain | cpt | sft | dpo |" in summary
+    assert "| metric | pretrain | cpt | sft | dpo | quantize-int8 | quantize-int4 |" in summary
 
     listing = subprocess.run([str(Path(sys.executable).parent / "journey"), "artifacts", "smoke"], cwd=REPO,
                              env=env, capture_output=True, text=True, timeout=120)

@@ -40,7 +40,11 @@ def run_suite(model_path: str | Path, tasks: Sequence[str] | None = None, *, lim
     """
     names = check_task_names(tasks)
     root = require_causal_lm(model_path)
-    ctx = EvalContext(root, limit=limit, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
+    from shared.eval.engine_backend import engine_replies, is_quantized
+    # A quantized variant has no HF weights: our engine generates its replies.
+    reply_fn = engine_replies(root, max_new_tokens) if is_quantized(root) else None
+    ctx = EvalContext(root, limit=limit, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
+                      reply_fn=reply_fn)
     return run_tasks(ctx, names, out_dir)
 
 
