@@ -167,9 +167,13 @@ def scorecard_markdown(card: dict[str, Any]) -> str:
     if sizes:
         notes.append("Sample sizes: " + ", ".join(
             f"{m} = {'/'.join(f'{v:g}' for v in sorted(vs))}" for m, vs in sizes.items() if vs) + ".")
+    skipped: dict[tuple[str, str], list[str]] = {}  # (task, reason) -> artifacts: one line per distinct reason
     for a, reasons in card["skipped"].items():
         for task, why in reasons.items():
-            notes.append(f"- {a.split('/', 1)[-1]}: {task} skipped: {why}")
+            skipped.setdefault((task, why), []).append(a.split("/", 1)[-1])
+    for (task, why), arts in skipped.items():
+        who = "all artifacts" if len(arts) == len(names) else ", ".join(arts)
+        notes.append(f"- {task} skipped for {who}: {why}")
     return "\n".join(lines) + "\n\n" + "\n".join(n for n in notes if n) + "\n"
 
 
