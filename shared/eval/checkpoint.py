@@ -1,7 +1,8 @@
 """What every evaluator checks first: that a path is a Hugging Face causal-LM checkpoint.
 
 ``require_causal_lm(path)`` returns the directory when ``config.json`` names a ``*ForCausalLM``
-architecture (or a model type ``AutoModelForCausalLM`` maps) and weights are present; otherwise it
+architecture (or a model type ``AutoModelForCausalLM`` maps) and weights are present (HF weights,
+or an INT8/INT4 ``quantized.safetensors``), or when it holds a valid GGUF file; otherwise it
 raises ``EvalError`` naming what the directory is and what to pass instead. Evaluators call it
 before loading anything, so a tokenizer, a preference dataset or a reward model fails in one line
 instead of deep inside transformers or lm-eval.
@@ -26,6 +27,11 @@ def require_causal_lm(path: str | Path) -> Path:
     """``path`` as a ``Path`` if it holds a causal-LM checkpoint; ``EvalError`` otherwise."""
     root = Path(path)
     config_file = root / "config.json"
+    from shared.eval.engine_backend import gguf_file
+    if gguf_file(root) is not None:  # a GGUF variant: llama.cpp runs it (shared.eval.engine_backend)
+        from shared.quant.llama_cpp import check_gguf
+        check_gguf(gguf_file(root))
+        return root
     if not root.is_dir():
         raise EvalError(f"{root} is not a directory; pass a registered model artifact (e.g. <run>/sft) "
                         "or an HF checkpoint directory")

@@ -1,8 +1,9 @@
-"""Evaluating quantized variants: the same tasks, run by our engine instead of transformers.
+"""Evaluating quantized variants: the same tasks, run by our engine or llama.cpp instead of transformers.
 
 A quantized artifact (``quantization.json`` + ``quantized.safetensors``, written by
-``shared.quant.quantized_checkpoint``) has no HF weights, so ``transformers`` cannot load it. The
-scorecard still measures it with the same tasks, through these adapters:
+``shared.quant.quantized_checkpoint``, run by our engine) or a GGUF artifact (a ``*.gguf`` file,
+run by llama.cpp) has no HF weights, so ``transformers`` cannot load it. The scorecard still
+measures it with the same tasks, through these adapters (each dispatching on the artifact's runtime):
 
 - ``engine_replies(path)``: a ``reply_fn`` for the suite (``shared.eval.tasks.EvalContext``):
   greedy replies from the engine with continuous batching, as text with special tokens kept
@@ -26,8 +27,28 @@ import torch
 QUANT_META = "quantization.json"
 
 
+def gguf_file(path: str | Path) -> Path | None:
+    """The model file of a GGUF artifact directory (or ``path`` itself when it is a .gguf file)."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".gguf":
+        return path
+    files = sorted(path.glob("*.gguf")) if path.is_dir() else []
+    return files[0] if files else None
+
+
 def is_quantized(path: str | Path) -> bool:
-    return (Path(path) / QUANT_META).is_file()
+    """True for artifacts our engine or llama.cpp runs instead of transformers."""
+    return (Path(path) / QUANT_META).is_file() or gguf_file(path) is not None
+
+
+@lru_cache(maxsize=2)
+def _llama(path: str):
+    """``(llama, tokenizer)`` for a GGUF artifact: llama.cpp keeping every position's logits, and an HF
+    tokenizer rebuilt from the file's own vocabulary (the same ids llama.cpp uses)."""
+    from shared.quant.llama_cpp import load_llama
+    from shared.tokenizer.gguf_vocab import hf_tokenizer_from_gguf
+    file = gguf_file(path)
+    return load_llama(file, logits_all=True), hf_tokenizer_from_gguf(file)
 
 
 @lru_cache(maxsize=2)
@@ -40,9 +61,22 @@ def _engine(path: str):
 
 
 def engine_replies(path: str | Path, max_new_tokens: int) -> Callable[[Sequence[Sequence[dict]]], list[str]]:
-    """A ``reply_fn``: one greedy reply per conversation, all submitted at once (continuous batching)."""
+    """A ``reply_fn``: one greedy reply per conversation (engine: all submitted at once, continuous batching)."""
     from shared.engine import SamplingParams
     from shared.tokenizer.chat import render_chat
+
+    def llama_replies(conversations: Sequence[Sequence[dict]]) -> list[str]:
+        from shared.quant.llama_cpp import llama_generate
+        llama, tokenizer = _llama(str(path))
+        limit = engine_context(path)
+        out = []
+        for conversation in conversations:
+            ids = tokenizer(render_chat(conversation, add_generation_prompt=True), add_special_tokens=False).input_ids
+            out.append(llama_generate(llama, ids[-(limit - max_new_tokens):], max_new_tokens=max_new_tokens).text)
+        return out
+
+    if gguf_file(path) is not None:
+        return llama_replies
 
     def replies(conversations: Sequence[Sequence[dict]]) -> list[str]:
         engine, tokenizer = _engine(str(path))
@@ -59,16 +93,23 @@ def engine_replies(path: str | Path, max_new_tokens: int) -> Callable[[Sequence[
 
 
 def engine_sequence_logits(path: str | Path, ids: Sequence[int]) -> torch.Tensor:
+    """Float32 logits ``[len(ids), vocab]`` at every position, from our engine or llama.cpp."""
+    if gguf_file(path) is not None:
+        from shared.quant.llama_cpp import llama_logits
+        return torch.from_numpy(llama_logits(_llama(str(path))[0], ids))
     from shared.quant.quality import sequence_logits
     engine, _ = _engine(str(path))
     return sequence_logits(engine.model, ids)
 
 
 def engine_tokenizer(path: str | Path):
-    return _engine(str(path))[1]
+    return (_llama if gguf_file(path) is not None else _engine)(str(path))[1]
 
 
 def engine_context(path: str | Path) -> int:
+    if gguf_file(path) is not None:
+        from shared.quant.llama_cpp import context_limit
+        return context_limit(_llama(str(path))[0])  # n_ctx() may be padded past the trained context
     return _engine(str(path))[0].model.config.block_size
 
 

@@ -32,6 +32,9 @@ class EvalConfig:
     ppl_tokens: int = help_field(16384, "held-out tokens per perplexity set")
     batch_size: int = help_field(16, "batch size for lm-eval and perplexity")
     device: str = help_field("cpu", "torch device: cpu, cuda, cuda:1, ...")
+    kinds: list[str] = help_field(["hf-model", "quantized"],
+                                  "artifact kinds on the scorecard: hf-model, quantized (INT8/INT4, our engine), gguf "
+                                  "(llama.cpp; slower, one sequence per call: the quantize report already compares them)")
     parallel: int = help_field(2, "artifacts evaluated at once, each a Ray task")
     cpus_per_task: int = help_field(1, "CPU cores (torch threads) per evaluation task")
     seed: int = help_field(0, "seed for sampling-free tasks' data and lm-eval")
@@ -43,5 +46,8 @@ class EvalConfig:
         for name in ("limit", "suite_limit"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive or null (all), got {getattr(self, name)}")
+        unknown = [k for k in self.kinds if k not in ("hf-model", "quantized", "gguf")]
+        if unknown:
+            raise ConfigError(f"unknown artifact kind {unknown[0]!r} in kinds; use hf-model, quantized, gguf")
         if not self.tasks:
             raise ConfigError("tasks is empty; name at least one, e.g. tasks=perplexity,instructions")

@@ -24,7 +24,6 @@ from typing import Any
 from shared.eval.checkpoint import EvalError, require_causal_lm
 from shared.eval.eval_config import PERPLEXITY, EvalConfig
 
-MODEL_KINDS = ("hf-model", "quantized")  # quantized: INT8/INT4 variants, run by our engine (engine_backend)
 LOWER_IS_BETTER = ("loss", "ppl", "bpb", "stray_role")
 
 
@@ -262,9 +261,10 @@ def run_eval(cfg: EvalConfig):
     run = cfg.run or (registry.runs() or [None])[-1]
     if run is None:
         raise EvalError(f"no runs under {registry.root}; run `journey run` first or pass artifact=<path>")
-    models = [a for a in registry.artifacts(run) if a.kind in MODEL_KINDS]
+    # quantized: INT8/INT4 variants run by our engine; gguf: llama.cpp files (shared.eval.engine_backend)
+    models = [a for a in registry.artifacts(run) if a.kind in cfg.kinds]
     if not models:
-        raise EvalError(f"run {run!r} has no model artifacts to evaluate (kinds {list(MODEL_KINDS)})")
+        raise EvalError(f"run {run!r} has no model artifacts to evaluate (kinds {cfg.kinds})")
     out_dir = registry.stage_dir(run, cfg.stage, overwrite=cfg.overwrite)
     t0 = time.perf_counter()
     results = _evaluate_in_ray({a.id: a.path for a in models}, cfg)

@@ -157,7 +157,7 @@ def _opened(model, **load_kwargs):
         yield model
 
 
-def _context_limit(llama) -> int:
+def context_limit(llama) -> int:
     """Usable positions: the context (llama.cpp may pad it) but never past the trained one."""
     lc = llama_cpp_module()
     return min(llama.n_ctx(), lc.llama_model_n_ctx_train(llama.model))
@@ -168,7 +168,7 @@ def _checked_ids(llama, token_ids: Sequence[int]) -> list[int]:
     ids = [int(t) for t in token_ids]
     if not ids:
         raise ValueError("token_ids is empty; pass at least one token id")
-    n_vocab, limit = llama.n_vocab(), _context_limit(llama)
+    n_vocab, limit = llama.n_vocab(), context_limit(llama)
     bad = [t for t in ids if not 0 <= t < n_vocab]
     if bad:
         raise ValueError(f"token ids {bad[:5]} are outside the model's vocabulary [0, {n_vocab}); tokenize with "
@@ -209,7 +209,7 @@ def llama_generate(model, prompt: str | Sequence[int], max_new_tokens: int = 64,
     with _opened(model, n_threads=n_threads, seed=seed) as llama:
         ids = llama_tokenize(llama, prompt) if isinstance(prompt, str) else list(prompt)
         ids = _checked_ids(llama, ids)
-        budget = min(max_new_tokens, _context_limit(llama) - len(ids) + 1)  # the last token needs no slot
+        budget = min(max_new_tokens, context_limit(llama) - len(ids) + 1)  # the last token needs no slot
         vocab = lc.llama_model_get_vocab(llama.model)
         llama.set_seed(seed)
         llama.reset()

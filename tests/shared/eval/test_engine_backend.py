@@ -55,3 +55,18 @@ def test_lm_eval_multiple_choice_runs_through_the_engine(fp32_and_int8):
     got = run_lm_eval(int8, ["journey_facts_mc"], limit=24, batch_size=8)["journey_facts_mc"]
     assert got["n"] == ref["n"] == 24
     assert abs(got["acc"] - ref["acc"]) <= 2 / 24  # the same choices, up to INT8 rounding on near ties
+
+
+def test_a_gguf_variant_is_scored_through_llama_cpp(fp32_and_int8, tmp_path):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by scripts/install_llama_cpp.sh")
+    from shared.eval.perplexity import heldout_perplexity
+    from shared.quant.gguf_export import export_gguf
+    fp32, _ = fp32_and_int8
+    export_gguf(fp32, tmp_path / "gguf" / "model-f32.gguf", dtype="f32")
+    assert is_quantized(tmp_path / "gguf") and require_causal_lm(tmp_path / "gguf") == tmp_path / "gguf"
+    sets = {"general": "builtin:python-docs"}
+    ref = heldout_perplexity(fp32, sets, max_tokens=256)
+    got = heldout_perplexity(tmp_path / "gguf", sets, max_tokens=256)
+    assert got["general_loss"] == pytest.approx(ref["general_loss"], rel=1e-3)  # F32 GGUF: the same model
+    replies = engine_replies(tmp_path / "gguf", max_new_tokens=4)([[{"role": "user", "content": "What is 2 + 2?"}]])
+    assert len(replies) == 1 and isinstance(replies[0], str)
