@@ -42,8 +42,6 @@ import warnings
 import torch
 import torch.nn as nn
 
-from shared.quant import kernels
-
 SCHEMES = ("int8", "int4", "int8-dynamic")
 INT4_GROUP_SIZES = (32, 64, 128, 256)
 COMPUTE_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -156,10 +154,6 @@ def _aligned(t: torch.Tensor) -> torch.Tensor:
     return t.clone(memory_format=torch.contiguous_format)
 
 
-def _f32_or_none(t: torch.Tensor | None) -> bool:
-    return t is None or (t.dtype == torch.float32 and t.is_contiguous())
-
-
 def _nbytes(*tensors: torch.Tensor | None) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
@@ -184,8 +178,6 @@ class Int8WeightOnlyLinear(nn.Module):
         self.register_buffer("qweight", _aligned(qweight))
         self.register_buffer("scales", _aligned(scales.to(dtype)))
         self.register_buffer("bias", _bias(bias))
-        # fp32 scales for our batch-1 GEMV (shared.quant.kernels): the same values (bf16-exact), 4 B per row.
-        self._gemv_scales = self.scales.to(torch.float32).contiguous()
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None, *, compute_dtype: str = "bfloat16"):
@@ -197,8 +189,6 @@ class Int8WeightOnlyLinear(nn.Module):
         return cls(tensors["qweight"], tensors["scales"], bias, compute_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if kernels.use_for(x) and _f32_or_none(self.bias):  # decode: our fp32 GEMV, ~2x the torch kernel
-            return kernels.int8_gemv(x, self.qweight, self._gemv_scales, self.bias)
         if _HAS_INT8_KERNEL:
             xc = x.to(self.scales.dtype) if x.dtype != self.scales.dtype else _aligned(x)
             y = torch.ops.aten._weight_int8pack_mm(xc, self.qweight, self.scales)
@@ -249,14 +239,6 @@ class Int4WeightOnlyLinear(nn.Module):
         self.register_buffer("scales_and_zeros",
                              sz.transpose(0, 1).contiguous().to(compute_dtype_of(compute_dtype)))
         self.register_buffer("bias", _bias(bias))
-        self._gemv = None
-        if kernels.available():
-            # Our batch-1 GEMV reads its own copy (shared.quant.kernels.repack_int4's layout, plus fp32 scales
-            # and zero - 8 * scale): the torch kernel's packed layout is private, and that kernel stays for
-            # prefill and large batches. Costs a second copy of the int4 weights in memory (not in bytes read).
-            s32 = self.scales_and_zeros[:, :self.out_features].to(torch.float32).transpose(0, 1)
-            scale32, zero32 = s32[..., 0].contiguous(), s32[..., 1].contiguous()
-            self._gemv = (kernels.repack_int4(q), scale32, (zero32 - 8 * scale32).contiguous())
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None, *, group_size: int = 32,
@@ -272,8 +254,6 @@ class Int4WeightOnlyLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] == 0:  # the kernel cannot reduce over an empty batch
             return x.new_empty(0, self.out_features)
-        if self._gemv is not None and kernels.use_for(x) and _f32_or_none(self.bias):
-            return kernels.int4_gemv(x, *self._gemv, self.group_size, self.bias)  # decode: our fp32 GEMV
         sz = self.scales_and_zeros
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(sz.dtype), self.packed, self.group_size, sz)
         if y.shape[1] != self.out_features:
