@@ -27,11 +27,19 @@ cast back, scales and zeros held in that dtype) and "float32" stays available fo
 Scales and zeros are rounded to bfloat16 *before* the weights are quantized against them, so the
 dequantized weight is the same in both compute dtypes and a checkpoint loads into either.
 
-Speed, gpt2-124m shapes through the engine, 2 threads, shared CPU (rough): batch-1 decode fp32
-(oneDNN) ~48 tok/s, int8 ~95, int4 g32 ~168 (g128 ~178), int8-dynamic ~155. The weight-only kernels
-are GEMV-like (cost grows ~linearly with rows): prefill of 4x128 tokens runs at 0.7x (int8) / 0.8x
-(int4) of fp32 and batch-8 decode at 0.75x / 1.3x, while int8-dynamic (a real int8 GEMM) is ~2.2x
-fp32 on both. Dynamic INT8 is the fastest on every shape but the least accurate, and batch-dependent.
+Batch-1 decode (1..4 fp32 rows on CPU) goes through our own GEMV kernels instead
+(``shared.quant.kernels``): fp32 accumulation (more exact than the bf16 path, whatever
+``compute_dtype`` says) and faster, since the aten kernels reach only ~12-20 GB/s there. More rows
+(prefill, batches) keep the aten kernels. The int4 layer keeps a second copy of its nibbles in
+the GEMV's layout (the aten layout is private): int4 layers hold twice their weight bytes in
+memory, though a step reads only one copy. If the kernels cannot be built, everything runs as before.
+
+Speed, gpt2-124m through the engine, batch-1 decode, 2 threads (2-core EPYC Zen 4, noisy):
+fp32 (oneDNN) ~45 tok/s; int8 ~91 with the aten kernel, ~120-132 with ours; int4 g32 ~160 /
+~172-181 (llama.cpp on the same machine: Q8_0 ~157-175, Q4_0 ~201-220). The aten weight-only kernels are GEMV-like
+(cost grows ~linearly with rows): prefill of 4x128 tokens runs at 0.7x (int8) / 0.8x (int4) of fp32
+and batch-8 decode at 0.75x / 1.3x, while int8-dynamic (a real int8 GEMM) is ~2.2x fp32 on both.
+Dynamic INT8 is the fastest on large batches but the least accurate, and batch-dependent.
 
 This module does not decide which layers to quantize, measure quality or save files.
 """
@@ -41,6 +49,8 @@ import warnings
 
 import torch
 import torch.nn as nn
+
+from shared.quant import kernels
 
 SCHEMES = ("int8", "int4", "int8-dynamic")
 INT4_GROUP_SIZES = (32, 64, 128, 256)
@@ -154,6 +164,10 @@ def _aligned(t: torch.Tensor) -> torch.Tensor:
     return t.clone(memory_format=torch.contiguous_format)
 
 
+def _f32_or_none(t: torch.Tensor | None) -> bool:
+    return t is None or (t.dtype == torch.float32 and t.is_contiguous())
+
+
 def _nbytes(*tensors: torch.Tensor | None) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
@@ -178,6 +192,8 @@ class Int8WeightOnlyLinear(nn.Module):
         self.register_buffer("qweight", _aligned(qweight))
         self.register_buffer("scales", _aligned(scales.to(dtype)))
         self.register_buffer("bias", _bias(bias))
+        # fp32 scales for our batch-1 GEMV (shared.quant.kernels): the same values (bf16-exact), 4 B per row.
+        self._gemv_scales = self.scales.to(torch.float32).contiguous()
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None, *, compute_dtype: str = "bfloat16"):
@@ -189,6 +205,8 @@ class Int8WeightOnlyLinear(nn.Module):
         return cls(tensors["qweight"], tensors["scales"], bias, compute_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if kernels.use_for(x) and _f32_or_none(self.bias):  # decode: our fp32 GEMV (1.4x the aten kernel)
+            return kernels.int8_gemv(x, self.qweight, self._gemv_scales, self.bias)
         if _HAS_INT8_KERNEL:
             xc = x.to(self.scales.dtype) if x.dtype != self.scales.dtype else _aligned(x)
             y = torch.ops.aten._weight_int8pack_mm(xc, self.qweight, self.scales)
@@ -239,6 +257,14 @@ class Int4WeightOnlyLinear(nn.Module):
         self.register_buffer("scales_and_zeros",
                              sz.transpose(0, 1).contiguous().to(compute_dtype_of(compute_dtype)))
         self.register_buffer("bias", _bias(bias))
+        self._gemv = None
+        if kernels.available():
+            # Our batch-1 GEMV reads its own copy (shared.quant.kernels.repack_int4's layout, plus fp32 scales
+            # and zero - 8 * scale): the torch kernel's packed layout is private, and that kernel stays for
+            # prefill and large batches. Costs a second copy of the int4 weights in memory (not in bytes read).
+            s32 = self.scales_and_zeros[:, :self.out_features].to(torch.float32).transpose(0, 1)
+            scale32, zero32 = s32[..., 0].contiguous(), s32[..., 1].contiguous()
+            self._gemv = (kernels.repack_int4(q), scale32, (zero32 - 8 * scale32).contiguous())
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None, *, group_size: int = 32,
@@ -254,6 +280,8 @@ class Int4WeightOnlyLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] == 0:  # the kernel cannot reduce over an empty batch
             return x.new_empty(0, self.out_features)
+        if self._gemv is not None and kernels.use_for(x) and _f32_or_none(self.bias):
+            return kernels.int4_gemv(x, *self._gemv, self.group_size, self.bias)  # decode: our fp32 GEMV
         sz = self.scales_and_zeros
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(sz.dtype), self.packed, self.group_size, sz)
         if y.shape[1] != self.out_features:

@@ -1,0 +1,110 @@
+"""Our batch-1 (up to ``MAX_ROWS`` rows) GEMV kernels for the weight-only layers: fp32 in, fp32 out.
+
+Contract: ``int8_gemv(x, q, scale, bias)`` = ``x @ (q * scale[:, None]).T + bias`` and
+``int4_gemv(x, blocks, scales, zz, group_size, bias)`` = ``x @ W_hat.T + bias`` with
+``W_hat[o, i] = q[o, i] * scales[o, g] + zz[o, g]`` (``zz = zero - 8 * scale``, the tinygemm
+convention of ``shared.quant.weight_only`` rewritten as one multiply-add), ``blocks`` being
+``repack_int4(q)``. ``x`` is fp32, contiguous, with 1..``MAX_ROWS`` rows; accumulation is fp32
+(tested against a float64 reference to within ``1e-5 * sum_i |x_i * W_hat[o, i]|``). The AVX-512
+paths turn weights into floats by placing the integer in the mantissa of 1.0 (see ``gemv.cpp``),
+so they sum ``x`` against an offset weight and subtract the offset once per row: rounding is
+relative to ``sum |x|`` rather than ``sum |x * w|``, still inside that bound on the tested shapes.
+
+Why our own code: torch's fused weight-only kernels (``_weight_int8pack_mm``,
+``_weight_int4pack_mm_for_cpu``) vectorize only bf16 activations and, at batch 1 on this project's
+2-core EPYC, reach ~12-20 GB/s of weights; a decode step is a string of matrix-vector products
+bound by how fast the weights stream, so a GEMV that widens the weights in registers and keeps
+fp32 activations is both faster and more exact. The C++ (``kernels_src/gemv.cpp``) is built at
+first use with ``torch.utils.cpp_extension.load`` (``-O3 -march=native -fopenmp``: the JIT build
+runs on the machine that serves, so native is right) into torch's extension cache, once per
+source change (~27 s cold on the 2-core dev machine; a cached load ~0.1 s).
+
+``available()`` is False, with one warning, when the build fails (no compiler): the layers then
+keep their torch kernels. ``GPT_JOURNEY_NO_KERNELS=1`` turns the kernels off (for A/B timing).
+
+This module does not choose when to use the kernels (the layers in ``shared.quant.weight_only``
+do: fp32 CPU activations with at most ``MAX_ROWS`` rows) and does not quantize.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+MAX_ROWS = 4  # must match kMaxRows in gemv.cpp; more rows (prefill, batches) keep the aten kernels
+_SOURCE = Path(__file__).with_name("kernels_src") / "gemv.cpp"
+_module = None
+_failed = False
+
+
+def _load():
+    global _module, _failed
+    if _module is None and not _failed:
+        if os.environ.get("GPT_JOURNEY_NO_KERNELS") == "1":
+            _failed = True
+            return None
+        try:
+            from torch.utils.cpp_extension import load
+            _module = load(name="gpt_journey_gemv", sources=[str(_SOURCE)],
+                           extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
+                           verbose=False)
+        except Exception as e:  # noqa: BLE001 - any build failure means: keep the torch kernels
+            _failed = True
+            warnings.warn(f"GEMV kernels for the quantized layers did not build ({type(e).__name__}: "
+                          f"{str(e)[:300]}); falling back to torch's weight-only kernels (slower at batch 1). "
+                          "Install g++ (and ninja) to get them.", RuntimeWarning, stacklevel=3)
+    return _module
+
+
+def available() -> bool:
+    """True when the kernels are built (building them on first call)."""
+    return _load() is not None
+
+
+def isa() -> str:
+    """The vector path compiled in: "avx512", "avx2" or "scalar" ("" if unavailable)."""
+    m = _load()
+    return m.isa() if m is not None else ""
+
+
+def use_for(x: torch.Tensor) -> bool:
+    """Whether a layer should route ``x`` through these kernels: fp32 CPU, 1..MAX_ROWS rows, built."""
+    return (x.dtype == torch.float32 and x.device.type == "cpu" and 1 <= x.shape[0] <= MAX_ROWS
+            and available())
+
+
+def int8_gemv(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return _load().int8_gemv(x.contiguous(), q, scale, bias)
+
+
+def int4_gemv(x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, zz: torch.Tensor, group_size: int,
+              bias: torch.Tensor | None) -> torch.Tensor:
+    return _load().int4_gemv(x.contiguous(), blocks, scales, zz, group_size, bias)
+
+
+def repack_int4(q: torch.Tensor) -> torch.Tensor:
+    """uint8 (out, in) values 0..15 -> uint8 (out, in/2) in the kernel's layout for ``in`` (``int4_layout``).
+
+    - 128 (AVX-512 builds, ``in`` a multiple of 128): per 128 inputs 16 little-endian uint32, nibble
+      ``k`` of word ``j`` = ``q[j + 16 k]``: one 64-byte load holds 8 vectors of 16 weights, each
+      taken out with a shift and a mask (no shuffles, the bottleneck of byte-widening on Zen 4).
+    - 32 (otherwise): per 32 inputs 16 bytes, byte ``j`` = ``q[j] | q[j + 16] << 4``, so one 16-byte
+      load widens to inputs 0..15 (low nibbles) and 16..31 (high nibbles).
+    ``in`` must be a multiple of 32 (every supported group size is).
+    """
+    out_f, in_f = q.shape
+    if in_f % 32:
+        raise ValueError(f"repack_int4 needs in_features divisible by 32, got {in_f}")
+    q = q.to(torch.uint8)
+    if int4_layout(in_f) == 128:
+        t = q.reshape(out_f, in_f // 128, 4, 2, 16)  # [superblock, byte m of a word, nibble half, word j]
+        return (t[:, :, :, 0] | (t[:, :, :, 1] << 4)).transpose(2, 3).reshape(out_f, in_f // 2).contiguous()
+    b = q.reshape(out_f, in_f // 32, 2, 16)
+    return (b[:, :, 0] | (b[:, :, 1] << 4)).reshape(out_f, in_f // 2).contiguous()
+
+
+def int4_layout(in_features: int) -> int:
+    """Inputs per layout block the int4 kernel uses for rows of ``in_features``: 128 or 32."""
+    return _load().int4_layout(in_features)
