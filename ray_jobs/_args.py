@@ -25,9 +25,12 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 def parse_job_args(cls: type[T], stage: str, argv: list[str] | None, description: str,
-                   default_preset: str | None = "tiny") -> T:
-    """Parse ``--config`` and overrides into a validated ``cls``; ``--help`` lists every field."""
-    parser = argparse.ArgumentParser(prog=f"python -m ray_jobs.{stage}", description=description,
+                   default_preset: str | None = "tiny", module: str | None = None) -> T:
+    """Parse ``--config`` and overrides into a validated ``cls``; ``--help`` lists every field.
+
+    ``module``: the entry point's module name when it differs from the stage's (``evaluate`` for ``eval``).
+    """
+    parser = argparse.ArgumentParser(prog=f"python -m ray_jobs.{module or stage}", description=description,
                                      epilog="config keys:\n" + describe(cls),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=default_preset, help="preset name under configs/<stage>/ or a YAML path")

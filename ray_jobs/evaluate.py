@@ -28,7 +28,7 @@ def parse(argv: list[str]):
     target = rest.pop(0) if rest and "=" not in rest[0] and not rest[0].startswith("-") else None
     if target and target != "all":
         rest.append(f"artifact={target}")
-    return parse_job_args(EvalConfig, "eval", rest, __doc__.splitlines()[0])
+    return parse_job_args(EvalConfig, "eval", rest, __doc__.splitlines()[0], module="evaluate")
 
 
 def main(argv: list[str] | None = None) -> int:
