@@ -18,8 +18,8 @@ Then it registers the report artifact ``<stage>`` (``quantize.md`` / ``.json``, 
 """
 from __future__ import annotations
 
-import json
 import math
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -76,17 +76,22 @@ def quality(logits_fn: LogitsFn, windows: list[list[int]], reference_top1: list[
 
 
 # ---------------------------------------------------------------- variants
-def gguf_variant(variant: str, parent_dir: Path, out_dir: Path, f16_cache: dict) -> Path:
-    """The GGUF file of ``variant`` (``gguf-f16``, ``gguf-q8_0``, ...) written into ``out_dir``."""
+def gguf_variant(variant: str, parent_dir: Path, out_dir: Path, scratch: Path) -> Path:
+    """The GGUF file of ``variant`` (``gguf-f16``, ``gguf-q8_0``, ...) written into ``out_dir``.
+
+    Quantized types are made by llama.cpp from one F32 export kept in ``scratch`` (a temporary
+    directory of the stage, so no stray file is left in the run) and shared by every type.
+    """
     from shared.quant.gguf_export import export_gguf
     from shared.quant.llama_cpp import quantize_gguf
     qtype = variant.split("-", 1)[1]
     target = out_dir / f"model-{qtype}.gguf"
     if qtype in ("f32", "f16"):
         return export_gguf(parent_dir, target, dtype=qtype)
-    if "f16" not in f16_cache:  # llama.cpp quantizes from a 16/32-bit file; one export serves every type
-        f16_cache["f16"] = export_gguf(parent_dir, out_dir.parent / "model-f16.source.gguf", dtype="f32")
-    return quantize_gguf(f16_cache["f16"], target, qtype)
+    source = scratch / "source-f32.gguf"
+    if not source.exists():
+        export_gguf(parent_dir, source, dtype="f32")
+    return quantize_gguf(source, target, qtype)
 
 
 def engine_model(variant: str, gpt, cfg: QuantizeConfig, out_dir: Path | None, parent_dir: Path):
@@ -172,14 +177,14 @@ def run_quantize(cfg: QuantizeConfig):
                                     **hf_single(hf, prompt, cfg.new_tokens, cfg.repeats)[0],
                                     "loss": reference["loss"], "ppl": reference["ppl"], "top1_agreement": 1.0}
         del hf
-    f16_cache: dict = {}
+    scratch = tempfile.TemporaryDirectory(prefix="quantize-")
     for variant in cfg.variants:
         print(f"quantize: {variant}", flush=True)
         if variant in GGUF_VARIANTS:
             from shared.quant.llama_cpp import llama_logits, load_llama
             stage = f"{cfg.stage}-{variant}"
             out_dir = registry.stage_dir(cfg.run, stage, overwrite=cfg.overwrite)
-            path = gguf_variant(variant, parent.dir, out_dir, f16_cache)
+            path = gguf_variant(variant, parent.dir, out_dir, Path(scratch.name))
             llama = load_llama(path, n_threads=cfg.threads, logits_all=True)
             q = quality(lambda ids: torch.from_numpy(llama_logits(llama, ids)), windows, reference["top1"])
             speed = llama_speed(llama, prompt, cfg)
@@ -209,6 +214,7 @@ def run_quantize(cfg: QuantizeConfig):
             metrics = {k: row[k] for k in ("bytes", "ppl", "ppl_delta", "top1_agreement", "decode_tokens_per_s")}
             variant_artifacts.append(registry.register(cfg.run, f"{cfg.stage}-{variant}", kind, parents=[parent.id],
                                                        config={**to_dict(cfg), "variant": variant}, metrics=metrics))
+    scratch.cleanup()
     result = {"parent": parent.id, "quality_text": cfg.quality_text,
               "reference": {"loss": reference["loss"], "ppl": reference["ppl"]},
               "prompt_tokens": len(prompt), "new_tokens": cfg.new_tokens, "threads": cfg.threads, "rows": rows,
@@ -220,6 +226,3 @@ def run_quantize(cfg: QuantizeConfig):
     return registry.register(cfg.run, cfg.stage, "report", parents=[parent.id] + [a.id for a in variant_artifacts],
                              config=to_dict(cfg), metrics=headline, timings={"quantize": time.perf_counter() - t0})
 
-
-def save_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=1, default=str) + "\n")
