@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,32 +54,45 @@ def _windows(ids: list[int], width: int, max_tokens: int) -> list[list[int]]:
     return [ids[i:i + width + 1] for i in range(0, len(ids) - 1, width) if len(ids[i:i + width + 1]) > 1]
 
 
-def text_loss(model, tokenizer, text: str, max_tokens: int, batch_size: int = 8) -> dict[str, float]:
-    """Mean cross-entropy of ``model`` over the first ``max_tokens`` tokens of ``text``."""
+WindowScorer = Callable[[list[list[int]]], list["torch.Tensor"]]  # windows -> logits [len(w), vocab] each
+
+
+def hf_scorer(model, batch_size: int = 8) -> WindowScorer:
+    """Logits of an HF causal LM for each window, ``batch_size`` windows per forward (right-padded, masked)."""
     import torch
-    from shared.eval.generate import context_length
-    eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    ids = tokenizer(text, add_special_tokens=False).input_ids
-    if isinstance(eot, int) and eot != tokenizer.unk_token_id:
-        ids = [eot] + ids  # the document boundary the model saw in pretraining
-    windows = _windows(ids, context_length(model), max_tokens)
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    with torch.inference_mode():
+
+    def score(windows: list[list[int]]) -> list[torch.Tensor]:
+        device = next(model.parameters()).device
+        out = []
         for start in range(0, len(windows), batch_size):
             batch = windows[start:start + batch_size]
             width = max(len(w) for w in batch)
             x = torch.zeros(len(batch), width, dtype=torch.long)
-            mask = torch.zeros(len(batch), width, dtype=torch.bool)
+            mask = torch.zeros(len(batch), width, dtype=torch.long)
             for row, w in enumerate(batch):
                 x[row, :len(w)] = torch.tensor(w)
-                mask[row, :len(w)] = True
-            x, mask = x.to(device), mask.to(device)
-            logits = model(x[:, :-1], attention_mask=mask[:, :-1].long()).logits.float()
-            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")
-            target_mask = mask[:, 1:]
-            total += float(nll[target_mask].sum())
-            count += int(target_mask.sum())
+                mask[row, :len(w)] = 1
+            logits = model(x.to(device), attention_mask=mask.to(device)).logits.float().cpu()
+            out.extend(logits[row, :len(w)] for row, w in enumerate(batch))
+        return out
+    return score
+
+
+def text_loss(score: WindowScorer, context: int, tokenizer, text: str, max_tokens: int) -> dict[str, float]:
+    """Mean cross-entropy over the first ``max_tokens`` tokens of ``text``, in windows of ``context`` tokens
+    scored by ``score`` (``hf_scorer`` for an HF model; our engine or llama.cpp for quantized variants)."""
+    import torch
+    eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    if isinstance(eot, int) and eot != tokenizer.unk_token_id:
+        ids = [eot] + ids  # the document boundary the model saw in pretraining
+    windows = _windows(ids, context, max_tokens)
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for window, logits in zip(windows, score([w[:-1] for w in windows]), strict=True):
+            target = torch.tensor(window[1:])
+            total += float(torch.nn.functional.cross_entropy(logits.float(), target, reduction="sum"))
+            count += len(target)
     scored_text = tokenizer.decode([t for w in windows for t in w[1:]], skip_special_tokens=False)
     n_bytes = max(1, len(scored_text.encode("utf-8")))
     loss = total / max(count, 1)
@@ -91,44 +104,21 @@ def heldout_perplexity(model_path: str | Path, sets: Mapping[str, str] | None = 
     """``{<set>_loss, <set>_ppl, <set>_bpb}`` for each held-out set (see the module docstring)."""
     from shared.eval.checkpoint import require_causal_lm
     from shared.eval.engine_backend import engine_context, engine_sequence_logits, engine_tokenizer, is_quantized
-    from shared.eval.generate import load_chat_model
+    from shared.eval.generate import context_length, load_chat_model
     require_causal_lm(model_path)
-    if is_quantized(model_path):  # no HF weights: the engine computes the same logits
-        model = EngineLogits(lambda ids: engine_sequence_logits(model_path, ids), engine_context(model_path))
-        tokenizer = engine_tokenizer(model_path)
+    if is_quantized(model_path):  # no HF weights: our engine or llama.cpp computes the logits
+        def score(windows):
+            return [engine_sequence_logits(model_path, w) for w in windows]
+        context, tokenizer = engine_context(model_path), engine_tokenizer(model_path)
     else:
         model, tokenizer = load_chat_model(str(model_path), device)
+        score, context = hf_scorer(model, batch_size), context_length(model)
     out: dict[str, float] = {}
     # ~6 bytes per token leaves room: the text is cut to max_tokens after tokenization anyway.
     for name, source in (sets or DEFAULT_SETS).items():
-        result = text_loss(model, tokenizer, heldout_text(source, max_tokens * 6), max_tokens, batch_size)
+        result = text_loss(score, context, tokenizer, heldout_text(source, max_tokens * 6), max_tokens)
         out.update({f"{name}_{k}": v for k, v in result.items() if k != "tokens"})
     return out
-
-
-class EngineLogits:
-    """Just enough of an HF causal LM for ``text_loss``: ``config``, ``parameters()`` and ``model(x).logits``,
-    computed row by row by ``logits_fn`` (an engine model scoring one sequence at a time)."""
-
-    def __init__(self, logits_fn, context: int):
-        import torch
-        from types import SimpleNamespace
-        self.logits_fn = logits_fn
-        self.config = SimpleNamespace(n_positions=context)
-        self._param = torch.zeros(1)
-
-    def parameters(self):
-        return iter([self._param])
-
-    def __call__(self, x, attention_mask=None):
-        import torch
-        rows = []
-        for row, mask in zip(x, attention_mask if attention_mask is not None else torch.ones_like(x)):
-            n = int(mask.sum())
-            logits = self.logits_fn(row[:n].tolist())
-            pad = torch.zeros(x.shape[1] - n, logits.shape[-1])
-            rows.append(torch.cat([logits, pad]))
-        return type("Output", (), {"logits": torch.stack(rows)})()
 
 
 # Which logged keys are curves worth drawing, per stage kind of log.

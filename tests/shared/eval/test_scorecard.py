@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from shared.eval.checkpoint import EvalError, require_causal_lm
-from shared.eval.perplexity import _windows, logged_curves, text_loss
+from shared.eval.perplexity import _windows, hf_scorer, logged_curves, text_loss
 from shared.eval.scorecard import build_scorecard, scorecard_markdown, split_tasks
 
 
@@ -38,7 +38,7 @@ def test_windows_score_every_token_after_the_first_exactly_once():
 def test_text_loss_equals_the_mean_cross_entropy_computed_by_hand(tiny_lm):
     model, tok, _ = tiny_lm
     text = "def add(a, b):\n    return a + b\n" * 3  # longer than the 16-token context: several windows
-    result = text_loss(model, tok, text, max_tokens=10_000, batch_size=2)
+    result = text_loss(hf_scorer(model, batch_size=2), 16, tok, text, max_tokens=10_000)
     ids = [tok.convert_tokens_to_ids("<|endoftext|>")] + tok(text).input_ids
     nll = []
     with torch.no_grad():  # one window at a time, no padding, no batching
