@@ -14,6 +14,7 @@
     journey rl [--config P] [k=v]               GRPO / RLOO against the reward model (ray_jobs.rl)
     journey quantize [--config P] [k=v]         INT8/INT4 (engine), GGUF F16/Q8_0/Q4_0 (llama.cpp), compared (ray_jobs.quantize)
     journey eval all|ARTIFACT [k=v]             scorecard of a run / evaluate one artifact (ray_jobs.evaluate)
+    journey interpret [attention A|induction A|diff A B] [k=v]  attention, induction heads, stage diffs (ray_jobs.interpret)
     journey experiment vocab-size|lr-schedules|finetune-methods [--config P] [k=v]
     journey runs                                list runs
     journey artifacts [RUN]                     list artifacts with their parents
@@ -80,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     if command == "run":
         from ray_jobs import journey
         return journey.main(rest)
-    if command in ("pretrain", "cpt", "import", "finetune", "sft", "prefs", "dpo", "reward", "rl", "quantize", "eval"):
+    if command in ("pretrain", "cpt", "import", "finetune", "sft", "prefs", "dpo", "reward", "rl", "quantize", "eval",
+                   "interpret"):
         import importlib
         module_name = {"import": "import_ckpt", "eval": "evaluate"}.get(command, command)
         module = importlib.import_module(f"ray_jobs.{module_name}")

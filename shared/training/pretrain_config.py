@@ -72,6 +72,9 @@ class PretrainConfig:
     eval_every: int = help_field(100, "evaluate every N steps (and at step 0 and the end)")
     eval_batches: int = help_field(8, "batches per validation estimate")
     ckpt_every: int = help_field(200, "report a Ray Train checkpoint every N steps")
+    snapshot_every: int = help_field(0, "also save the weights as an HF checkpoint (no tokenizer) under "
+                                     "<artifact>/snapshots/step_<N>/ at step 0 and every N steps (0 = off); "
+                                     "the interpret stage reads them to show when induction heads form")
     log_every: int = help_field(10, "log train loss / tokens/s every N steps")
     max_failures: int = help_field(2, "Ray Train restarts from the last checkpoint after a worker failure")
     seed: int = help_field(1337, "seed of init and batch sampling")
@@ -94,3 +97,5 @@ class PretrainConfig:
         if not 0 < self.data.val_fraction < 1:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.data.val_fraction}")
         require_positive(self, ("eval_every", "ckpt_every", "log_every", "eval_batches"))
+        if self.snapshot_every < 0:
+            raise ConfigError(f"snapshot_every must be >= 0 (0 = no snapshots), got {self.snapshot_every}")

@@ -10,6 +10,9 @@ Contract of ``train_loop_per_worker(spec)``:
   model, optimizer, step and metric history; other ranks report the same metrics without one
   (Ray Train v2 wants every rank to call ``report``).
 - Validation runs at step 0, every ``eval_every`` steps and at the end, on every named val set.
+- With ``snapshot_every`` set, rank 0 also saves the weights as an HF checkpoint under
+  ``snapshot_dir/step_<N>/`` at step 0 and every ``snapshot_every`` steps before the last (a resumed
+  run rewrites the ones it repeats), for looking at how the model changed during training (``shared.interp``).
 
 It does not write artifacts: the driver turns the final checkpoint into an HF artifact.
 """
@@ -46,6 +49,7 @@ class TrainSpec:
     val_dirs: dict[str, str] = field(default_factory=dict)  # name -> shard dir (its 'val' split)
     init_state: str | None = None  # state dict to start from (continued pretraining)
     fail_marker: str | None = None  # testing hook: file created when the injected failure fired
+    snapshot_dir: str | None = None  # where rank 0 writes the ``snapshot_every`` HF snapshots
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,6 +131,14 @@ def _report(metrics: dict[str, Any], model, opt, step: int, history: list, rank:
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
+def _maybe_snapshot(spec: TrainSpec, model: GPT, step: int, rank: int) -> None:
+    every = spec.config.get("snapshot_every") or 0
+    if rank != 0 or not every or not spec.snapshot_dir or step % every:
+        return
+    from shared.model.hf import save_hf_checkpoint
+    save_hf_checkpoint(model, Path(spec.snapshot_dir) / f"step_{step:06d}")
+
+
 def _maybe_fail(spec: TrainSpec, step: int, rank: int) -> None:
     at = spec.config.get("fail_at_step")
     if at is None or step != at or rank != 0 or not spec.fail_marker:
@@ -170,6 +182,7 @@ def train_loop_per_worker(spec_dict: dict[str, Any]) -> None:
     if start == 0:
         metrics = {"step": 0, "tokens": 0, **evaluate(model, val_sets, cfg["eval_batches"], B, T, precision, device)}
         history.append(metrics)
+        _maybe_snapshot(spec, model, 0, rank)
     progress = _progress(rank, start, o["max_steps"])
     t0, window_tokens = time.perf_counter(), 0
     for step in range(start, o["max_steps"]):
@@ -180,6 +193,8 @@ def train_loop_per_worker(spec_dict: dict[str, Any]) -> None:
         done = step + 1
         window_tokens += tokens_per_step
         _maybe_fail(spec, done, rank)
+        if done < o["max_steps"]:  # the final weights are the artifact itself
+            _maybe_snapshot(spec, model, done, rank)
         metrics = {"step": done, "tokens": done * tokens_per_step, "train_loss": loss, "lr": lr}
         if done % cfg["log_every"] == 0 or done == o["max_steps"]:
             dt = time.perf_counter() - t0

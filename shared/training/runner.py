@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -114,8 +115,10 @@ def run_pretraining(cfg: PretrainConfig) -> Artifact:
         init_state = str(out_dir / "_init_state.pt")
         torch.save(init_model.state_dict(), init_state)
     storage = registry.root / cfg.run / "_ray"
+    shutil.rmtree(out_dir / "snapshots", ignore_errors=True)  # an overwritten stage's old snapshots would mislead
     spec = TrainSpec(config=to_dict(cfg), model=asdict(model_cfg), train_dir=str(train.out_dir), val_dirs=val_dirs,
-                     init_state=init_state, fail_marker=str(out_dir / "_failed_once"))
+                     init_state=init_state, fail_marker=str(out_dir / "_failed_once"),
+                     snapshot_dir=str(out_dir / "snapshots") if cfg.snapshot_every else None)
     result = _fit(spec, cfg, storage)
     t_train = time.perf_counter() - t_start - t_data
     if result.checkpoint is None:

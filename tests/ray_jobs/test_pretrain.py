@@ -29,6 +29,10 @@ def test_pretrain_registers_hf_checkpoint_and_loss_falls(smoke_tokenizer, ray_se
     ids = torch.tensor([tok.encode("def f(x): return x")])
     assert model(ids).logits.shape == (1, ids.shape[1], model.config.vocab_size)
     assert art.config["optim"]["max_steps"] == 40 and art.data_fingerprint
+    # snapshot_every=10 (smoke preset): HF snapshots before the last step, for the interpret stage
+    snaps = sorted(p.name for p in (art.dir / "snapshots").iterdir())
+    assert snaps == ["step_000000", "step_000010", "step_000020", "step_000030"]
+    assert AutoModelForCausalLM.from_pretrained(art.dir / "snapshots" / "step_000010").config.n_layer == 2
 
 
 def test_ddp_two_workers_loss_falls(smoke_tokenizer, ray_session, pretrain_config):
