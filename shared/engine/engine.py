@@ -195,6 +195,10 @@ class Engine:
                               f"{self.config.max_seq_len}); shorten the prompt (drop the oldest turns)")
         return ids
 
+    def is_running(self, request_id: str) -> bool:
+        """True while ``request_id`` is queued or generating."""
+        return str(request_id) in self._requests
+
     def abort(self, request_id: str) -> None:
         """Finish a queued or running request now (finish_reason "abort"); unknown ids are an error."""
         req = self._requests.pop(str(request_id), None)

@@ -94,6 +94,22 @@ class RequestMetrics:
         return {k: getattr(self, k) for k in keys}
 
 
+def parse_tool_call(raw: str) -> tuple[dict | None, str | None]:
+    """``(call, None)`` for the JSON between ``<|tool_call|>`` and ``<|end|>``, else ``(None, what is wrong)``.
+
+    ``raw`` may still start with the ``<|tool_call|>`` marker and end with ``<|end|>`` (both dropped).
+    """
+    raw = raw.removeprefix("<|tool_call|>").removesuffix("<|end|>")
+    try:
+        call = json.loads(raw)
+    except json.JSONDecodeError as e:
+        return None, f"the tool call is not valid JSON ({e.msg} at char {e.pos}): {raw[:200]!r}"
+    if not (isinstance(call, dict) and isinstance(call.get("name"), str)
+            and isinstance(call.get("arguments", {}), dict)):
+        return None, f'a tool call must be {{"name": str, "arguments": object}}, got {raw[:200]!r}'
+    return {"name": call["name"], "arguments": call.get("arguments", {})}, None
+
+
 def _rate(count: int, seconds: float | None) -> float | None:
     return count / seconds if seconds else None
 
@@ -219,17 +235,7 @@ class Request:
         return text, None
 
     def _parse_tool_call(self) -> None:
-        raw = self.tool_call_text or ""
-        try:
-            call = json.loads(raw)
-        except json.JSONDecodeError as e:
-            self.tool_call_error = f"the tool call is not valid JSON ({e.msg} at char {e.pos}): {raw[:200]!r}"
-            return
-        if not (isinstance(call, dict) and isinstance(call.get("name"), str)
-                and isinstance(call.get("arguments", {}), dict)):
-            self.tool_call_error = f'a tool call must be {{"name": str, "arguments": object}}, got {raw[:200]!r}'
-            return
-        self.tool_call = {"name": call["name"], "arguments": call.get("arguments", {})}
+        self.tool_call, self.tool_call_error = parse_tool_call(self.tool_call_text or "")
 
     @property
     def tool_call_text(self) -> str | None:

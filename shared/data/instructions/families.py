@@ -217,11 +217,26 @@ def _expression(rng: random.Random) -> tuple[str, int]:
     return f"{a} {op} {b}", {"+": a + b, "-": a - b, "*": a * b}[op]
 
 
+# A product beyond the times table (the arithmetic family's mul stops at 20 x 12), asked plainly, is
+# also the calculator's job: the model learns to reach for the tool instead of guessing digits.
+IMPLICIT_CALC_TEMPLATES = ("What is {e}?", "{e} = ?", "Calculate {e}.", "what is {e}")
+
+
+def _implicit_product(rng: random.Random) -> tuple[str, int]:
+    a, b = rng.randint(13, 99), rng.randint(13, 99)
+    return (f"{a} * {b}" if rng.random() < 0.5 else f"{a}*{b}"), a * b
+
+
 def _calc(rng: random.Random, full: bool) -> dict:
-    expression, value = _expression(rng)
-    k, question = phrase(rng, CALC_TEMPLATES, e=expression)
+    if rng.random() < 0.3:
+        expression, value = _implicit_product(rng)
+        k, question = phrase(rng, IMPLICIT_CALC_TEMPLATES, e=expression)
+        k += len(CALC_TEMPLATES)
+    else:
+        expression, value = _expression(rng)
+        k, question = phrase(rng, CALC_TEMPLATES, e=expression)
     turns = [user(question), call("calculator", expression=expression)]
-    example_id = f"tool:calc{'_full' if full else ''}:{expression.replace(' ', '')}:t{k}"
+    example_id = f"tool:calc{'_full' if full else ''}:{expression}:t{k}"
     if not full:
         return sft_example(example_id, "tool", turns, "tool_call", tool_call_json(turns[-1]["tool_call"]))
     turns += [tool(str(value)), assistant(str(value))]

@@ -1,0 +1,1 @@
+"""The retriever service: semantic search over an index artifact (embeddings + Qdrant)."""

@@ -1,0 +1,256 @@
+"""Serving one model artifact to many concurrent asyncio callers: the generator service's core.
+
+``load_backend(path)`` picks the runtime by what the artifact holds: an HF checkpoint or a quantized
+checkpoint (``quantization.json``) runs on our ``Engine`` (continuous batching, KV cache); a GGUF
+file runs on llama.cpp. Both give the same contract:
+
+- ``await backend.stream(messages, params)`` is an async iterator of ``GenerationEvent``: ``token``
+  events as the text grows, then one ``done`` event with the finish reason, the tool call when the
+  model made one (``finish_reason == "tool_call"``), token counts and the request's metrics (TTFT,
+  TPOT, decode tokens/s). A caller that stops iterating (a client gone) aborts its request.
+- The conversation is fitted to the context first (``fit_messages``): the oldest turns after the
+  system message are dropped until the prompt plus ``max_tokens`` fits. A last user turn that cannot
+  fit on its own is a ``ServingError`` with status 400 (the request's fault, not ours).
+
+``EngineBackend`` runs ``Engine.step`` on one dedicated thread (the engine is single-threaded by
+contract); callers on any event loop hand it submissions and aborts through a queue and get their
+deltas back with ``call_soon_threadsafe``, so concurrent requests share every forward pass.
+``LlamaCppBackend`` generates one request at a time (llama-cpp-python has no batching API), in a
+worker thread. Not here: HTTP, Ray Serve and metrics export (``services/generator``).
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shared.engine.engine import Engine
+from shared.engine.errors import EngineError
+from shared.engine.params import EngineConfig, SamplingParams
+from shared.tokenizer.chat import render_chat
+
+
+class ServingError(RuntimeError):
+    """A request that cannot be served; ``status`` is the HTTP status it maps to."""
+
+    def __init__(self, message: str, status: int = 500):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class GenerationEvent:
+    """One event of a generation: ``kind`` is ``token`` (``text`` is new) or ``done`` (the summary)."""
+    kind: str
+    text: str = ""
+    finish_reason: str | None = None
+    tool_call: dict | None = None
+    tool_call_error: str | None = None
+    tool_call_text: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def fit_messages(messages: Sequence[dict], count_tokens: Callable[[str], int], context: int,
+                 max_tokens: int) -> tuple[list[dict], int]:
+    """``(messages, prompt_tokens)`` with the oldest turns dropped so prompt + ``max_tokens`` fits ``context``.
+
+    Keeps a leading system message and always the last message; drops whole turns from the front.
+    """
+    if max_tokens >= context:
+        raise ServingError(f"max_tokens={max_tokens} leaves no room for a prompt in this model's context of "
+                           f"{context} tokens; ask for at most {context - 16}", status=400)
+    messages = [dict(m) for m in messages]
+    head = messages[:1] if messages and messages[0].get("role") == "system" else []
+    body = messages[len(head):]
+    while True:
+        n = count_tokens(render_chat(head + body, add_generation_prompt=True))
+        if n + max_tokens <= context:
+            return head + body, n
+        if len(body) <= 1:
+            raise ServingError(f"the last message is {n} tokens with the system prompt; with max_tokens="
+                               f"{max_tokens} that exceeds the model's context of {context} tokens: shorten the "
+                               "message or lower max_tokens", status=400)
+        body = body[1:]
+
+
+def _metrics(output) -> dict[str, Any]:
+    out = {k: v for k, v in output.metrics.as_dict().items() if v is not None}
+    out["completion_tokens"] = len(output.token_ids)
+    out["prompt_tokens"] = len(output.prompt_token_ids)
+    return out
+
+
+class EngineBackend:
+    """Our engine behind a stepping thread (see the module docstring)."""
+
+    runtime = "engine"
+
+    def __init__(self, engine: Engine, name: str = ""):
+        self.engine, self.name = engine, name
+        self.tokenizer = engine.tokenizer
+        self.context = engine.max_seq_len
+        self._inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._closed = False
+        self._ids = itertools.count()
+        self._active = 0
+        self._thread = threading.Thread(target=self._loop, name=f"engine-{name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def active_requests(self) -> int:
+        return self._active
+
+    def _loop(self) -> None:
+        while not self._closed:
+            while True:
+                try:
+                    self._inbox.get_nowait()()
+                except queue.Empty:
+                    break
+            if self.engine.has_unfinished:
+                self.engine.step()
+            else:
+                self._wake.wait(0.05)
+                self._wake.clear()
+
+    def _call(self, fn: Callable[[], None]) -> None:
+        self._inbox.put(fn)
+        self._wake.set()
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    async def stream(self, messages: Sequence[dict], params: SamplingParams) -> AsyncIterator[GenerationEvent]:
+        if self._closed:
+            raise ServingError("this model is unloaded", status=503)
+        fitted, _ = fit_messages(messages, self.count_tokens, self.context, params.max_tokens)
+        loop = asyncio.get_running_loop()
+        deltas: asyncio.Queue = asyncio.Queue()
+        submitted: asyncio.Future = loop.create_future()
+        request_id = f"{self.name}-{next(self._ids)}"
+
+        def submit() -> None:
+            try:
+                handle = self.engine.submit_chat(
+                    fitted, params, request_id=request_id,
+                    on_delta=lambda d: loop.call_soon_threadsafe(deltas.put_nowait, d))
+                loop.call_soon_threadsafe(submitted.set_result, handle)
+            except Exception as exc:  # noqa: BLE001 - handed to the caller, who owns the error
+                loop.call_soon_threadsafe(submitted.set_exception, exc)
+
+        self._call(submit)
+        try:
+            handle = await submitted
+        except EngineError as exc:
+            raise ServingError(str(exc), status=400) from None
+        self._active += 1
+        finished = False
+        try:
+            while True:
+                delta = await deltas.get()
+                if delta.text:
+                    yield GenerationEvent("token", delta.text)
+                if delta.finished:
+                    finished = True
+                    output = handle.result()
+                    yield GenerationEvent("done", output.text, output.finish_reason, output.tool_call,
+                                          output.tool_call_error, output.tool_call_text, _metrics(output))
+                    return
+        finally:
+            self._active -= 1
+            if not finished:  # the caller went away: free the slot for others
+                self._call(lambda: self.engine.is_running(request_id) and self.engine.abort(request_id))
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        self._thread.join(timeout=5)
+
+
+class LlamaCppBackend:
+    """A GGUF file run by llama.cpp, one request at a time (see the module docstring)."""
+
+    runtime = "llama.cpp"
+
+    def __init__(self, gguf: Path, name: str = ""):
+        from shared.quant.llama_cpp import context_limit, load_llama
+        from shared.tokenizer.gguf_vocab import hf_tokenizer_from_gguf
+        self.name, self.path = name, gguf
+        self.llama = load_llama(gguf)
+        self.tokenizer = hf_tokenizer_from_gguf(gguf)
+        self.context = context_limit(self.llama)
+        self._lock = asyncio.Lock()
+        self._active = 0
+
+    @property
+    def active_requests(self) -> int:
+        return self._active
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    async def stream(self, messages: Sequence[dict], params: SamplingParams) -> AsyncIterator[GenerationEvent]:
+        from shared.engine.request import parse_tool_call
+        from shared.quant.llama_cpp import llama_generate
+        fitted, n_prompt = fit_messages(messages, self.count_tokens, self.context, params.max_tokens)
+        ids = self.tokenizer.encode(render_chat(fitted, add_generation_prompt=True), add_special_tokens=False)
+        self._active += 1
+        try:
+            async with self._lock:  # one llama context: one request at a time
+                start = time.perf_counter()
+                gen = await asyncio.to_thread(llama_generate, self.llama, ids, max_new_tokens=params.max_tokens,
+                                              temperature=params.temperature, seed=params.seed or 0)
+        finally:
+            self._active -= 1
+        text, reason = gen.text, "length"
+        for stop in ("<|end|>", "<|endoftext|>"):
+            if stop in text:
+                text, reason = text.split(stop, 1)[0], "stop"
+        call_text = gen.text.split("<|end|>", 1)[0].removeprefix("<|tool_call|>") \
+            if text.startswith("<|tool_call|>") else None
+        call, error = parse_tool_call(call_text) if call_text is not None else (None, None)
+        if call_text is not None:
+            reason, text = "tool_call", ""
+        if text:
+            yield GenerationEvent("token", text)
+        yield GenerationEvent("done", text, reason, call, error, call_text, {
+            "prompt_tokens": n_prompt, "completion_tokens": len(gen.token_ids),
+            "ttft_s": gen.prefill_ms / 1000.0, "decode_tokens_per_s": gen.decode_tokens_per_s,
+            "prefill_tokens_per_s": gen.prefill_tokens_per_s, "wall_s": time.perf_counter() - start})
+
+    def close(self) -> None:
+        self.llama.close()
+
+
+Backend = EngineBackend | LlamaCppBackend
+
+
+def load_backend(path: str | Path, *, name: str = "", max_batch_size: int = 16) -> Backend:
+    """The runtime for an artifact directory: HF or quantized checkpoint -> engine; GGUF -> llama.cpp."""
+    from shared.eval.engine_backend import QUANT_META, gguf_file
+    path = Path(path)
+    if not path.exists():
+        raise ServingError(f"no artifact at {path}: name a registered artifact (`journey artifacts`) or a path",
+                           status=404)
+    gguf = gguf_file(path)
+    if gguf is not None:
+        return LlamaCppBackend(gguf, name=name)
+    config = EngineConfig(max_batch_size=max_batch_size)
+    if (path / QUANT_META).is_file():
+        from shared.quant.quantized_checkpoint import load_quantized_engine
+        return EngineBackend(load_quantized_engine(path, config), name=name)
+    if (path / "config.json").is_file():
+        return EngineBackend(Engine.from_checkpoint(path, config), name=name)
+    raise ServingError(f"{path} holds no model the generator can run (config.json + weights, quantization.json, "
+                       "or a .gguf file); serve a model artifact, not a dataset, index or report", status=400)
