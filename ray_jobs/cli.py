@@ -14,7 +14,11 @@
     journey rl [--config P] [k=v]               GRPO / RLOO against the reward model (ray_jobs.rl)
     journey quantize [--config P] [k=v]         INT8/INT4 (engine), GGUF F16/Q8_0/Q4_0 (llama.cpp), compared (ray_jobs.quantize)
     journey eval all|ARTIFACT [k=v]             scorecard of a run / evaluate one artifact (ray_jobs.evaluate)
+    journey index [--config P] [k=v]            retrieval index: chunk, embed, Qdrant       (ray_jobs.index)
     journey interpret [attention A|induction A|diff A B] [k=v]  attention, induction heads, stage diffs (ray_jobs.interpret)
+    journey up [run=R model=A port=8000 ui_port=7860 ...]  Redis + Ray Serve app + web chat  (services.stack)
+    journey chat [model=A]                      terminal chat with the running gateway, over the bus
+    journey down                                stop what `journey up` started
     journey experiment vocab-size|lr-schedules|finetune-methods [--config P] [k=v]
     journey runs                                list runs
     journey artifacts [RUN]                     list artifacts with their parents
@@ -82,11 +86,15 @@ def main(argv: list[str] | None = None) -> int:
         from ray_jobs import journey
         return journey.main(rest)
     if command in ("pretrain", "cpt", "import", "finetune", "sft", "prefs", "dpo", "reward", "rl", "quantize", "eval",
-                   "interpret"):
+                   "index", "interpret"):
         import importlib
         module_name = {"import": "import_ckpt", "eval": "evaluate"}.get(command, command)
         module = importlib.import_module(f"ray_jobs.{module_name}")
         return module.main(rest)
+    if command in ("up", "down", "chat"):
+        # The CLI is the one front door, so it reaches the serving stack too (ray_jobs themselves never do).
+        from services import stack
+        return stack.main([command, *rest])
     handlers = {"tokenizer": _tokenizer, "experiment": _experiment, "runs": _runs, "artifacts": _artifacts}
     if command not in handlers:
         print(f"journey: error: unknown command {command!r}; see `journey --help`", file=sys.stderr)

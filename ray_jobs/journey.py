@@ -23,8 +23,10 @@ from ray_jobs._args import run_main
 from shared.config import ConfigError, help_field, load_config, parse_overrides
 from shared.registry import Registry
 
-STAGES = ("tokenizer", "pretrain", "cpt", "sft", "prefs", "dpo", "reward", "rl", "quantize", "eval")
-DEFAULT_STAGES = ("tokenizer", "pretrain", "cpt", "sft", "prefs", "dpo", "quantize", "eval")  # reward, rl optional
+STAGES = ("tokenizer", "pretrain", "cpt", "sft", "prefs", "dpo", "reward", "rl", "quantize", "index", "eval",
+          "interpret")
+DEFAULT_STAGES = ("tokenizer", "pretrain", "cpt", "sft", "prefs", "dpo", "quantize", "index", "eval",
+                  "interpret")  # reward, rl optional
 
 
 @dataclass
@@ -42,7 +44,9 @@ class JourneyConfig:
     reward: dict = help_field({}, "overrides for the reward-model stage")
     rl: dict = help_field({}, "overrides for the RL stage")
     quantize: dict = help_field({}, "overrides for the quantize stage, e.g. quantize.variants=[int8,gguf-q8_0]")
+    index: dict = help_field({}, "overrides for the retrieval-index stage, e.g. index.max_docs=50")
     eval: dict = help_field({}, "overrides for the scorecard stage, e.g. eval.suite_limit=100")
+    interpret: dict = help_field({}, "overrides for the interpretability stage, e.g. interpret.induction_length=40")
 
     def validate(self) -> None:
         unknown = [s for s in self.stages if s not in STAGES]
@@ -54,12 +58,14 @@ def _config_class(stage: str) -> type:
     from shared.tokenizer.tokenizer_config import TokenizerConfig
     from shared.training import posttrain_config as post
     from shared.eval.eval_config import EvalConfig
+    from shared.interp.interpret_config import InterpretConfig
     from shared.quant.quantize_config import QuantizeConfig
+    from shared.rag.index_config import IndexConfig
     from shared.training.pretrain_config import PretrainConfig
     return {"tokenizer": TokenizerConfig, "pretrain": PretrainConfig, "cpt": PretrainConfig,
             "sft": post.SFTJobConfig, "prefs": post.PrefsJobConfig, "dpo": post.DPOJobConfig,
             "reward": post.RewardJobConfig, "rl": post.RLJobConfig, "quantize": QuantizeConfig,
-            "eval": EvalConfig}[stage]
+            "index": IndexConfig, "eval": EvalConfig, "interpret": InterpretConfig}[stage]
 
 
 def _stage_runner(stage: str):
@@ -71,7 +77,8 @@ def _stage_runner(stage: str):
                   "sft": ("shared.training.sft", "run_sft"), "prefs": ("shared.training.prefs", "run_prefs"),
                   "dpo": ("shared.training.dpo", "run_dpo"), "reward": ("shared.training.reward", "run_reward"),
                   "rl": ("shared.training.rl", "run_rl"), "quantize": ("shared.quant.stage", "run_quantize"),
-                  "eval": ("shared.eval.scorecard", "run_eval")}[stage]
+                  "index": ("shared.rag.stage", "run_index"), "eval": ("shared.eval.scorecard", "run_eval"),
+                  "interpret": ("shared.interp.stage", "run_interpret")}[stage]
     return getattr(importlib.import_module(module), fn)
 
 
@@ -94,6 +101,9 @@ HEADLINES = {
             "safety_sft_refusal_rate_harmful", "safety_refusal_rate_harmful"),
     "reward": ("eval_accuracy",),
     "rl": ("heldout_exact_match", "heldout_win_rate_vs_dpo", "safety_refusal_rate_harmful"),
+    "index": ("chunks", "points", "chunks_per_s"),
+    "interpret": ("pretrain/max_induction_score", "pretrain/loss_drop", "induction_formed_at_step",
+                  "sft->dpo/final_cosine"),
     "quantize": ("fp32/decode_tokens_per_s", "int8/decode_tokens_per_s", "int4/decode_tokens_per_s",
                  "gguf-q8_0/decode_tokens_per_s", "gguf-q4_0/decode_tokens_per_s", "int8/ppl_delta", "int4/ppl_delta"),
 }
@@ -108,9 +118,10 @@ def summary(registry: Registry, run: str) -> str:
     """Markdown table of the run's artifacts and their headline metrics."""
     lines = ["| artifact | kind | headline metrics | time (s) |", "|---|---|---|---|"]
     for a in registry.artifacts(run):
-        if a.kind == "report" and a.stage == "eval":
-            lines.append(f"| {a.id} | report | {len(a.parents)} artifacts on the same tasks: {a.stage}/scorecard.md | "
-                         f"{sum(a.timings.values()):.0f} |")
+        if a.kind == "report" and a.stage in ("eval", "interpret"):
+            what = ("artifacts on the same tasks: eval/scorecard.md" if a.stage == "eval"
+                    else "models looked inside: interpret/interpret.md")
+            lines.append(f"| {a.id} | report | {len(a.parents)} {what} | {sum(a.timings.values()):.0f} |")
             continue
         keys = HEADLINES.get(a.stage) or KIND_HEADLINES.get(a.kind, ("val_loss", "eval_loss"))
         cells = ", ".join(f"{k}={a.metrics[k]:.4g}" for k in keys if isinstance(a.metrics.get(k), (int, float)))

@@ -83,15 +83,16 @@ class ModelPool:
                 artifact = self.registry.resolve(model_id)
                 backend = self._loader(Path(artifact.path), name=model_id, max_batch_size=self._max_batch)
                 self._loaded[model_id] = backend
-                self._evict()
             self._loaded.move_to_end(model_id)
+            self._evict(keep=model_id)
             return model_id, backend
 
-    def _evict(self) -> None:
+    def _evict(self, keep: str | None = None) -> None:
+        """Unload least recently used models beyond ``max_loaded``, never the default or ``keep``."""
         for model_id in list(self._loaded):
             if len(self._loaded) <= self.max_loaded:
                 return
-            if model_id != self.default:
+            if model_id not in (self.default, keep):
                 backend = self._loaded.pop(model_id)
                 threading.Thread(target=_close_when_idle, args=(backend,), daemon=True).start()
 

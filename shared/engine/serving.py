@@ -9,8 +9,9 @@ file runs on llama.cpp. Both give the same contract:
   model made one (``finish_reason == "tool_call"``), token counts and the request's metrics (TTFT,
   TPOT, decode tokens/s). A caller that stops iterating (a client gone) aborts its request.
 - The conversation is fitted to the context first (``fit_messages``): the oldest turns after the
-  system message are dropped until the prompt plus ``max_tokens`` fits. A last user turn that cannot
-  fit on its own is a ``ServingError`` with status 400 (the request's fault, not ours).
+  system message are dropped until the prompt fits beside a reply budget, and ``max_tokens`` is cut
+  to the room left. A last user turn that cannot fit on its own is a ``ServingError`` with status
+  400 (the request's fault, not ours).
 
 ``EngineBackend`` runs ``Engine.step`` on one dedicated thread (the engine is single-threaded by
 contract); callers on any event loop hand it submissions and aborts through a queue and get their
@@ -61,25 +62,26 @@ class GenerationEvent:
 
 
 def fit_messages(messages: Sequence[dict], count_tokens: Callable[[str], int], context: int,
-                 max_tokens: int) -> tuple[list[dict], int]:
-    """``(messages, prompt_tokens)`` with the oldest turns dropped so prompt + ``max_tokens`` fits ``context``.
+                 max_tokens: int) -> tuple[list[dict], int, int]:
+    """``(messages, prompt_tokens, max_tokens)`` fitted to a ``context``-token model.
 
-    Keeps a leading system message and always the last message; drops whole turns from the front.
+    The reply keeps a budget of ``min(max_tokens, context // 2)`` tokens; the oldest turns after a
+    leading system message are dropped (whole messages, the last one always kept) until the prompt
+    fits beside it; then ``max_tokens`` is lowered to the room that is left, if it must be. So a small
+    model with a long default ``max_tokens`` still answers, and long histories lose their oldest turns.
     """
-    if max_tokens >= context:
-        raise ServingError(f"max_tokens={max_tokens} leaves no room for a prompt in this model's context of "
-                           f"{context} tokens; ask for at most {context - 16}", status=400)
+    budget = max(1, min(max_tokens, context // 2))
     messages = [dict(m) for m in messages]
     head = messages[:1] if messages and messages[0].get("role") == "system" else []
     body = messages[len(head):]
     while True:
         n = count_tokens(render_chat(head + body, add_generation_prompt=True))
-        if n + max_tokens <= context:
-            return head + body, n
+        if n + budget <= context:
+            return head + body, n, min(max_tokens, context - n)
         if len(body) <= 1:
-            raise ServingError(f"the last message is {n} tokens with the system prompt; with max_tokens="
-                               f"{max_tokens} that exceeds the model's context of {context} tokens: shorten the "
-                               "message or lower max_tokens", status=400)
+            raise ServingError(f"the last message is {n} tokens with the system prompt; this model's context holds "
+                               f"{context} tokens, {budget} of them kept for the reply: shorten the message",
+                               status=400)
         body = body[1:]
 
 
@@ -134,17 +136,22 @@ class EngineBackend:
     async def stream(self, messages: Sequence[dict], params: SamplingParams) -> AsyncIterator[GenerationEvent]:
         if self._closed:
             raise ServingError("this model is unloaded", status=503)
-        fitted, _ = fit_messages(messages, self.count_tokens, self.context, params.max_tokens)
+        fitted, _, max_tokens = fit_messages(messages, self.count_tokens, self.context, params.max_tokens)
+        params = dataclasses.replace(params, max_tokens=max_tokens)
         loop = asyncio.get_running_loop()
         deltas: asyncio.Queue = asyncio.Queue()
         submitted: asyncio.Future = loop.create_future()
         request_id = f"{self.name}-{next(self._ids)}"
 
+        def deliver(delta) -> None:
+            try:
+                loop.call_soon_threadsafe(deltas.put_nowait, delta)
+            except RuntimeError:  # the caller's event loop has closed: nobody is listening any more
+                pass
+
         def submit() -> None:
             try:
-                handle = self.engine.submit_chat(
-                    fitted, params, request_id=request_id,
-                    on_delta=lambda d: loop.call_soon_threadsafe(deltas.put_nowait, d))
+                handle = self.engine.submit_chat(fitted, params, request_id=request_id, on_delta=deliver)
                 loop.call_soon_threadsafe(submitted.set_result, handle)
             except Exception as exc:  # noqa: BLE001 - handed to the caller, who owns the error
                 loop.call_soon_threadsafe(submitted.set_exception, exc)
@@ -203,13 +210,13 @@ class LlamaCppBackend:
     async def stream(self, messages: Sequence[dict], params: SamplingParams) -> AsyncIterator[GenerationEvent]:
         from shared.engine.request import parse_tool_call
         from shared.quant.llama_cpp import llama_generate
-        fitted, n_prompt = fit_messages(messages, self.count_tokens, self.context, params.max_tokens)
+        fitted, n_prompt, max_tokens = fit_messages(messages, self.count_tokens, self.context, params.max_tokens)
         ids = self.tokenizer.encode(render_chat(fitted, add_generation_prompt=True), add_special_tokens=False)
         self._active += 1
         try:
             async with self._lock:  # one llama context: one request at a time
                 start = time.perf_counter()
-                gen = await asyncio.to_thread(llama_generate, self.llama, ids, max_new_tokens=params.max_tokens,
+                gen = await asyncio.to_thread(llama_generate, self.llama, ids, max_new_tokens=max_tokens,
                                               temperature=params.temperature, seed=params.seed or 0)
         finally:
             self._active -= 1

@@ -69,10 +69,6 @@ def _job_classes():
     classes = {stage: _config_class(stage) for stage in STAGES}
     classes["finetune"] = SFTJobConfig  # ray_jobs.finetune: the SFT trainer on any data and method
     classes["experiment"] = ExperimentConfig
-    from shared.interp.interpret_config import InterpretConfig
-    classes.setdefault("interpret", InterpretConfig)  # until ray_jobs.journey runs the interpret stage
-    from shared.rag.index_config import IndexConfig
-    classes.setdefault("index", IndexConfig)  # until ray_jobs.journey lists the index stage
     return classes
 
 

@@ -1,0 +1,113 @@
+"""Serving an artifact to concurrent asyncio callers: fitting to the context, shared batches, aborts, the model pool."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from shared.engine import Engine, EngineConfig, SamplingParams
+from shared.engine.pool import ModelPool, default_model
+from shared.engine.serving import EngineBackend, ServingError, fit_messages
+from shared.model.hf import save_hf_checkpoint
+from shared.registry import Registry
+from tests.shared.engine.conftest import random_gpt
+
+
+def count_chars(text: str) -> int:
+    return len(text)
+
+
+def test_fitting_drops_the_oldest_turns_and_keeps_the_system_message():
+    turns = [{"role": "system", "content": "S"}] + [{"role": "user", "content": f"turn {i} " * 2} for i in range(6)]
+    fitted, n, max_tokens = fit_messages(turns, count_chars, context=120, max_tokens=40)
+    assert fitted[0]["content"] == "S" and fitted[-1] == turns[-1] and len(fitted) < len(turns)
+    assert n + 40 <= 120 and max_tokens == 40
+
+
+def test_fitting_cuts_max_tokens_to_the_room_left_and_refuses_a_message_that_cannot_fit():
+    _, n, max_tokens = fit_messages([{"role": "user", "content": "hi"}], count_chars, context=64, max_tokens=500)
+    assert max_tokens == 64 - n
+    with pytest.raises(ServingError) as info:
+        fit_messages([{"role": "user", "content": "x" * 100}], count_chars, context=64, max_tokens=8)
+    assert info.value.status == 400 and "shorten the message" in str(info.value)
+
+
+async def _collect(backend, messages, params, stop_after=None):
+    pieces, done = [], None
+    async for event in backend.stream(messages, params):
+        if event.kind == "token":
+            pieces.append(event.text)
+            if stop_after and len(pieces) >= stop_after:
+                break
+        else:
+            done = event
+    return "".join(pieces), done
+
+
+def test_concurrent_requests_share_forward_passes_and_match_one_at_a_time(byte_tokenizer):
+    engine = Engine(random_gpt(block_size=128), byte_tokenizer, EngineConfig(max_batch_size=4))
+    backend = EngineBackend(engine, "m")
+    params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+    prompts = [[{"role": "user", "content": text}] for text in ("one", "second prompt", "3")]
+    try:
+        alone = [asyncio.run(_collect(backend, p, params)) for p in prompts]
+        steps_before = engine.stats.steps
+        together = asyncio.run(_gather(backend, prompts, params))
+        assert [t for t, _ in together] == [t for t, _ in alone]
+        assert engine.stats.steps - steps_before < sum(d.metrics["completion_tokens"] for _, d in together)
+        assert all(d.metrics["ttft_s"] > 0 and d.finish_reason == "length" for _, d in together)
+    finally:
+        backend.close()
+
+
+async def _gather(backend, prompts, params):
+    return await asyncio.gather(*(_collect(backend, p, params) for p in prompts))
+
+
+def test_a_caller_that_goes_away_frees_its_slot(byte_tokenizer):
+    engine = Engine(random_gpt(block_size=128), byte_tokenizer, EngineConfig(max_batch_size=2))
+    backend = EngineBackend(engine, "m")
+    try:
+        text, done = asyncio.run(_collect(backend, [{"role": "user", "content": "hi"}],
+                                          SamplingParams(max_tokens=50, temperature=0, ignore_eos=True), stop_after=2))
+        assert done is None and text
+        for _ in range(100):
+            if not engine.has_unfinished:
+                break
+            asyncio.run(asyncio.sleep(0.01))
+        assert not engine.has_unfinished
+    finally:
+        backend.close()
+
+
+@pytest.fixture
+def registry(tmp_path, byte_tokenizer):
+    registry = Registry(tmp_path / "runs")
+    tok = tmp_path / "tok"
+    byte_tokenizer.save_pretrained(tok)
+    for stage in ("sft", "dpo"):
+        save_hf_checkpoint(random_gpt(block_size=64), registry.stage_dir("r", stage), tokenizer_dir=tok)
+        registry.register("r", stage, "hf-model")
+    registry.stage_dir("r", "eval")
+    registry.register("r", "eval", "report")
+    return registry
+
+
+def test_the_pool_serves_the_runs_final_model_and_loads_others_on_demand(registry):
+    assert default_model(registry, "r").id == "r/dpo"
+    pool = ModelPool(registry, "r/dpo", max_loaded=1)
+    try:
+        assert pool.get(None)[0] == "r/dpo"
+        assert pool.get("sft")[0] == "r/sft"
+        assert pool.loaded() == ["r/dpo", "r/sft"]  # one over max_loaded while r/sft is the one just asked for
+        pool.get(None)
+        assert pool.loaded() == ["r/dpo"]  # then the least recently used non-default model goes
+        with pytest.raises(ServingError) as unknown:
+            pool.get("r/nope")
+        assert unknown.value.status == 404
+        with pytest.raises(ServingError) as not_a_model:
+            pool.get("r/eval")
+        assert not_a_model.value.status == 400 and "not a model" in str(not_a_model.value)
+        assert pool.set_default("r/sft") == "r/sft" and pool.get(None)[0] == "r/sft"
+    finally:
+        pool.close()
