@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
+from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.handle import DeploymentHandle
 
 from shared.bus import CHAT_REQUESTS, Bus, Consumer
@@ -205,6 +206,9 @@ class Gateway:
                                           event.data["usage"], extra)
         except ServingError as exc:
             raise oai.ApiError(exc.status, str(exc), param="model" if exc.status == 404 else None) from None
+        except (RayActorError, RayTaskError) as exc:  # a replica died under us: the client should retry
+            raise oai.ApiError(503, f"a backend replica failed during this request ({type(exc).__name__}); "
+                                    "it is being replaced: retry") from None
         raise oai.ApiError(500, "the turn ended without an answer")
 
     async def _sse(self, events, model: str):
@@ -222,6 +226,8 @@ class Gateway:
             yield oai.SSE_DONE
         except ServingError as exc:  # headers are gone: report in-band, as OpenAI does
             yield f"data: {json.dumps(oai.ApiError(exc.status, str(exc)).body())}\n\n"
+        except (RayActorError, RayTaskError) as exc:
+            yield f"data: {json.dumps(oai.ApiError(503, f'a backend replica failed ({type(exc).__name__}): retry').body())}\n\n"
         finally:
             self.inflight -= 1
 

@@ -6,7 +6,9 @@ the tool's answer as text, which goes back to the model as a ``tool`` message. `
 is the first half alone (what "is this a valid call?" metrics need). Only tools in ``TOOLS`` run;
 an unknown name, missing or extra arguments, or a failing tool all raise :class:`ToolError`.
 
-This is the in-process executor; sandboxing and the bus consumer belong to the serving layer.
+``calculator`` and ``search_docs`` run in-process (neither can run code); ``python`` runs its
+snippet in the sandbox of ``shared.tools.sandbox`` (separate process, jail, limits). The bus
+consumer is ``services/tools``.
 """
 from __future__ import annotations
 
@@ -20,8 +22,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from shared.tools import ToolError
 from shared.tools.calculator import MAX_EXPRESSION_CHARS, calculate
 from shared.tools.docs_search import search_docs
+from shared.tools.sandbox import SandboxUnavailable, run_python
+from shared.tools.sandbox_config import SandboxConfig
 
 MAX_QUERY_CHARS = 200
+MAX_CODE_CHARS = 10_000
 
 
 class CalculatorArgs(BaseModel):
@@ -38,6 +43,21 @@ class SearchDocsArgs(BaseModel):
                        description="what to look up, usually a module name, e.g. 'json'")
 
 
+class PythonArgs(BaseModel):
+    """Arguments of ``python``."""
+    model_config = ConfigDict(extra="forbid")
+    code: str = Field(min_length=1, max_length=MAX_CODE_CHARS,
+                      description="a Python snippet; what it prints is the answer, e.g. 'print(sum(range(10)))'")
+
+
+def run_python_tool(code: str, limits: SandboxConfig | None = None) -> str:
+    """The ``python`` tool: what the snippet printed, plus a line saying if it failed, was stopped or cut."""
+    try:
+        return run_python(code, limits).text()
+    except SandboxUnavailable as exc:
+        raise ToolError(f"the python tool cannot run here: {exc}") from None
+
+
 @dataclass(frozen=True)
 class Tool:
     name: str
@@ -50,6 +70,8 @@ TOOLS: dict[str, Tool] = {tool.name: tool for tool in (
     Tool("calculator", "Evaluate an arithmetic expression.", CalculatorArgs, lambda a: calculate(a.expression)),
     Tool("search_docs", "Find the summary of a Python standard-library module.", SearchDocsArgs,
          lambda a: search_docs(a.query)),
+    Tool("python", "Run a short Python snippet in a sandbox (no network, no files outside its work dir) and "
+         "return what it prints.", PythonArgs, lambda a: run_python_tool(a.code)),
 )}
 
 
