@@ -65,7 +65,7 @@ def build_app(args: dict) -> Application:
     generator = Generator.bind(model=cfg.model, run=cfg.run, runs_dir=cfg.runs_dir, redis_url=cfg.redis_url)
     retriever = (Retriever.bind(index=cfg.index, run=cfg.run, runs_dir=cfg.runs_dir, qdrant_url=cfg.qdrant_url)
                  if _use_rag(cfg) else None)
-    tools = ToolExecutor.bind(redis_url=cfg.redis_url)
+    tools = ToolExecutor.bind(redis_url=cfg.redis_url, retriever=retriever)
     gateway = {**cfg.gateway, "redis_url": cfg.gateway.get("redis_url", cfg.redis_url)}
     return Gateway.bind(generator, retriever, tools, config=gateway)
 

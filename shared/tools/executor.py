@@ -99,7 +99,12 @@ def validate_call(call: Mapping[str, Any] | str) -> tuple[Tool, BaseModel]:
         raise ToolError(f"invalid arguments for {tool.name!r} ({problems}); it takes: {expected}") from None
 
 
-def execute(call: Mapping[str, Any] | str) -> str:
-    """Validate ``call`` and run it; the tool's answer as text."""
+def execute(call: Mapping[str, Any] | str, runners: Mapping[str, Callable[[Any], str]] | None = None) -> str:
+    """Validate ``call`` and run it; the tool's answer as text.
+
+    ``runners`` replaces how named tools run, with the same validated arguments: the serving stack
+    backs ``search_docs`` with the retriever service instead of the offline lookup table.
+    """
     tool, arguments = validate_call(call)
-    return tool.run(arguments)
+    run = (runners or {}).get(tool.name, tool.run)
+    return run(arguments)
