@@ -19,6 +19,7 @@
     journey up [run=R model=A port=8000 ui_port=7860 ...]  Redis + Ray Serve app + web chat  (services.stack)
     journey chat [model=A]                      terminal chat with the running gateway, over the bus
     journey down                                stop what `journey up` started
+    journey submit STAGE [--config P] [k=v] [--address URL] [--no-wait]  run a stage as a Ray job on a cluster (ray_jobs.submit)
     journey experiment vocab-size|lr-schedules|finetune-methods [--config P] [k=v]
     journey runs                                list runs
     journey artifacts [RUN]                     list artifacts with their parents
@@ -95,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         # The CLI is the one front door, so it reaches the serving stack too (ray_jobs themselves never do).
         from services import stack
         return stack.main([command, *rest])
+    if command == "submit":
+        from ray_jobs import submit
+        return submit.main(rest)
     handlers = {"tokenizer": _tokenizer, "experiment": _experiment, "runs": _runs, "artifacts": _artifacts}
     if command not in handlers:
         print(f"journey: error: unknown command {command!r}; see `journey --help`", file=sys.stderr)

@@ -1,4 +1,9 @@
-"""``ray job submit`` of the pretraining entry point against a real ``ray start --head`` (token auth)."""
+"""``ray job submit`` and ``journey submit`` against a real ``ray start --head`` (token auth).
+
+The tokenizer goes through plain ``ray job submit`` (what the RayJob submitters run), pretraining
+through ``journey submit`` (the same, wrapped): its artifact must appear, and a job that fails must
+make ``journey submit`` exit non-zero.
+"""
 from __future__ import annotations
 
 import json
@@ -71,26 +76,44 @@ def _stop_cluster(temp: str) -> None:
         proc.kill()
 
 
+def _journey_submit(env, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "journey"), "submit", *args], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+
+
 @pytest.mark.e2e
 def test_pretrain_via_ray_job_submit(ray_head, tmp_path):
     env, address = ray_head
     runs = tmp_path / "runs"
-    for module, preset in (("tokenizer", "smoke"), ("pretrain", "smoke")):
-        args = ("job", "submit", f"--address={address}", "--working-dir", ".", "--",
-                "python", "-m", f"ray_jobs.{module}", "--config", f"configs/{module}/{preset}.yaml",
-                "run=submitted", f"runs_dir={runs}",
-                "optim.max_steps=20" if module == "pretrain" else "max_bytes_per_source=100000")
-        # Right after `ray start` the head's job agent may not have registered yet and Ray asks to retry;
-        # on a loaded 2-core machine that has taken over a minute.
-        deadline = time.monotonic() + 240
-        while True:
-            proc = _ray(*args, env=env, timeout=600, check=False)
-            if "No available agent" not in proc.stdout + proc.stderr or time.monotonic() > deadline:
-                break
-            time.sleep(5)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        assert "succeeded" in proc.stdout.lower(), proc.stdout[-3000:]
+    args = ("job", "submit", f"--address={address}", "--working-dir", ".", "--",
+            "python", "-m", "ray_jobs.tokenizer", "--config", "configs/tokenizer/smoke.yaml",
+            "run=submitted", f"runs_dir={runs}", "max_bytes_per_source=100000")
+    # Right after `ray start` the head's job agent may not have registered yet and Ray asks to retry;
+    # on a loaded 2-core machine that has taken over a minute.
+    deadline = time.monotonic() + 240
+    while True:
+        proc = _ray(*args, env=env, timeout=600, check=False)
+        if "No available agent" not in proc.stdout + proc.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(5)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "succeeded" in proc.stdout.lower(), proc.stdout[-3000:]
+
+    # journey submit: from another directory, with a preset name and the token from the environment only.
+    token = (Path(env["HOME"]) / ".ray" / "auth_token").read_text().strip()
+    submit_env = {**env, "RAY_AUTH_TOKEN": token, "HOME": str(tmp_path)}
+    submit_env.pop("RAY_AUTH_MODE")
+    proc = _journey_submit(submit_env, "pretrain", "--config", "smoke", "--address", address,
+                           "run=submitted", f"runs_dir={runs}", "optim.max_steps=20")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "succeeded" in proc.stdout.lower(), proc.stdout[-3000:]
     manifest = json.loads((runs / "submitted" / "pretrain" / "journey.json").read_text())
     assert manifest["parents"] == ["submitted/tokenizer"]
     assert manifest["metrics"]["val_loss"] < manifest["metrics"]["initial_val_loss"]
     assert (runs / "submitted" / "pretrain" / "model.safetensors").exists()
+
+    # A job that fails on the cluster (the finished artifact is not replaced) fails the command too.
+    proc = _journey_submit(submit_env, "pretrain", "--config", "smoke", "--address", address,
+                           "run=submitted", f"runs_dir={runs}", "optim.max_steps=20")
+    assert proc.returncode != 0, proc.stdout[-3000:]
+    assert "failed" in (proc.stdout + proc.stderr).lower()
