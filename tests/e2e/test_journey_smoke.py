@@ -22,7 +22,8 @@ def test_journey_run_smoke(tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     stages = {p.parent.name: json.loads(p.read_text()) for p in (runs / "smoke").glob("*/journey.json")}
     variants = {f"quantize-{v}" for v in ("int8", "int4", "gguf-f16", "gguf-q8_0", "gguf-q4_0")}
-    assert set(stages) == {"tokenizer", "pretrain", "cpt", "sft", "prefs", "dpo", "quantize", "eval"} | variants
+    assert set(stages) == {"tokenizer", "pretrain", "cpt", "sft", "prefs", "dpo", "quantize", "index", "eval",
+                           "interpret"} | variants
     assert stages["cpt"]["parents"] == ["smoke/tokenizer", "smoke/pretrain"]
     assert stages["sft"]["parents"] == ["smoke/cpt"]
     assert stages["prefs"]["parents"] == ["smoke/sft"]
@@ -62,9 +63,17 @@ def test_journey_run_smoke(tmp_path):
         assert all(isinstance(card["metrics"][metric][a], float) for a in card["artifacts"]), metric
     cpt_bpb = card["metrics"]["perplexity/domain_bpb"]
     assert cpt_bpb["smoke/cpt"] < cpt_bpb["smoke/pretrain"]  # continued pretraining on code helps on code
-    assert "rag" in card["skipped"]["smoke/sft"]  # no retriever yet: skipped with a reason, never a fake number
+    assert card["metrics"]["rag/hit_rate_at_4"]["smoke/sft"] > 0.5  # the run's index finds the docs it holds
+    assert stages["index"]["kind"] == "index" and stages["index"]["metrics"]["points"] > 0
     assert (runs / "smoke" / "eval" / "scorecard.png").stat().st_size > 0
     assert "| metric | pretrain | cpt | sft | dpo | quantize-int8 | quantize-int4 |" in summary
+
+    # Interpretability: attention grids, induction heads over pretraining snapshots, stage diffs.
+    assert stages["interpret"]["kind"] == "report"
+    interp = (runs / "smoke" / "interpret" / "interpret.md").read_text()
+    assert "## Induction and previous-token heads" in interp and "## What each stage changed" in interp
+    assert (runs / "smoke" / "interpret" / "attention" / "dpo" / "grid.png").stat().st_size > 0
+    assert "No training snapshots" not in interp  # the phase-change plot read the pretraining snapshots
 
     listing = subprocess.run([str(Path(sys.executable).parent / "journey"), "artifacts", "smoke"], cwd=REPO,
                              env=env, capture_output=True, text=True, timeout=120)
