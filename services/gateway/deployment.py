@@ -183,9 +183,9 @@ class Gateway:
                 raise oai.ApiError(problem["status"], problem["text"], param="model", code="model_not_found")
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         events = self._service_for(model).answer(messages, options, body.user)
-        self.inflight += 1
         if body.stream:
             return StreamingResponse(self._sse(events, body.model), media_type="text/event-stream")
+        self.inflight += 1
         try:
             return await self._collect(events, body.model)
         finally:
@@ -213,6 +213,7 @@ class Gateway:
 
     async def _sse(self, events, model: str):
         cid = oai.completion_id()
+        self.inflight += 1  # counted here, where the finally below is sure to run
         try:
             yield oai.chunk(cid, model, {"role": "assistant", "content": ""})
             async for event in events:
