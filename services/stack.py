@@ -38,6 +38,7 @@ class UpConfig:
     runs_dir: Optional[str] = help_field(None, "artifact root (default $JOURNEY_RUNS or ./runs)")
     redis_url: Optional[str] = help_field(None, "use this Redis instead of starting one (default $REDIS_URL)")
     redis_port: int = help_field(6379, "port of the redis-server `up` starts")
+    ray_port: int = help_field(6380, "GCS port of the Ray head `up` starts (Ray's default, 6379, is Redis's)")
     host: str = help_field("127.0.0.1", "interface the gateway and the web chat listen on (0.0.0.0: all)")
     port: int = help_field(8000, "gateway HTTP port (OpenAI-compatible API under /v1)")
     ui_port: int = help_field(7860, "web chat port")
@@ -93,7 +94,8 @@ def _start_ray(cfg: UpConfig, state: dict) -> None:
         return
     except (ConnectionError, RuntimeError):
         pass
-    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--disable-usage-stats"]
+    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--disable-usage-stats",
+           "--port", str(cfg.ray_port)]
     if cfg.num_cpus:
         cmd += ["--num-cpus", str(cfg.num_cpus)]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)

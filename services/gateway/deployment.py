@@ -55,7 +55,7 @@ class GatewayConfig:
     tool_timeout_s: float = 30.0
     max_tool_rounds: int = 3
     rag_top_k: int = 3
-    rag_score_threshold: float | None = 0.2
+    rag_score_threshold: float | None = 0.5  # all-MiniLM cosine: related passages score above ~0.5
     default_tools: list[str] = field(default_factory=lambda: list(DEFAULT_TOOLS))
     bus_consumer: bool = True
 

@@ -8,8 +8,10 @@ the messages this turn added, for memory). The three collaborators are plain asy
 the gateway can back them with Ray Serve handles and the bus, and tests with anything real.
 
 The tool loop: when generation ends in a tool call, the call is checked against the request's
-allowlist (``TurnOptions.tools``) before anything runs; an unknown, disallowed or malformed call
-is answered with an error result the model sees, and the loop continues. The result goes back as a
+allowlist (``TurnOptions.tools``) before anything runs; an unknown or disallowed call is answered
+with an error result the model sees, and the loop continues. A call that is not even JSON ends the
+turn (finish reason ``tool_call_error``) with its error shown: the chat format has no way to
+replay it to the model. The result goes back as a
 ``tool`` message (special tokens neutralised) and generation resumes, at most ``max_tool_rounds``
 times; a model still calling tools after that ends with finish reason ``tool_rounds``. Retrieved
 passages and tool results can add text to the context but never add a tool to the allowlist.
@@ -104,8 +106,11 @@ async def run_turn(messages: Sequence[dict], options: TurnOptions, *, generate: 
                                            "raw": done.get("tool_call_text"), "error": done.get("tool_call_error")})
         result = await _tool_result(call, done.get("tool_call_error"), options, call_tool)
         yield TurnEvent("tool_result", data=result)
+        if call is None:  # not JSON: the chat format cannot carry it back, so the turn ends on the error
+            done = {**done, "finish_reason": "tool_call_error", "text": ""}
+            break
         content = result["output"] if result["ok"] else f"error: {result['error']}"
-        added += [{"role": "assistant", "content": "", "tool_call": call if call else (done.get("tool_call_text") or "{}")},
+        added += [{"role": "assistant", "content": "", "tool_call": call},
                   {"role": "tool", "content": neutralize(content)}]
     answer = done.get("text", "")
     added.append({"role": "assistant", "content": answer})

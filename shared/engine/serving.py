@@ -65,10 +65,12 @@ def fit_messages(messages: Sequence[dict], count_tokens: Callable[[str], int], c
                  max_tokens: int) -> tuple[list[dict], int, int]:
     """``(messages, prompt_tokens, max_tokens)`` fitted to a ``context``-token model.
 
-    The reply keeps a budget of ``min(max_tokens, context // 2)`` tokens; the oldest turns after a
-    leading system message are dropped (whole messages, the last one always kept) until the prompt
-    fits beside it; then ``max_tokens`` is lowered to the room that is left, if it must be. So a small
-    model with a long default ``max_tokens`` still answers, and long histories lose their oldest turns.
+    The reply keeps a budget of ``min(max_tokens, context // 2)`` tokens. Until the prompt fits beside
+    it: whole turns before the last user message are dropped, oldest first; then the system message
+    (retrieved passages, best first) is cut from its end; then tool results after the question are.
+    Then ``max_tokens`` is lowered to the room that is left, if it must be. So a small model with a
+    long default ``max_tokens`` still answers, and long histories lose their oldest turns first. A
+    question that cannot fit on its own is a 400.
     """
     budget = max(1, min(max_tokens, context // 2))
     messages = [dict(m) for m in messages]
@@ -78,11 +80,28 @@ def fit_messages(messages: Sequence[dict], count_tokens: Callable[[str], int], c
         n = count_tokens(render_chat(head + body, add_generation_prompt=True))
         if n + budget <= context:
             return head + body, n, min(max_tokens, context - n)
-        if len(body) <= 1:
-            raise ServingError(f"the last message is {n} tokens with the system prompt; this model's context holds "
-                               f"{context} tokens, {budget} of them kept for the reply: shorten the message",
-                               status=400)
-        body = body[1:]
+        question = max((i for i, m in enumerate(body) if m.get("role") == "user"), default=0)
+        cuttable = [m for m in head + body[question + 1:] if m.get("role") in ("system", "tool") and m.get("content")]
+        if question > 0:
+            body = body[1:]
+        elif cuttable:
+            # Cut the overflow (plus a margin for token boundaries) from its end, in proportion to its tokens.
+            target = cuttable[0]
+            tokens = max(1, count_tokens(target["content"]))
+            keep_tokens = tokens - (n + budget - context) - 2
+            target["content"] = target["content"][:max(0, len(target["content"]) * keep_tokens // tokens)]
+            head = [m for m in head if m.get("content")]
+        else:
+            raise ServingError(f"the question is {n} tokens with what it needs; this model's context holds {context} "
+                               f"tokens, {budget} of them kept for the reply: shorten the message", status=400)
+
+
+def _fit(messages: Sequence[dict], count_tokens: Callable[[str], int], context: int, max_tokens: int):
+    """``fit_messages``, with a conversation the chat format refuses (bad role, bad tool call) as a 400."""
+    try:
+        return fit_messages(messages, count_tokens, context, max_tokens)
+    except ValueError as exc:
+        raise ServingError(f"the conversation cannot be rendered: {exc}", status=400) from None
 
 
 def _metrics(output) -> dict[str, Any]:
@@ -136,7 +155,7 @@ class EngineBackend:
     async def stream(self, messages: Sequence[dict], params: SamplingParams) -> AsyncIterator[GenerationEvent]:
         if self._closed:
             raise ServingError("this model is unloaded", status=503)
-        fitted, _, max_tokens = fit_messages(messages, self.count_tokens, self.context, params.max_tokens)
+        fitted, _, max_tokens = _fit(messages, self.count_tokens, self.context, params.max_tokens)
         params = dataclasses.replace(params, max_tokens=max_tokens)
         loop = asyncio.get_running_loop()
         deltas: asyncio.Queue = asyncio.Queue()
@@ -210,7 +229,7 @@ class LlamaCppBackend:
     async def stream(self, messages: Sequence[dict], params: SamplingParams) -> AsyncIterator[GenerationEvent]:
         from shared.engine.request import parse_tool_call
         from shared.quant.llama_cpp import llama_generate
-        fitted, n_prompt, max_tokens = fit_messages(messages, self.count_tokens, self.context, params.max_tokens)
+        fitted, n_prompt, max_tokens = _fit(messages, self.count_tokens, self.context, params.max_tokens)
         ids = self.tokenizer.encode(render_chat(fitted, add_generation_prompt=True), add_special_tokens=False)
         self._active += 1
         try:

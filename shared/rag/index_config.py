@@ -28,6 +28,9 @@ class IndexConfig:
     text_field: str = help_field("text", "field holding the text in .jsonl records")
     chunk_chars: int = help_field(512, "chunk length in characters (all-MiniLM-L6-v2 reads ~256 word pieces, ~1000 chars)")
     chunk_overlap: int = help_field(64, "characters shared by consecutive chunks, so a sentence cut at a boundary is whole in one")
+    max_chunks_per_doc: Optional[int] = help_field(
+        None, "keep only each document's first N chunks (None: all): the head of a module's docs says what it is "
+              "for, so 1 indexes every module cheaply")
     embedder: str = help_field(DEFAULT_EMBEDDER, "sentence-transformers model: the offline default, a local "
                                                  "model folder, or any Hugging Face embedding model name (online)")
     batch_size: int = help_field(32, "chunks per embedding batch (Ray Data map_batches)")
@@ -44,6 +47,8 @@ class IndexConfig:
 
     def validate(self) -> None:
         require_positive(self, ("chunk_chars", "batch_size", "embed_actors", "threads", "upsert_batch"))
+        if self.max_chunks_per_doc is not None and self.max_chunks_per_doc < 1:
+            raise ConfigError(f"max_chunks_per_doc must be >= 1 or null (every chunk), got {self.max_chunks_per_doc}")
         if self.max_docs is not None and self.max_docs < 1:
             raise ConfigError(f"max_docs must be >= 1 or null (all documents), got {self.max_docs}")
         if not 0 <= self.chunk_overlap < self.chunk_chars:

@@ -54,8 +54,8 @@ def _read(row: dict[str, Any], *, builtin_split: str, max_docs: int | None, text
     return list(read_source(row["spec"], builtin_split=builtin_split, max_docs=max_docs, text_field=text_field))
 
 
-def _chunk(row: dict[str, Any], *, chunk_chars: int, overlap: int) -> list[dict]:
-    return [c.to_dict() for c in chunk_document(row["text"], row["source"], chunk_chars, overlap)]
+def _chunk(row: dict[str, Any], *, chunk_chars: int, overlap: int, max_chunks: int | None) -> list[dict]:
+    return [c.to_dict() for c in chunk_document(row["text"], row["source"], chunk_chars, overlap)[:max_chunks]]
 
 
 def chunk_dataset(cfg: IndexConfig, out_dir: Path):
@@ -69,7 +69,8 @@ def chunk_dataset(cfg: IndexConfig, out_dir: Path):
         return ray.data.from_items([json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
                                     if line.strip()])
     read = functools.partial(_read, builtin_split=cfg.builtin_split, max_docs=cfg.max_docs, text_field=cfg.text_field)
-    chunk = functools.partial(_chunk, chunk_chars=cfg.chunk_chars, overlap=cfg.chunk_overlap)
+    chunk = functools.partial(_chunk, chunk_chars=cfg.chunk_chars, overlap=cfg.chunk_overlap,
+                              max_chunks=cfg.max_chunks_per_doc)
     return ray.data.from_items([{"spec": s} for s in cfg.sources]).flat_map(read).flat_map(chunk)
 
 

@@ -93,14 +93,15 @@ def test_a_model_that_keeps_calling_tools_stops_after_max_rounds():
     assert events[-1].data["finish_reason"] == "tool_rounds"
 
 
-def test_a_malformed_call_is_answered_with_its_error():
+def test_a_malformed_call_ends_the_turn_with_its_error():
     seen: list = []
     events = turn([{"role": "user", "content": "x"}], TurnOptions(use_rag=False),
                   generate=scripted_generate([{"finish": "tool_call", "error": "not valid JSON", "raw": "{oops"},
-                                              {"pieces": ["sorry"]}], seen))
+                                              {"pieces": ["never"]}], seen))
     assert next(e for e in events if e.kind == "tool_result").data == {"ok": False, "output": "",
                                                                         "error": "not valid JSON"}
-    assert seen[1][-1] == {"role": "tool", "content": "error: not valid JSON"}
+    assert events[-1].data["finish_reason"] == "tool_call_error" and len(seen) == 1
+    assert events[-1].data["added"] == [{"role": "assistant", "content": ""}]
 
 
 LIMITS = oai.Limits(max_request_bytes=2000, max_messages=3, max_message_chars=100, max_tokens=64)

@@ -24,6 +24,22 @@ def test_fitting_drops_the_oldest_turns_and_keeps_the_system_message():
     assert n + 40 <= 120 and max_tokens == 40
 
 
+def test_a_long_system_message_is_cut_from_its_end_before_the_question_is_refused():
+    passages = [{"role": "system", "content": "best passage. " + "filler " * 100}, {"role": "user", "content": "q?"}]
+    fitted, n, _ = fit_messages(passages, count_chars, context=120, max_tokens=40)
+    assert n + 40 <= 120 and fitted[-1] == passages[-1]
+    assert fitted[0]["content"].startswith("best passage.") and len(fitted[0]["content"]) < 100
+
+
+def test_a_long_tool_result_is_cut_rather_than_the_question_dropped():
+    turn = [{"role": "user", "content": "Search the docs for json."},
+            {"role": "assistant", "content": "", "tool_call": {"name": "search_docs", "arguments": {"query": "json"}}},
+            {"role": "tool", "content": "JSON is a format. " + "more " * 80}]
+    fitted, n, _ = fit_messages(turn, count_chars, context=260, max_tokens=40)
+    assert n + 40 <= 260 and fitted[0] == turn[0] and fitted[1] == turn[1]
+    assert fitted[2]["content"].startswith("JSON is a format.") and len(fitted[2]["content"]) < 100
+
+
 def test_fitting_cuts_max_tokens_to_the_room_left_and_refuses_a_message_that_cannot_fit():
     _, n, max_tokens = fit_messages([{"role": "user", "content": "hi"}], count_chars, context=64, max_tokens=500)
     assert max_tokens == 64 - n
