@@ -63,6 +63,11 @@ class GatewayConfig:
         return oai.Limits(self.max_request_bytes, self.max_messages, self.max_message_chars, self.max_tokens)
 
 
+async def _aiter(items):
+    for item in items:
+        yield item
+
+
 def _known_tools() -> set[str]:
     from shared.tools.executor import TOOLS
     return set(TOOLS)
@@ -103,9 +108,12 @@ class Gateway:
 
     # ------------------------------------------------------------------ collaborators of a turn
 
-    async def _generate(self, messages: list[dict], params: dict, model: str | None = None):
-        stream = self.generator.options(stream=True).generate.remote(messages, params, model)
-        async for event in stream:
+    async def _generate(self, messages: list[dict], params: dict, model: str | None = None, stream: bool = True):
+        if stream:
+            events = self.generator.options(stream=True).generate.remote(messages, params, model)
+        else:  # nobody watches the tokens arrive: one round trip instead of one per event
+            events = _aiter(await self.generator.complete.remote(messages, params, model))
+        async for event in events:
             if event["kind"] == "error":
                 raise ServingError(event["text"], status=event.get("status", 500))
             yield event
@@ -121,11 +129,12 @@ class Gateway:
                            tools=tuple(self.cfg.default_tools if tools is None else tools),
                            max_tool_rounds=self.cfg.max_tool_rounds)
 
-    def _service_for(self, model: str | None) -> ChatService:
-        """The chat service bound to ``model`` (None: the generator's default)."""
-        if model in (None, "", MODEL_ALIAS):
+    def _service_for(self, model: str | None, stream: bool = True) -> ChatService:
+        """The chat service bound to ``model`` (None: the generator's default), streaming from it or not."""
+        if model in (None, "", MODEL_ALIAS) and stream:
             return self.service
-        return ChatService(lambda m, p: self._generate(m, p, model), retrieve=self.service.retrieve,
+        model = None if model == MODEL_ALIAS else model
+        return ChatService(lambda m, p: self._generate(m, p, model, stream), retrieve=self.service.retrieve,
                            call_tool=self.service.call_tool, memory=self.service.memory)
 
     def _on_bus_request(self, message) -> None:
@@ -182,7 +191,7 @@ class Gateway:
             if problem:
                 raise oai.ApiError(problem["status"], problem["text"], param="model", code="model_not_found")
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        events = self._service_for(model).answer(messages, options, body.user)
+        events = self._service_for(model, stream=body.stream).answer(messages, options, body.user)
         if body.stream:
             return StreamingResponse(self._sse(events, body.model), media_type="text/event-stream")
         self.inflight += 1

@@ -1,7 +1,8 @@
 """``Generator``: streams a chat completion from a registered model artifact (Ray Serve deployment).
 
 ``generate(messages, params, model=None)`` is a streaming method (call it through
-``handle.options(stream=True).generate.remote(...)``): it yields ``GenerationEvent`` dicts
+``handle.options(stream=True).generate.remote(...)``; ``complete`` returns the same events as one
+list, for callers that do not stream): it yields ``GenerationEvent`` dicts
 (``token`` ... ``done``) from ``shared.engine.serving``, or one ``error`` dict with an HTTP-style
 ``status`` (404 unknown model, 400 bad request, 503 unloaded) instead of raising, so a bad request
 never looks like a crashed replica. Concurrent requests to one model share the engine's continuous
@@ -82,6 +83,11 @@ class Generator:
         except ServingError as exc:
             self.errors.inc(tags={"status": str(exc.status)})
             yield {"kind": "error", "status": exc.status, "text": str(exc)}
+
+    async def complete(self, messages: list[dict], params: dict, model: str | None = None) -> list[dict]:
+        """``generate``'s events as one list: for callers that do not stream (one reply instead of one
+        stream item per event across the actor boundary)."""
+        return [event async for event in self.generate(messages, params, model)]
 
     def _record(self, model_id: str, m: dict) -> None:
         tags = {"model": model_id}

@@ -185,8 +185,14 @@ class EngineBackend:
         try:
             while True:
                 delta = await deltas.get()
-                if delta.text:
-                    yield GenerationEvent("token", delta.text)
+                text = delta.text
+                while not delta.finished and not deltas.empty():
+                    # A caller slower than the engine gets what piled up as one event: under load the
+                    # per-event cost (a stream item across Ray actors) would otherwise grow with tokens.
+                    delta = deltas.get_nowait()
+                    text += delta.text
+                if text:
+                    yield GenerationEvent("token", text)
                 if delta.finished:
                     finished = True
                     output = handle.result()
