@@ -18,7 +18,6 @@ from shared.model.gpt import GPT, GPTConfig
 from shared.model.hf import save_hf_checkpoint
 from shared.registry import Registry
 from shared.tokenizer.chat import render_chat
-from shared.tokenizer.hf_format import build_hf_tokenizer, to_transformers
 
 CALL = {"name": "calculator", "arguments": {"expression": "17*23"}}
 CONVERSATIONS = [
@@ -29,9 +28,12 @@ CONVERSATIONS = [
 HELLO_ANSWER = "Hello there, my good friend!"
 
 
+VOCAB = 300  # bytes, our 7 special tokens and a few merges (llama.cpp's gpt2 tokenizer needs merges)
+
+
 def _train(tokenizer) -> GPT:
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=263, block_size=256, n_layer=2, n_head=2, n_embd=64))
+    model = GPT(GPTConfig(vocab_size=VOCAB, block_size=256, n_layer=2, n_head=2, n_embd=64))
     rows = [tokenizer.encode(render_chat(c), add_special_tokens=False) for c in CONVERSATIONS]
     width = max(map(len, rows))
     x = torch.full((len(rows), width), 0)
@@ -52,10 +54,13 @@ def _train(tokenizer) -> GPT:
 
 @pytest.fixture(scope="session")
 def chat_runs(tmp_path_factory) -> Path:
+    from transformers import AutoTokenizer
+
+    from shared.tokenizer.train import train_tokenizer
     root = tmp_path_factory.mktemp("serving") / "runs"
-    tokenizer = to_transformers(build_hf_tokenizer([]))
     tok_dir = root.parent / "tokenizer"
-    tokenizer.save_pretrained(tok_dir)
+    train_tokenizer([render_chat(c) for c in CONVERSATIONS] * 20, vocab_size=VOCAB, out_dir=tok_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     model = _train(tokenizer)
     registry = Registry(root)
     for stage in ("sft", "dpo"):

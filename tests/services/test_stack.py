@@ -28,11 +28,17 @@ def hello(**kwargs):
     return {"model": "journey", "messages": [{"role": "user", "content": "Say hello"}], **kwargs}
 
 
-def test_the_openai_client_gets_a_completion(client):
+def test_the_openai_client_gets_a_completion(client, stack):
+    from transformers import AutoTokenizer
+
+    from shared.tokenizer.chat import render_chat
     out = client.chat.completions.create(**hello())
     assert out.choices[0].message.content == HELLO_ANSWER
     assert out.choices[0].finish_reason == "stop"
-    assert out.usage.completion_tokens > 10 and out.usage.prompt_tokens > 10
+    tokenizer = AutoTokenizer.from_pretrained(stack[2] / "t" / "sft")
+    prompt = render_chat(hello()["messages"], add_generation_prompt=True)
+    assert out.usage.prompt_tokens == len(tokenizer.encode(prompt, add_special_tokens=False))
+    assert out.usage.completion_tokens == len(tokenizer.encode(HELLO_ANSWER + "<|end|>", add_special_tokens=False))
     assert out.model_extra["journey"]["metrics"]["ttft_s"] > 0
 
 
