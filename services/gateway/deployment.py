@@ -7,8 +7,9 @@ Bearer <key>``. Bad requests get a 4xx with an OpenAI-style error body naming th
 ``max_inflight`` turns at once get 429 with ``Retry-After`` instead of a growing queue (Ray Serve's
 ``max_queued_requests`` adds a 503 at the proxy for the same reason).
 
-Bus: a consumer in the ``gateway`` group reads ``ChatRequest``s from ``chat.requests`` (the Gradio
-frontend, ``journey chat``) and streams ``ChatEvent``s back to each request's ``reply_to``.
+Bus: ``bus_consumers`` consumers in the ``gateway`` group read ``ChatRequest``s from
+``chat.requests`` (the Gradio frontend, ``journey chat``), each answering one chat at a time, and
+stream ``ChatEvent``s back to each request's ``reply_to``.
 
 The turn itself (retrieval, generation, tool loop, memory) is ``shared.chat``; this file wires it to
 the generator and retriever handles and to the tool executor over the bus.
@@ -57,7 +58,7 @@ class GatewayConfig:
     rag_top_k: int = 3
     rag_score_threshold: float | None = 0.5  # all-MiniLM cosine: related passages score above ~0.5
     default_tools: list[str] = field(default_factory=lambda: list(DEFAULT_TOOLS))
-    bus_consumer: bool = True
+    bus_consumers: int = 4  # chats from the bus answered at once per replica (0: HTTP only)
 
     def limits(self) -> oai.Limits:
         return oai.Limits(self.max_request_bytes, self.max_messages, self.max_message_chars, self.max_tokens)
@@ -97,14 +98,17 @@ class Gateway:
         self.service = ChatService(self._generate, retrieve=self._retrieve if retriever else None,
                                    call_tool=bus_tool_caller(self.bus, self.cfg.tool_timeout_s), memory=memory)
         self.inflight = 0
-        self._consumer = None
-        if self.cfg.bus_consumer:
-            # Bus turns run on a loop of their own: the consumer thread blocks on each until it is answered.
+        self._consumers: list[Consumer] = []
+        if self.cfg.bus_consumers:
+            # Bus turns run on a loop of their own. A consumer blocks on its turn until it is answered (it
+            # acks after), so several consumers in the group let that many bus chats run at once.
             self._loop = asyncio.new_event_loop()
             threading.Thread(target=self._loop.run_forever, daemon=True, name="gateway-bus-loop").start()
-            self._consumer = Consumer(self.bus, CHAT_REQUESTS, "gateway", f"gateway-{os.getpid()}",
-                                      self._on_bus_request)
-            self._consumer.start()
+            for i in range(self.cfg.bus_consumers):
+                consumer = Consumer(self.bus, CHAT_REQUESTS, "gateway", f"gateway-{os.getpid()}-{i}",
+                                    self._on_bus_request)
+                consumer.start()
+                self._consumers.append(consumer)
 
     # ------------------------------------------------------------------ collaborators of a turn
 
@@ -242,5 +246,5 @@ class Gateway:
             self.inflight -= 1
 
     def __del__(self):
-        if getattr(self, "_consumer", None) is not None:
-            self._consumer.stop()
+        for consumer in getattr(self, "_consumers", []):
+            consumer.stop()

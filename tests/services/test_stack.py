@@ -145,3 +145,22 @@ def test_a_reload_event_switches_the_model_without_dropping_a_stream(stack, clie
         threading.Event().wait(0.1)
     assert default[0]["id"] == "t/dpo"
     assert client.chat.completions.create(**hello()).choices[0].message.content == HELLO_ANSWER
+
+
+def test_parallel_chats_over_the_bus_each_get_their_own_answer(stack):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from shared.bus import Bus
+    from shared.bus.chat_client import make_request, stream_chat
+    _, redis_url, _ = stack
+    bus = Bus(redis_url)
+    questions = ["Say hello", "What is 17*23?"] * 4
+
+    def ask(question: str) -> str:
+        return list(stream_chat(bus, make_request(bus, question, max_tokens=80), timeout_s=60))[-1].text
+
+    with ThreadPoolExecutor(len(questions)) as pool:
+        answers = list(pool.map(ask, questions))
+    assert answers == [HELLO_ANSWER, "17*23 = 391"] * 4
+    consumers = bus.redis.xinfo_consumers(bus.key("chat.requests"), "gateway")
+    assert len(consumers) == 4  # the gateway answers that many bus chats at once
