@@ -23,11 +23,10 @@ from services.frontend.render import NO_METRICS, NO_SOURCES, NO_TOOLS, render_an
 from shared.bus.chat_client import ChatTurn, make_request, stream_chat
 from shared.bus.messages import new_id
 from shared.bus.streams import Bus
-from shared.registry import ArtifactNotFound, Registry
+from shared.registry import MODEL_KINDS, ArtifactNotFound, Registry
 
 log = logging.getLogger(__name__)
 
-MODEL_KINDS = ("hf-model", "quantized", "gguf")  # artifact kinds a generator can serve
 DEFAULT_MODEL = ""  # the picker's "whatever the generator serves now" entry: sent as model=None
 
 

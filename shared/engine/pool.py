@@ -20,10 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shared.engine.serving import Backend, ServingError, load_backend
-from shared.registry import Registry
+from shared.registry import MODEL_KINDS, Registry
 from shared.registry.registry import Artifact, ArtifactNotFound
 
-MODEL_KINDS = ("hf-model", "quantized", "gguf")
 FINAL_STAGES = ("quantize-int8", "rl", "dpo", "sft", "cpt", "pretrain")
 
 

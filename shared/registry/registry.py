@@ -26,6 +26,9 @@ MANIFEST = "journey.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+MODEL_KINDS = ("hf-model", "quantized", "gguf")  # artifact kinds a generator can serve
+
+
 class ArtifactNotFound(LookupError):
     """A name did not resolve to a finished artifact."""
 
