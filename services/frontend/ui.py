@@ -23,7 +23,7 @@ from services.frontend.render import NO_METRICS, NO_SOURCES, NO_TOOLS, render_an
 from shared.bus.chat_client import ChatTurn, make_request, stream_chat
 from shared.bus.messages import new_id
 from shared.bus.streams import Bus
-from shared.registry import MODEL_KINDS, ArtifactNotFound, Registry
+from shared.registry import ArtifactNotFound, Registry
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +34,11 @@ def model_choices(registry_root: str | Path | None) -> list[tuple[str, str]]:
     """(label, artifact id) for the model picker: the generator's default first, then models newest first."""
     choices = [("current model (gateway default)", DEFAULT_MODEL)]
     try:
-        artifacts = Registry(registry_root).artifacts()
+        models = Registry(registry_root).models()
     except ArtifactNotFound as exc:  # one corrupt manifest should not take the page down
         log.warning("model picker lists no artifacts: %s", exc)
         return choices
-    models = [a for a in reversed(artifacts) if a.kind in MODEL_KINDS]
-    return choices + [(f"{a.id} [{a.kind}]", a.id) for a in models]
+    return choices + [(f"{a.id} [{a.kind}]", a.id) for a in reversed(models)]
 
 
 # What one handler step shows: textbox, chat history, conversation id, sources, tools, metrics.

@@ -22,7 +22,7 @@ from ray import serve
 from ray.serve import metrics
 
 from shared.engine import EngineError, SamplingParams
-from shared.engine.pool import ModelPool, default_model, servable
+from shared.engine.pool import ModelPool, default_model
 from shared.engine.serving import ServingError
 from shared.registry import Registry
 
@@ -100,7 +100,7 @@ class Generator:
     def models(self) -> dict:
         """The default model, the loaded ones, and every servable artifact id (for /v1/models)."""
         return {"default": self.pool.default, "loaded": self.pool.loaded(),
-                "servable": [a.id for a in servable(self.registry)]}
+                "servable": [a.id for a in self.registry.models()]}
 
     def check_model(self, model: str) -> dict | None:
         """None when ``model`` names a servable artifact, else ``{"status", "text"}`` saying why not."""

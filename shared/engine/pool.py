@@ -1,6 +1,6 @@
 """Which model artifacts a generator serves: a small pool of loaded backends, one of them the default.
 
-- ``servable(registry)`` lists the registered artifacts a generator can run (HF checkpoints,
+- ``Registry.models`` lists the registered artifacts a generator can run (HF checkpoints,
   quantized checkpoints, GGUF files); ``default_model(registry, run)`` picks a run's final model:
   the INT8 variant of the last post-training stage when the quantize stage made one (the
   "quantized generator"), else the last of rl / dpo / sft / cpt / pretrain.
@@ -26,16 +26,11 @@ from shared.registry.registry import Artifact, ArtifactNotFound
 FINAL_STAGES = ("quantize-int8", "rl", "dpo", "sft", "cpt", "pretrain")
 
 
-def servable(registry: Registry, run: str | None = None) -> list[Artifact]:
-    """Registered artifacts a generator can serve, oldest first."""
-    return [a for a in registry.artifacts(run) if a.kind in MODEL_KINDS]
-
-
 def default_model(registry: Registry, run: str | None = None) -> Artifact:
     """The run's final model (see the module docstring); the newest run when ``run`` is None."""
     runs = [run] if run else list(reversed(registry.runs()))
     for r in runs:
-        by_stage = {a.stage: a for a in servable(registry, r)}
+        by_stage = {a.stage: a for a in registry.models(r)}
         for stage in FINAL_STAGES:
             if stage in by_stage:
                 return by_stage[stage]

@@ -156,6 +156,10 @@ class Registry:
         found = [self.load(m.parent) for r in runs for m in (self.root / r).glob(f"*/{MANIFEST}")]
         return sorted(found, key=lambda a: (a.created_at, a.id))
 
+    def models(self, run: str | None = None) -> list[Artifact]:
+        """Finished artifacts a generator can serve (``MODEL_KINDS``), oldest first."""
+        return [a for a in self.artifacts(run) if a.kind in MODEL_KINDS]
+
     def resolve(self, name: str, run: str | None = None) -> Artifact:
         """Resolve an artifact name (see module docstring); the error lists what exists."""
         if not name:
