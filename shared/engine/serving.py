@@ -111,26 +111,35 @@ def _metrics(output) -> dict[str, Any]:
     return out
 
 
-class EngineBackend:
+class _Served:
+    """What both runtimes share: the tokenizer and context requests are fitted with, and the in-flight count."""
+
+    def __init__(self, name: str, tokenizer, context: int):
+        self.name, self.tokenizer, self.context = name, tokenizer, context
+        self._active = 0
+
+    @property
+    def active_requests(self) -> int:
+        return self._active
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+
+class EngineBackend(_Served):
     """Our engine behind a stepping thread (see the module docstring)."""
 
     runtime = "engine"
 
     def __init__(self, engine: Engine, name: str = ""):
-        self.engine, self.name = engine, name
-        self.tokenizer = engine.tokenizer
-        self.context = engine.max_seq_len
+        super().__init__(name, engine.tokenizer, engine.max_seq_len)
+        self.engine = engine
         self._inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._closed = False
         self._ids = itertools.count()
-        self._active = 0
         self._thread = threading.Thread(target=self._loop, name=f"engine-{name}", daemon=True)
         self._thread.start()
-
-    @property
-    def active_requests(self) -> int:
-        return self._active
 
     def _loop(self) -> None:
         while not self._closed:
@@ -148,9 +157,6 @@ class EngineBackend:
     def _call(self, fn: Callable[[], None]) -> None:
         self._inbox.put(fn)
         self._wake.set()
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer.encode(text, add_special_tokens=False))
 
     async def stream(self, messages: Sequence[dict], params: SamplingParams) -> AsyncIterator[GenerationEvent]:
         if self._closed:
@@ -210,7 +216,7 @@ class EngineBackend:
         self._thread.join(timeout=5)
 
 
-class LlamaCppBackend:
+class LlamaCppBackend(_Served):
     """A GGUF file run by llama.cpp, one request at a time (see the module docstring)."""
 
     runtime = "llama.cpp"
@@ -218,19 +224,9 @@ class LlamaCppBackend:
     def __init__(self, gguf: Path, name: str = ""):
         from shared.quant.llama_cpp import context_limit, load_llama
         from shared.tokenizer.gguf_vocab import hf_tokenizer_from_gguf
-        self.name, self.path = name, gguf
-        self.llama = load_llama(gguf)
-        self.tokenizer = hf_tokenizer_from_gguf(gguf)
-        self.context = context_limit(self.llama)
+        self.path, self.llama = gguf, load_llama(gguf)
+        super().__init__(name, hf_tokenizer_from_gguf(gguf), context_limit(self.llama))
         self._lock = asyncio.Lock()
-        self._active = 0
-
-    @property
-    def active_requests(self) -> int:
-        return self._active
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer.encode(text, add_special_tokens=False))
 
     async def stream(self, messages: Sequence[dict], params: SamplingParams) -> AsyncIterator[GenerationEvent]:
         from shared.engine.request import parse_tool_call
