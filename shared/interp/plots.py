@@ -99,12 +99,19 @@ def phase_change(steps: list[int], loss_drop: list[float], max_score: list[float
     return _save(fig, path)
 
 
-def layer_curves(series: dict[str, dict[str, list[float]]], path: Path, title: str) -> Path:
-    """One panel per metric (e.g. cosine similarity), one line per model pair, x = residual-stream layer."""
-    fig, axes = plt.subplots(1, len(series), figsize=(5.2 * len(series), 3.6), squeeze=False)
-    for ax, (metric, lines) in zip(axes[0], series.items()):
+def _line_panels(panels: dict[str, dict[str, list[float]]], width: float, height: float):
+    """A row of panels, one per key of ``panels``, each with one line per name over index 0..n-1."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), height), squeeze=False)
+    for ax, lines in zip(axes[0], panels.values()):
         for name, values in lines.items():
             ax.plot(range(len(values)), values, "o-", label=name)
+    return fig, zip(axes[0], panels)
+
+
+def layer_curves(series: dict[str, dict[str, list[float]]], path: Path, title: str) -> Path:
+    """One panel per metric (e.g. cosine similarity), one line per model pair, x = residual-stream layer."""
+    fig, panels = _line_panels(series, 5.2, 3.6)
+    for ax, metric in panels:
         ax.set_xlabel("residual stream (0 = embeddings, l = after block l-1)")
         ax.set_title(metric, fontsize=9), ax.grid(alpha=0.3), ax.legend(fontsize=7)
     fig.suptitle(_safe(title), fontsize=10)
@@ -126,10 +133,8 @@ def weight_bars(changes: dict[str, dict[str, float]], path: Path, title: str) ->
 
 def logit_lens(curves: dict[str, dict[str, list[float]]], path: Path, title: str) -> Path:
     """Per prompt (panel), per model (line): probability the lens at each layer gives the model's final answer."""
-    fig, axes = plt.subplots(1, len(curves), figsize=(4.6 * len(curves), 3.4), squeeze=False)
-    for ax, (prompt, lines) in zip(axes[0], curves.items()):
-        for name, values in lines.items():
-            ax.plot(range(len(values)), values, "o-", label=name)
+    fig, panels = _line_panels(curves, 4.6, 3.4)
+    for ax, prompt in panels:
         ax.set_title(_safe(prompt), fontsize=8), ax.set_ylim(0, 1), ax.grid(alpha=0.3)
         ax.set_xlabel("residual stream read at"), ax.set_ylabel("p(final top-1 token)")
         ax.legend(fontsize=7)
