@@ -76,10 +76,10 @@ def training_arguments(cfg: dict[str, Any], output_dir: str, has_eval: bool) -> 
 
 
 def _rank() -> int:
-    import ray.train
     try:
+        import ray.train
         return ray.train.get_context().get_world_rank()
-    except Exception:  # outside Ray Train (direct calls in tests)
+    except Exception:  # outside Ray Train (direct calls in tests, benchmarks on a box without Ray)
         return int(os.environ.get("RANK", 0))
 
 
