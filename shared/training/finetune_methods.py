@@ -231,7 +231,9 @@ def load_for_finetuning(path_or_name: Union[str, Path], cfg: MethodConfig,
     """Load an HF causal LM and its tokenizer and ``prepare_model`` it; returns ``(model, tokenizer)``.
 
     For qlora the weights are quantized to 4 bits while loading (``bnb_config``) and placed on
-    ``device``; the other methods load fp32 weights (mixed precision is the trainer's business).
+    ``device``; the other methods load the weights in the checkpoint's own dtype (transformers 5's
+    default: fp32 for our GPT-2 checkpoints, bf16 for most hub models); mixed precision is the
+    trainer's business.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
