@@ -75,3 +75,28 @@ def test_arm_names_parse_and_bad_ones_fail_with_the_fix(tmp_path, capsys):
 def test_preset_validates():
     cfg = load_config(ExperimentConfig, "experiment", "finetune-methods-tiny")
     assert cfg.methods == ["full", "lora-r8", "lora-r16", "lora-r32", "qlora-r16"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU rows (QLoRA skipped)")
+def test_benchmark_runs_the_arms_without_ray(tmp_path, tiny_checkpoint):
+    """benchmarks/finetune_methods.py: the same arms in spawned processes, for GPU boxes with no Ray cluster."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    cmd = [sys.executable, str(root / "benchmarks" / "finetune_methods.py"), "--model", str(tiny_checkpoint),
+           "--arms", "full,lora-r8,qlora-r8", "--preset", "smoke", "--steps", "3", "--batch-size", "4",
+           "--max-length", "32", "--max-examples", "24", "--eval-examples", "8", "--threads", "1",
+           "--no-packing", "--out", str(tmp_path)]
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {r["method"]: r for r in json.loads((tmp_path / "finetune_methods.json").read_text())["rows"]}
+    full, r8 = rows["full"], rows["lora-r8"]
+    assert full["status"] == r8["status"] == "ok" and full["steps"] == r8["steps"] == 3
+    assert full["trainable_params"] == full["total_params"] == r8["total_params"] - r8["trainable_params"]
+    assert math.isfinite(r8["eval_loss"]) and r8["peak_memory_mb"] > 0
+    assert rows["qlora-r8"]["status"].startswith("skipped") and "CUDA" in rows["qlora-r8"]["status"]
+    table = (tmp_path / "finetune_methods.md").read_text()
+    assert "| full | ok |" in table and "1.00x" in table  # each arm's ratios against the first
+    assert (tmp_path / "finetune_methods.png").stat().st_size > 5000
