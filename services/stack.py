@@ -99,7 +99,7 @@ def _start_ray(cfg: UpConfig, state: dict) -> None:
     if cfg.num_cpus:
         cmd += ["--num-cpus", str(cfg.num_cpus)]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    state["ray_started"] = True
+    state["ray_started"], state["ray_port"] = True, cfg.ray_port
     ray.init(address="auto", logging_level="WARNING")
     print("started a Ray head (`ray status` to inspect)")
 
@@ -141,6 +141,54 @@ def up(cfg: UpConfig) -> dict:
     return state
 
 
+def ray_head_pids(port: int) -> list[int]:
+    """PIDs of the Ray head whose GCS listens on ``port``: the GCS server, the raylet, the dashboard and
+    the monitors, each of which names the port on its command line (``--gcs_server_port=P`` or
+    ``--gcs-address=HOST:P``). Workers are the raylet's children and exit with it."""
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if any(a == f"--gcs_server_port={port}" or (a.startswith("--gcs-address=") and a.endswith(f":{port}"))
+               for a in args):
+            pids.append(int(proc.name))
+    return pids
+
+
+def stop_ray_head(port: int, timeout_s: float = 20.0) -> int:
+    """Stop the Ray head on ``port`` and nothing else; returns how many processes were signalled.
+
+    Why not ``ray stop``: it stops every Ray cluster started on this machine, including ones the user
+    runs beside the stack. SIGTERM first (the raylet then ends its workers), SIGKILL what is left.
+    """
+    pids = ray_head_pids(port)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() and not _zombie(pid) for pid in pids):
+            time.sleep(0.2)
+    # `ray start` recorded this head as the machine's current cluster, where a later plain ray.init()
+    # looks first: left behind, it would send that call to a dead address (`ray stop` clears it too).
+    from ray._private.utils import read_ray_address
+    from ray._common.utils import reset_ray_address
+    if (read_ray_address() or "").endswith(f":{port}"):
+        reset_ray_address()
+    return len(pids)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def _kill(pid: int | None, what: str) -> None:
     if not pid:
         return
@@ -169,8 +217,8 @@ def down(runs_dir: str | None = None) -> None:
     except Exception as exc:  # noqa: BLE001 - Ray may be gone already; say so and go on
         print(f"Serve app not removed ({type(exc).__name__}: {exc})")
     if state.get("ray_started"):
-        subprocess.run([str(Path(sys.executable).parent / "ray"), "stop"], stdout=subprocess.DEVNULL)
-        print("stopped the Ray head")
+        port = state.get("ray_port", UpConfig.ray_port)
+        print(f"stopped the Ray head on port {port} ({stop_ray_head(port)} processes)")
     _kill(state.get("redis_pid"), "redis-server")
     path.unlink()
 
