@@ -178,6 +178,8 @@ class PrefsJobConfig:
     max_new_tokens: int = help_field(48, "response budget in tokens")
     reward_model: Optional[str] = help_field(None, "also score with this reward model artifact when given")
     min_margin: float = help_field(0.5, "keep a pair only when chosen beats rejected by at least this")
+    pairs_per_prompt: int = help_field(1, "at most this many pairs per prompt, each a distinct (chosen, rejected) "
+                                       "couple of distinct replies; 1 = the best reply against the worst only")
     reference_fallback: bool = help_field(False, "when no sample passes the check, use the dataset's reference "
                                           "answer as chosen (recorded per pair as chosen_source); off = "
                                           "on-policy pairs only")
@@ -189,7 +191,8 @@ class PrefsJobConfig:
     overwrite: bool = help_field(False, "replace an existing artifact of the same run/stage")
 
     def validate(self) -> None:
-        require_positive(self, ("num_prompts", "samples_per_prompt", "max_new_tokens", "batch_size", "num_workers"))
+        require_positive(self, ("num_prompts", "samples_per_prompt", "max_new_tokens", "batch_size", "num_workers",
+                               "pairs_per_prompt"))
         if self.samples_per_prompt < 2 and not self.reference_fallback:
             raise ConfigError("samples_per_prompt must be >= 2 to form pairs (or enable reference_fallback)")
         if not 0 < self.temperature:

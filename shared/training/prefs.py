@@ -10,6 +10,9 @@
    ``min_margin``; among equally bad replies the greedy one is rejected, so the pairs push on the
    mistakes the model actually makes when it decodes greedily. When no sample passes the check and ``reference_fallback`` is on, the dataset's
    own reference reply is chosen instead; every pair records ``chosen_source`` (model | reference).
+   With ``pairs_per_prompt`` > 1 a prompt gives up to that many pairs: further distinct couples of
+   distinct replies (another right reply, another wrong one), each at least ``min_margin`` apart, worst-first on the
+   rejected side so the greedy mistake is used first.
 
 The artifact is a ``dataset``: ``train.jsonl`` / ``heldout.jsonl`` in the preference schema
 (``shared.data.instructions.schema``) plus ``stats.json``.
@@ -90,26 +93,50 @@ def score_candidates(examples: list[dict], replies: list[list[str]]) -> list[lis
 
 
 def make_pairs(examples: list[dict], scored_replies: list[list[dict[str, Any]]], min_margin: float,
-               reference_fallback: bool, rewards: list[list[float]] | None = None) -> list[dict[str, Any]]:
-    """Chosen/rejected pairs with their margin from ``score_candidates`` rows (see the module docstring)."""
+               reference_fallback: bool, rewards: list[list[float]] | None = None,
+               pairs_per_prompt: int = 1) -> list[dict[str, Any]]:
+    """Chosen/rejected pairs with their margin from ``score_candidates`` rows (see the module docstring).
+
+    Up to ``pairs_per_prompt`` pairs per prompt, each a distinct (chosen, rejected) couple of distinct
+    replies; the first tried is the best reply against the worst (the greedy one among equals).
+    """
     from shared.eval.chat_eval import score_replies
     from shared.tokenizer.chat import render_reply
     pairs = []
     for i, (example, scored) in enumerate(zip(examples, scored_replies, strict=True)):
-        candidates = [r["reply"] for r in scored]
         scores = [r["score"] + (rewards[i][j] if rewards else 0.0) for j, r in enumerate(scored)]
-        best, worst = int(np.argmax(scores)), int(np.argmin(scores))
-        chosen, source, chosen_score = reply_message(candidates[best]), "model", scores[best]
+        # Distinct replies, first occurrence kept (the greedy reply comes first when sampled).
+        seen: dict[str, int] = {}
+        for j, r in enumerate(scored):
+            seen.setdefault(r["reply"], j)
+        distinct = list(seen.values())
+        by_best = sorted(distinct, key=lambda j: (-scores[j], j))   # chosen candidates, best first
+        by_worst = sorted(distinct, key=lambda j: (scores[j], j))   # rejected candidates, worst (greedy) first
+        best = by_best[0]
         task_ok = scored[best]["score"] - (1.0 if scored[best]["format_ok"] else 0.0) >= PASSING_TASK_SCORE
         if reference_fallback and not task_ok:
             target = example["messages"][-1]
             reference_score = score_replies([example], [render_reply([target])])[0]["score"]
-            chosen, source, chosen_score = target, "reference", reference_score
-        margin = chosen_score - scores[worst]
-        rejected = reply_message(candidates[worst])
-        # An unterminated "42" and the reference "42<|end|>" are the same message once parsed: the
-        # defect (no end of turn) has no conversational form, so such a pair would teach nothing.
-        if margin >= min_margin and rejected != chosen:
+            chosen_side = [(target, reference_score)]
+            source = "reference"
+        else:
+            chosen_side = [(reply_message(scored[j]["reply"]), scores[j]) for j in by_best]
+            source = "model"
+        rejected_side = [(reply_message(scored[j]["reply"]), scores[j]) for j in by_worst]
+        # Couples ordered so that each new pair brings a new reply on one side: (0,0), (0,1), (1,0), (1,1), ...
+        couples = sorted(((c, r) for c in range(len(chosen_side)) for r in range(len(rejected_side))),
+                         key=lambda cr: (max(cr), cr[1], cr[0]))
+        taken: list[tuple[dict, dict]] = []
+        for c, r in couples:
+            if len(taken) >= pairs_per_prompt:
+                break
+            (chosen, chosen_score), (rejected, rejected_score) = chosen_side[c], rejected_side[r]
+            margin = chosen_score - rejected_score
+            # An unterminated "42" and the reference "42<|end|>" are the same message once parsed: the
+            # defect (no end of turn) has no conversational form, so such a pair would teach nothing.
+            if margin < min_margin or rejected == chosen or (chosen, rejected) in taken:
+                continue
+            taken.append((chosen, rejected))
             pairs.append({"id": example["id"], "task": example.get("task", ""), "prompt": example["messages"][:-1],
                           "chosen": [chosen], "rejected": [rejected], "margin": margin,
                           "chosen_source": source})
@@ -141,7 +168,7 @@ def run_prefs(cfg) -> Artifact:
         replies = sample_replies(model.path, examples, cfg)
         rewards = _reward_scores(reward, examples, replies) if reward else None
         scored = score_candidates(examples, replies)
-        pairs = make_pairs(examples, scored, cfg.min_margin, cfg.reference_fallback, rewards)
+        pairs = make_pairs(examples, scored, cfg.min_margin, cfg.reference_fallback, rewards, cfg.pairs_per_prompt)
         if split == "train":
             check_nonempty(pairs, f"pairs sampled from {model.path}")
         _write_jsonl(out_dir / f"{split}.jsonl", pairs)
