@@ -20,13 +20,27 @@ constexpr int kMaxRows = 4;  // x rows handled in one pass over the weights (kep
 // Software prefetch distance in bytes ahead of each weight stream. Why: a GEMV reads many short
 // rows (768 B for GPT-2 int8), each a new stream the hardware prefetcher barely ramps up on;
 // without it one core pulls ~7 GB/s where a plain sum reaches ~23 GB/s (measured, EPYC Zen 4).
-constexpr int64_t g_prefetch = 4096;  // tuned on gpt2-124m shapes: 1 KiB 17, 4 KiB 23, 16 KiB 22 GB/s (int8, 2 threads)
+constexpr int64_t g_prefetch = 4096;  // int4: tuned on gpt2-124m shapes (T0, into L1)
+// int8 prefetches further ahead and into L2 (T1). Measured on the 2-core EPYC over a whole decode
+// step's linears (124 MB, cold from DRAM; benchmarks/decode_breakdown.py): T0 at 4 KiB 6.3 ms,
+// T1 at 4 KiB 5.5, T1 at 16 KiB 3.7, T1 at 32 KiB 4.1. An L1 prefetch occupies one of the few L1
+// miss buffers for a whole DRAM round trip, which caps a core near 10 GB/s; L2 tracks many more
+// misses. (Repeating one matrix hides this: it stays in the 32 MB L3.) int4 was best at T0 4 KiB.
+constexpr int64_t g_prefetch_int8 = 16384;
 
 inline void prefetch(const void* p) {
 #if defined(__AVX2__) || defined(__AVX512F__)
   _mm_prefetch((const char*)p, _MM_HINT_T0);
 #else
   __builtin_prefetch(p);
+#endif
+}
+
+inline void prefetch_l2(const void* p) {
+#if defined(__AVX2__) || defined(__AVX512F__)
+  _mm_prefetch((const char*)p, _MM_HINT_T1);
+#else
+  __builtin_prefetch(p, 0, 2);
 #endif
 }
 
@@ -47,9 +61,9 @@ inline void int8_block(const float* x, int64_t in, const int8_t* w, float out[OB
   __m512 acc[OB][R];
   for (int b = 0; b < OB; ++b)
     for (int r = 0; r < R; ++r) acc[b][r] = _mm512_setzero_ps();
-  const int64_t pf = g_prefetch;
+  const int64_t pf = g_prefetch_int8;
   for (; i + 64 <= in; i += 64) {
-    for (int b = 0; b < OB; ++b) prefetch(w + b * in + i + pf);
+    for (int b = 0; b < OB; ++b) prefetch_l2(w + b * in + i + pf);
     for (int u = 0; u < 64; u += 16) {
       __m512 xv[R];
       for (int r = 0; r < R; ++r) {
@@ -76,10 +90,10 @@ inline void int8_block(const float* x, int64_t in, const int8_t* w, float out[OB
   __m256 acc[OB][R];
   for (int b = 0; b < OB; ++b)
     for (int r = 0; r < R; ++r) acc[b][r] = _mm256_setzero_ps();
-  const int64_t pf = g_prefetch;
+  const int64_t pf = g_prefetch_int8;
   for (; i + 8 <= in; i += 8) {
     if ((i & 63) == 0)
-      for (int b = 0; b < OB; ++b) prefetch(w + b * in + i + pf);
+      for (int b = 0; b < OB; ++b) prefetch_l2(w + b * in + i + pf);
     __m256 xv[R];
     for (int r = 0; r < R; ++r) xv[r] = _mm256_loadu_ps(x + r * in + i);
     for (int b = 0; b < OB; ++b) {
@@ -120,14 +134,14 @@ inline __m512 byte_as_float(__m512i v) {
 
 template <int R, int OB>
 inline void int8_super_block(const float* xp, int64_t in, const int8_t* w, float out[OB][R]) {
-  const int64_t pf = g_prefetch;
+  const int64_t pf = g_prefetch_int8;
   __m512 acc[OB][R][2];
   for (int b = 0; b < OB; ++b)
     for (int r = 0; r < R; ++r) acc[b][r][0] = acc[b][r][1] = _mm512_setzero_ps();
   for (int64_t c = 0; c < in; c += 64) {
     __m512i v[OB];
     for (int b = 0; b < OB; ++b) {
-      prefetch(w + b * in + c + pf);
+      prefetch_l2(w + b * in + c + pf);
       v[b] = _mm512_loadu_si512((const void*)(w + b * in + c));
       in_register(v[b]);
     }
