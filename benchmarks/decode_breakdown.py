@@ -9,7 +9,9 @@ For each precision it splits the time per output token (TPOT, engine.submit, gre
 It prints the linears' effective GB/s next to the measured read bandwidth: how far the GEMVs are from
 the limit, and how much the other two parts add on top. The peer is the same engine's own parts.
 
-    python benchmarks/decode_breakdown.py [--precisions fp32,int8,int4] [--threads 2] [--new-tokens 128]
+    python benchmarks/decode_breakdown.py [--precisions fp32,fp32-gemv,int8,int4] [--threads 2] [--new-tokens 128]
+
+``fp32-<backend>`` picks the engine's linear backend for FP32 (onednn, dense, gemv; plain fp32 is "auto").
 
 Random weights in the GPT-2 124M shape, a 32-token prompt.
 """
@@ -58,7 +60,8 @@ def decode_batch(engine: Engine, prompt: list[int]):
 
 
 def build_engine(gpt: GPT, precision: str, max_seq_len: int) -> Engine:
-    config = EngineConfig(max_batch_size=1, max_seq_len=max_seq_len)
+    backend = precision.split("-", 1)[1] if precision.startswith("fp32-") else "auto"
+    config = EngineConfig(max_batch_size=1, max_seq_len=max_seq_len, linear_backend=backend)
     if precision in ("int8", "int4"):
         from shared.quant.engine_quant import QuantSpec, build_quantized_engine_model
         model, _ = build_quantized_engine_model(gpt, QuantSpec(scheme=precision))
@@ -68,7 +71,7 @@ def build_engine(gpt: GPT, precision: str, max_seq_len: int) -> Engine:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--precisions", default="fp32,int8,int4")
+    ap.add_argument("--precisions", default="fp32,fp32-gemv,int8,int4")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=128)
     args = ap.parse_args()

@@ -95,7 +95,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--concurrency", default="1,4,16", help="comma-separated request counts")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--backend", default="auto", choices=("auto", "dense", "onednn"))
+    ap.add_argument("--backend", default="auto", choices=("auto", "dense", "onednn", "gemv"))
     ap.add_argument("--skip-hf", action="store_true", help="engine only")
     ap.add_argument("--variants", default="bf16,int8,int4,gguf-f32,gguf-f16,gguf-q8_0,gguf-q4_0",
                     help="other precisions / backends at batch 1: bf16, int8, int4, int8-dynamic (our engine), "

@@ -65,6 +65,33 @@ class OneDNNLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
+class GemvLinear(nn.Module):
+    """``x @ W.T + b`` with ``W`` (out, in): 1..4 rows through our fp32 GEMV kernel, more rows through torch.
+
+    Why: at batch 1 a decode step streams every weight from DRAM once, and oneDNN's GEMV pulls ~27 GB/s
+    of the ~50 GB/s this CPU reads; our kernel prefetches into L2 far ahead (``shared.quant.kernels``,
+    built at first use). Prefill and larger batches are matrix-matrix work and go to torch (MKL), which
+    is slower than oneDNN's prepacked weights for 5-16 rows: pick this backend for single-stream chat,
+    ``onednn`` for serving many concurrent requests. Without a compiler it is torch throughout.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.register_buffer("weight", weight.detach().contiguous())
+        self.register_buffer("bias", None if bias is None else bias.detach().contiguous())
+        from shared.quant import kernels  # the GEMV kernels live with the quantized ones (one C++ build)
+        self._kernels = kernels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight.dtype == torch.float32 and self._kernels.use_for(x):
+            return self._kernels.f32_gemv(x, self.weight, self.bias)
+        return torch.nn.functional.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
 def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
@@ -73,6 +100,8 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     """The concrete backend ("dense" or "onednn") for ``backend`` on ``device``."""
     if backend == "auto":
         return "onednn" if device.type == "cpu" and onednn_available() else "dense"
+    if backend == "gemv" and device.type != "cpu":
+        raise EngineError(f"linear_backend='gemv' runs our CPU GEMV kernel; this is {device.type}: use 'auto' or 'dense'")
     if backend == "onednn" and (device.type != "cpu" or not onednn_available()):
         raise EngineError(f"linear_backend='onednn' needs a CPU build of PyTorch with oneDNN (mkldnn); this is "
                           f"{device.type} with mkldnn available={onednn_available()}: use 'auto' or 'dense'")
@@ -83,4 +112,6 @@ def backend_linear(weight: torch.Tensor, bias: torch.Tensor | None, backend: str
     """An engine linear layer for ``weight`` (out, in) and ``bias`` with a concrete ``backend``."""
     if backend == "onednn":
         return OneDNNLinear(weight, bias, batch_hint)
+    if backend == "gemv":
+        return GemvLinear(weight, bias)
     return DenseLinear(weight, bias)

@@ -86,7 +86,7 @@ class EngineModel(nn.Module):
         """An engine model with copies of ``gpt``'s weights in ``dtype`` on ``gpt``'s device.
 
         ``make_linear`` builds each linear layer from its name (``h.3.fc``, ``lm_head``), weight (out, in)
-        and bias; by default the ``backend`` ("auto", "dense", "onednn") layer for ``batch_hint`` rows.
+        and bias; by default the ``backend`` ("auto", "dense", "onednn", "gemv") layer for ``batch_hint`` rows.
         """
         if not isinstance(gpt, GPT):
             raise EngineError(f"EngineModel.from_gpt needs a shared.model.gpt.GPT, got {type(gpt).__name__}; load "

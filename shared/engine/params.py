@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from shared.engine.errors import EngineError
 
-LINEAR_BACKENDS = ("auto", "dense", "onednn")
+LINEAR_BACKENDS = ("auto", "dense", "onednn", "gemv")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -104,8 +104,9 @@ class EngineConfig:
       chunks); bounds how long a new prompt can stall the running decodes. Must be >= max_batch_size.
     - ``prefill_chunk``: most prompt tokens of one request per step (None: the budget).
     - ``linear_backend``: "auto", "dense" (PyTorch matmul, transposed weights) or "onednn" (weights
-      prepacked for oneDNN: about 2x faster for small batches on x86 CPUs); "auto" picks onednn on CPU
-      when PyTorch has it.
+      prepacked for oneDNN: about 2x faster for small batches on x86 CPUs) or "gemv" (our fp32 GEMV
+      kernel for 1-4 rows, fastest for single-stream decode; torch for more rows); "auto" picks onednn
+      on CPU when PyTorch has it.
     - ``dtype``: "float32" or "bfloat16" for weights, activations and the cache.
     - ``seed``: seeds the sequence the per-request seeds are drawn from when a request gives none.
     """

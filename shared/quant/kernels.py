@@ -75,6 +75,11 @@ def use_for(x: torch.Tensor) -> bool:
             and available())
 
 
+def f32_gemv(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ w.T + bias`` for fp32 ``w`` (out, in): the engine's ``linear_backend="gemv"`` decode path."""
+    return _load().f32_gemv(x.contiguous(), w, bias)
+
+
 def int8_gemv(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return _load().int8_gemv(x.contiguous(), q, scale, bias)
 

@@ -27,6 +27,7 @@ constexpr int64_t g_prefetch = 4096;  // int4: tuned on gpt2-124m shapes (T0, in
 // miss buffers for a whole DRAM round trip, which caps a core near 10 GB/s; L2 tracks many more
 // misses. (Repeating one matrix hides this: it stays in the 32 MB L3.) int4 was best at T0 4 KiB.
 constexpr int64_t g_prefetch_int8 = 16384;
+constexpr int64_t g_prefetch_f32 = 32768;  // fp32 reads 4x the bytes per weight: see f32_block
 
 inline void prefetch(const void* p) {
 #if defined(__AVX2__) || defined(__AVX512F__)
@@ -50,6 +51,81 @@ inline void prefetch_l2(const void* p) {
 template <typename V>
 inline void in_register(V& v) { asm("" : "+v"(v)); }
 #endif
+
+// ------------------------------------------------------------------ fp32: y = w[o] . x + b[o]
+// The engine's fp32 decode path (linear_backend="gemv"): weights (out, in) row-major, streamed once
+// per call, prefetched into L2 like int8 (same reason: DRAM-cold weights, few L1 miss buffers).
+
+template <int R, int OB>
+inline void f32_block(const float* x, int64_t in, const float* w, float out[OB][R]) {
+  int64_t i = 0;
+  for (int b = 0; b < OB; ++b)
+    for (int r = 0; r < R; ++r) out[b][r] = 0.f;
+#if defined(__AVX512F__)
+  __m512 acc[OB][R];
+  for (int b = 0; b < OB; ++b)
+    for (int r = 0; r < R; ++r) acc[b][r] = _mm512_setzero_ps();
+  constexpr int64_t pf = g_prefetch_f32 / 4;  // in floats
+  for (; i + 16 <= in; i += 16) {
+    __m512 xv[R];
+    for (int r = 0; r < R; ++r) xv[r] = _mm512_loadu_ps(x + r * in + i);
+    for (int b = 0; b < OB; ++b) {
+      prefetch_l2(w + b * in + i + pf);
+      const __m512 wv = _mm512_loadu_ps(w + b * in + i);
+      for (int r = 0; r < R; ++r) acc[b][r] = _mm512_fmadd_ps(wv, xv[r], acc[b][r]);
+    }
+  }
+  for (int b = 0; b < OB; ++b)
+    for (int r = 0; r < R; ++r) out[b][r] = _mm512_reduce_add_ps(acc[b][r]);
+#elif defined(__AVX2__) && defined(__FMA__)
+  __m256 acc[OB][R];
+  for (int b = 0; b < OB; ++b)
+    for (int r = 0; r < R; ++r) acc[b][r] = _mm256_setzero_ps();
+  constexpr int64_t pf = g_prefetch_f32 / 4;
+  for (; i + 8 <= in; i += 8) {
+    __m256 xv[R];
+    for (int r = 0; r < R; ++r) xv[r] = _mm256_loadu_ps(x + r * in + i);
+    for (int b = 0; b < OB; ++b) {
+      if ((i & 15) == 0) prefetch_l2(w + b * in + i + pf);  // one prefetch per 64-byte line
+      const __m256 wv = _mm256_loadu_ps(w + b * in + i);
+      for (int r = 0; r < R; ++r) acc[b][r] = _mm256_fmadd_ps(wv, xv[r], acc[b][r]);
+    }
+  }
+  for (int b = 0; b < OB; ++b)
+    for (int r = 0; r < R; ++r) {
+      __m128 v = _mm_add_ps(_mm256_castps256_ps128(acc[b][r]), _mm256_extractf128_ps(acc[b][r], 1));
+      v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+      v = _mm_add_ss(v, _mm_shuffle_ps(v, v, 1));
+      out[b][r] = _mm_cvtss_f32(v);
+    }
+#endif
+  for (; i < in; ++i)  // tail (and the whole row on the scalar path)
+    for (int b = 0; b < OB; ++b)
+      for (int r = 0; r < R; ++r) out[b][r] += w[b * in + i] * x[r * in + i];
+}
+
+template <int R>
+void f32_gemv_rows(const float* x, int64_t in, int64_t out_f, const float* w, const float* bias, float* y) {
+  constexpr int OB = R <= 2 ? 4 : 2;
+  const int64_t blocks = (out_f + OB - 1) / OB;
+  at::parallel_for(0, blocks, 16, [&](int64_t b0, int64_t b1) {
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t o0 = blk * OB;
+      float part[OB][R];
+      if (o0 + OB <= out_f) {
+        f32_block<R, OB>(x, in, w + o0 * in, part);
+      } else {
+        for (int64_t o = o0; o < out_f; ++o) {
+          float one[1][R];
+          f32_block<R, 1>(x, in, w + o * in, one);
+          for (int r = 0; r < R; ++r) part[o - o0][r] = one[0][r];
+        }
+      }
+      for (int64_t o = o0; o < std::min(o0 + OB, out_f); ++o)
+        for (int r = 0; r < R; ++r) y[r * out_f + o] = part[o - o0][r] + (bias ? bias[o] : 0.f);
+    }
+  });
+}
 
 // ------------------------------------------------------------------ int8: y = scale[o] * (q[o] . x) + b[o]
 
@@ -506,6 +582,24 @@ at::Tensor int8_gemv(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   return y;
 }
 
+at::Tensor f32_gemv(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kFloat && w.is_contiguous(), "w must be contiguous float32 (out, in)");
+  const int64_t out_f = w.size(0), in = w.size(1);
+  auto y = at::empty({x.size(0), out_f}, x.options());
+  check_common(x, y, in);
+  const float* b = bias_ptr(bias, out_f);
+  const float* xp = x.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  switch (x.size(0)) {
+    case 1: f32_gemv_rows<1>(xp, in, out_f, wp, b, yp); break;
+    case 2: f32_gemv_rows<2>(xp, in, out_f, wp, b, yp); break;
+    case 3: f32_gemv_rows<3>(xp, in, out_f, wp, b, yp); break;
+    default: f32_gemv_rows<4>(xp, in, out_f, wp, b, yp); break;
+  }
+  return y;
+}
+
 at::Tensor int4_gemv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, const at::Tensor& zz,
                      int64_t group, const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kByte && w.is_contiguous(),
@@ -546,6 +640,7 @@ std::string isa() {
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("f32_gemv", &f32_gemv, "y = x @ w.T + b for 1..4 fp32 rows, w (out, in) float32");
   m.def("int8_gemv", &int8_gemv, "y = x @ (q * scale).T + b for 1..4 fp32 rows");
   m.def("int4_gemv", &int4_gemv, "y = x @ W_hat.T + b for 1..4 fp32 rows, block-32 nibble layout");
   m.def("isa", &isa, "the vector path compiled in");

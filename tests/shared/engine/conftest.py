@@ -103,10 +103,13 @@ def scripted(byte_tokenizer):
     return make
 
 
-@pytest.fixture(params=["dense", "onednn"])
+@pytest.fixture(params=["dense", "onednn", "gemv"])
 def backend(request) -> str:
     from shared.engine.linear import onednn_available
+    from shared.quant import kernels
 
     if request.param == "onednn" and not onednn_available():
         pytest.skip("this PyTorch build has no oneDNN")
+    if request.param == "gemv" and not kernels.available():
+        pytest.skip("the GEMV kernels did not build (no compiler)")
     return request.param

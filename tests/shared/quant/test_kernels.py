@@ -33,6 +33,29 @@ def test_int8_gemv(rows, in_f, out_f, with_bias):
     _check(kernels.int8_gemv(x, q, scale, bias), x, q.float() * scale[:, None], bias)
 
 
+@pytest.mark.parametrize("rows,in_f,out_f", SHAPES + [(2, 17, 9), (4, 33, 3)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_f32_gemv(rows, in_f, out_f, with_bias):
+    torch.manual_seed(rows * in_f + out_f + 1)
+    w = torch.randn(out_f, in_f)
+    x, bias = torch.randn(rows, in_f), torch.randn(out_f) if with_bias else None
+    _check(kernels.f32_gemv(x, w, bias), x, w, bias)
+
+
+def test_gemv_backend_uses_the_kernel_for_few_rows_and_torch_for_more(monkeypatch):
+    from shared.engine.linear import GemvLinear
+    torch.manual_seed(0)
+    w, b = torch.randn(40, 96), torch.randn(40)
+    layer = GemvLinear(w, b)
+    calls = []
+    real = kernels.f32_gemv
+    monkeypatch.setattr(kernels, "f32_gemv", lambda *a: calls.append(a[0].shape[0]) or real(*a))
+    for rows in (1, kernels.MAX_ROWS, kernels.MAX_ROWS + 3):
+        x = torch.randn(rows, 96)
+        torch.testing.assert_close(layer(x), x @ w.t() + b, atol=1e-4, rtol=1e-5)
+    assert calls == [1, kernels.MAX_ROWS]  # the batch of MAX_ROWS + 3 went to torch
+
+
 @pytest.mark.parametrize("in_f", [17, 33, 100])
 def test_int8_gemv_ragged_inputs(in_f):
     torch.manual_seed(in_f)
