@@ -9,6 +9,7 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <cstdint>
+#include <type_traits>
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
@@ -51,6 +52,32 @@ inline void prefetch_l2(const void* p) {
 template <typename V>
 inline void in_register(V& v) { asm("" : "+v"(v)); }
 #endif
+
+// Every GEMV below walks the output rows the same way: blocks of OB rows spread over torch's
+// threads, the last partial block one row at a time, then an epilogue per output. `dot(ob, o, part)`
+// fills part[b][r] for OB rows from row o, where ob is std::integral_constant<int, OB> or <int, 1>
+// (so the block kernel is instantiated for both); `store(o, r, value)` writes y[r, o].
+template <int R, int OB, typename Dot, typename Store>
+inline void for_each_row_block(int64_t out_f, int64_t grain, const Dot& dot, const Store& store) {
+  const int64_t blocks = (out_f + OB - 1) / OB;
+  at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t o0 = blk * OB;
+      float part[OB][R];
+      if (o0 + OB <= out_f) {
+        dot(std::integral_constant<int, OB>{}, o0, part);
+      } else {
+        for (int64_t o = o0; o < out_f; ++o) {
+          float one[1][R];
+          dot(std::integral_constant<int, 1>{}, o, one);
+          for (int r = 0; r < R; ++r) part[o - o0][r] = one[0][r];
+        }
+      }
+      for (int64_t o = o0; o < std::min(o0 + OB, out_f); ++o)
+        for (int r = 0; r < R; ++r) store(o, r, part[o - o0][r]);
+    }
+  });
+}
 
 // ------------------------------------------------------------------ fp32: y = w[o] . x + b[o]
 // The engine's fp32 decode path (linear_backend="gemv"): weights (out, in) row-major, streamed once
@@ -107,24 +134,9 @@ inline void f32_block(const float* x, int64_t in, const float* w, float out[OB][
 template <int R>
 void f32_gemv_rows(const float* x, int64_t in, int64_t out_f, const float* w, const float* bias, float* y) {
   constexpr int OB = R <= 2 ? 4 : 2;
-  const int64_t blocks = (out_f + OB - 1) / OB;
-  at::parallel_for(0, blocks, 16, [&](int64_t b0, int64_t b1) {
-    for (int64_t blk = b0; blk < b1; ++blk) {
-      const int64_t o0 = blk * OB;
-      float part[OB][R];
-      if (o0 + OB <= out_f) {
-        f32_block<R, OB>(x, in, w + o0 * in, part);
-      } else {
-        for (int64_t o = o0; o < out_f; ++o) {
-          float one[1][R];
-          f32_block<R, 1>(x, in, w + o * in, one);
-          for (int r = 0; r < R; ++r) part[o - o0][r] = one[0][r];
-        }
-      }
-      for (int64_t o = o0; o < std::min(o0 + OB, out_f); ++o)
-        for (int r = 0; r < R; ++r) y[r * out_f + o] = part[o - o0][r] + (bias ? bias[o] : 0.f);
-    }
-  });
+  for_each_row_block<R, OB>(out_f, 16,
+      [&](auto ob, int64_t o, float (*part)[R]) { f32_block<R, decltype(ob)::value>(x, in, w + o * in, part); },
+      [&](int64_t o, int r, float v) { y[r * out_f + o] = v + (bias ? bias[o] : 0.f); });
 }
 
 // ------------------------------------------------------------------ int8: y = scale[o] * (q[o] . x) + b[o]
@@ -253,25 +265,9 @@ void int8_super_rows(const float* x, int64_t in, int64_t out_f, const int8_t* w,
         for (int k = 0; k < 4; ++k) xp[r * in + c + 16 * k + j] = x[r * in + c + 4 * j + k];
     for (int64_t i = 0; i < in; ++i) xsum[r] += x[r * in + i];
   }
-  const int64_t blocks = (out_f + OB - 1) / OB;
-  at::parallel_for(0, blocks, 16, [&](int64_t b0, int64_t b1) {
-    for (int64_t blk = b0; blk < b1; ++blk) {
-      const int64_t o0 = blk * OB;
-      float part[OB][R];
-      if (o0 + OB <= out_f) {
-        int8_super_block<R, OB>(xp.data(), in, w + o0 * in, part);
-      } else {
-        for (int64_t o = o0; o < out_f; ++o) {
-          float one[1][R];
-          int8_super_block<R, 1>(xp.data(), in, w + o * in, one);
-          for (int r = 0; r < R; ++r) part[o - o0][r] = one[0][r];
-        }
-      }
-      for (int64_t o = o0; o < std::min(o0 + OB, out_f); ++o)
-        for (int r = 0; r < R; ++r)
-          y[r * out_f + o] = scale[o] * (256.f * part[o - o0][r] - 384.f * xsum[r]) + (bias ? bias[o] : 0.f);
-    }
-  });
+  for_each_row_block<R, OB>(out_f, 16,
+      [&](auto ob, int64_t o, float (*part)[R]) { int8_super_block<R, decltype(ob)::value>(xp.data(), in, w + o * in, part); },
+      [&](int64_t o, int r, float v) { y[r * out_f + o] = scale[o] * (256.f * v - 384.f * xsum[r]) + (bias ? bias[o] : 0.f); });
 }
 #endif
 
@@ -282,25 +278,9 @@ void int8_gemv_rows(const float* x, int64_t in, int64_t out_f, const int8_t* w, 
   if (in % 64 == 0) return int8_super_rows<R>(x, in, out_f, w, scale, bias, y);
 #endif
   constexpr int OB = R <= 2 ? 4 : 2;
-  const int64_t blocks = (out_f + OB - 1) / OB;
-  at::parallel_for(0, blocks, 16, [&](int64_t b0, int64_t b1) {
-    for (int64_t blk = b0; blk < b1; ++blk) {
-      const int64_t o0 = blk * OB;
-      float part[OB][R];
-      if (o0 + OB <= out_f) {
-        int8_block<R, OB>(x, in, w + o0 * in, part);
-      } else {
-        for (int64_t o = o0; o < out_f; ++o) {
-          float one[1][R];
-          int8_block<R, 1>(x, in, w + o * in, one);
-          for (int r = 0; r < R; ++r) part[o - o0][r] = one[0][r];
-        }
-      }
-      for (int64_t o = o0; o < std::min(o0 + OB, out_f); ++o)
-        for (int r = 0; r < R; ++r)
-          y[r * out_f + o] = part[o - o0][r] * scale[o] + (bias ? bias[o] : 0.f);
-    }
-  });
+  for_each_row_block<R, OB>(out_f, 16,
+      [&](auto ob, int64_t o, float (*part)[R]) { int8_block<R, decltype(ob)::value>(x, in, w + o * in, part); },
+      [&](int64_t o, int r, float v) { y[r * out_f + o] = v * scale[o] + (bias ? bias[o] : 0.f); });
 }
 
 // ------------------------------------------------------------------ int4 (blocks of 32 inputs)
@@ -525,24 +505,12 @@ void int4_gemv_rows(const float* x, int64_t in, int64_t out_f, const uint8_t* w,
       for (int64_t i = g * group; i < (g + 1) * group; ++i) t += x[r * in + i];
       xsum[r * groups + g] = t;
     }
-  const int64_t blocks = (out_f + OB - 1) / OB;
-  at::parallel_for(0, blocks, 8, [&](int64_t b0, int64_t b1) {
-    for (int64_t blk = b0; blk < b1; ++blk) {
-      const int64_t o0 = blk * OB;
-      float part[OB][R];
-      if (o0 + OB <= out_f) {
-        int4_rows_block<R, OB>(x, in, w + o0 * (in / 2), s + o0 * groups, zz + o0 * groups, xsum.data(), group, part);
-      } else {
-        for (int64_t o = o0; o < out_f; ++o) {
-          float one[1][R];
-          int4_rows_block<R, 1>(x, in, w + o * (in / 2), s + o * groups, zz + o * groups, xsum.data(), group, one);
-          for (int r = 0; r < R; ++r) part[o - o0][r] = one[0][r];
-        }
-      }
-      for (int64_t o = o0; o < std::min(o0 + OB, out_f); ++o)
-        for (int r = 0; r < R; ++r) y[r * out_f + o] = part[o - o0][r] + (bias ? bias[o] : 0.f);
-    }
-  });
+  for_each_row_block<R, OB>(out_f, 8,
+      [&](auto ob, int64_t o, float (*part)[R]) {
+        int4_rows_block<R, decltype(ob)::value>(x, in, w + o * (in / 2), s + o * groups, zz + o * groups,
+                                                xsum.data(), group, part);
+      },
+      [&](int64_t o, int r, float v) { y[r * out_f + o] = v + (bias ? bias[o] : 0.f); });
 }
 
 // ------------------------------------------------------------------ entry points
