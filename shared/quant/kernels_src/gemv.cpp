@@ -22,9 +22,10 @@ constexpr int kMaxRows = 4;  // x rows handled in one pass over the weights (kep
 // rows (768 B for GPT-2 int8), each a new stream the hardware prefetcher barely ramps up on;
 // without it one core pulls ~7 GB/s where a plain sum reaches ~23 GB/s (measured, EPYC Zen 4).
 constexpr int64_t g_prefetch = 4096;  // int4: tuned on gpt2-124m shapes (T0, into L1)
-// int8 prefetches further ahead and into L2 (T1). Measured on the 2-core EPYC over a whole decode
-// step's linears (124 MB, cold from DRAM; benchmarks/decode_breakdown.py): T0 at 4 KiB 6.3 ms,
-// T1 at 4 KiB 5.5, T1 at 16 KiB 3.7, T1 at 32 KiB 4.1. An L1 prefetch occupies one of the few L1
+// int8 prefetches further ahead and into L2 (T1). Measured on the 2-core EPYC as the sum of each
+// linear's median time over passes through all of a decode step's linears in order (124 MB, so each
+// matrix comes cold from DRAM; the "linears" column of benchmarks/decode_breakdown.py times the same
+// pass): T0 at 4 KiB 6.3 ms, T1 at 4 KiB 5.5, T1 at 16 KiB 3.7, T1 at 32 KiB 4.1. An L1 prefetch occupies one of the few L1
 // miss buffers for a whole DRAM round trip, which caps a core near 10 GB/s; L2 tracks many more
 // misses. (Repeating one matrix hides this: it stays in the 32 MB L3.) int4 was best at T0 4 KiB.
 constexpr int64_t g_prefetch_int8 = 16384;
