@@ -62,9 +62,11 @@ def decode_batch(engine: Engine, prompt: list[int]):
 def build_engine(gpt: GPT, precision: str, max_seq_len: int) -> Engine:
     backend = precision.split("-", 1)[1] if precision.startswith("fp32-") else "auto"
     config = EngineConfig(max_batch_size=1, max_seq_len=max_seq_len, linear_backend=backend)
-    if precision in ("int8", "int4"):
+    if precision in ("int8", "int4", "int4-f32"):
         from shared.quant.engine_quant import QuantSpec, build_quantized_engine_model
-        model, _ = build_quantized_engine_model(gpt, QuantSpec(scheme=precision))
+        # int4-f32: compute_dtype float32, so the GEMV keeps fp32 activations (int4 rounds them to int8 on VNNI CPUs)
+        dtype = "float32" if precision == "int4-f32" else "bfloat16"
+        model, _ = build_quantized_engine_model(gpt, QuantSpec(scheme=precision[:4], compute_dtype=dtype))
         return Engine(model, None, config)
     return Engine(gpt, None, config)
 

@@ -81,11 +81,12 @@ class GemvLinear(nn.Module):
         self.register_buffer("weight", weight.detach().contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().contiguous())
         from shared.quant import kernels  # the GEMV kernels live with the quantized ones (one C++ build)
-        self._kernels = kernels
+        self._fits = kernels.fits
+        self._gemv = kernels.bind("f32_gemv", self.weight, self.bias) if self.weight.dtype == torch.float32 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.weight.dtype == torch.float32 and self._kernels.use_for(x):
-            return self._kernels.f32_gemv(x, self.weight, self.bias)
+        if self._gemv is not None and self._fits(x):
+            return self._gemv(x)
         return torch.nn.functional.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from shared.engine import native as native_kernels
 from shared.engine.cache import KVCache, StepBatch
 from shared.engine.errors import EngineError
 from shared.engine.linear import backend_linear, resolve_backend
@@ -158,11 +159,19 @@ class EngineModel(nn.Module):
         # torch.* rather than F.*: the functional wrappers add a few microseconds of checks per call.
         x = torch.embedding(self.wte, batch.tokens)
         x += torch.embedding(self.wpe, batch.positions)
+        # A decode-only step on CPU in fp32 runs attention (and its cache write) as one C++ call per layer
+        native = (not batch.chunks and x.dtype == torch.float32 and x.device.type == "cpu"
+                  and native_kernels.decode_attention_available())
+        scale = head_dim ** -0.5
         for layer, (ln1_w, ln1_b, qkv, attn_out, ln2_w, ln2_b, fc, fc_out) in enumerate(self._layers):
             h = torch.layer_norm(x, (width,), ln1_w, ln1_b, eps)
-            q, k, v = qkv(h).view(n_tokens, 3, heads, head_dim).unbind(1)
-            y = self._attend(cache.layers[layer], q, k, v, batch)
-            x += attn_out(y.reshape(n_tokens, width))
+            if native:
+                kc, vc = cache.layers[layer]
+                y = native_kernels.decode_attention(qkv(h), kc, vc, batch.decode_positions, scale)
+            else:
+                q, k, v = qkv(h).view(n_tokens, 3, heads, head_dim).unbind(1)
+                y = self._attend(cache.layers[layer], q, k, v, batch).reshape(n_tokens, width)
+            x += attn_out(y)
             h = torch.layer_norm(x, (width,), ln2_w, ln2_b, eps)
             x += fc_out(F.gelu(fc(h), approximate="tanh"))
         rows = batch.logit_rows

@@ -27,35 +27,18 @@ do: fp32 CPU activations with at most ``MAX_ROWS`` rows) and does not quantize.
 """
 from __future__ import annotations
 
-import os
-import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 MAX_ROWS = 4  # must match kMaxRows in gemv.cpp; more rows (prefill, batches) keep the aten kernels
 _SOURCE = Path(__file__).with_name("kernels_src") / "gemv.cpp"
-_module = None
-_failed = False
 
 
 def _load():
-    global _module, _failed
-    if _module is None and not _failed:
-        if os.environ.get("GPT_JOURNEY_NO_KERNELS") == "1":
-            _failed = True
-            return None
-        try:
-            from torch.utils.cpp_extension import load
-            _module = load(name="gpt_journey_gemv", sources=[str(_SOURCE)],
-                           extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
-                           verbose=False)
-        except Exception as e:  # noqa: BLE001 - any build failure means: keep the torch kernels
-            _failed = True
-            warnings.warn(f"GEMV kernels for the quantized layers did not build ({type(e).__name__}: "
-                          f"{str(e)[:300]}); falling back to torch's weight-only kernels (slower at batch 1). "
-                          "Install g++ (and ninja) to get them.", RuntimeWarning, stacklevel=3)
-    return _module
+    from shared.engine.native import load_extension
+    return load_extension("gpt_journey_gemv", _SOURCE)
 
 
 def available() -> bool:
@@ -67,6 +50,22 @@ def isa() -> str:
     """The vector path compiled in: "avx512", "avx2" or "scalar" ("" if unavailable)."""
     m = _load()
     return m.isa() if m is not None else ""
+
+
+def bind(kernel: str, *operands) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``f(x) = kernel(x, *operands)`` (``kernel`` one of ``f32_gemv``, ``int8_gemv``, ``int4_gemv``,
+    ``int4_q8_gemv``) for ``x`` that ``fits``; None when the kernels are not built. Layers bind their
+    weights once: a decode step makes ~50 linear calls and each Python-level check costs ~1 us."""
+    m = _load()
+    if m is None:
+        return None
+    fn = getattr(m, kernel)
+    return lambda x: fn(x.contiguous(), *operands)
+
+
+def fits(x: torch.Tensor) -> bool:
+    """Whether ``x`` is what a ``bind`` result takes: fp32 on CPU with 1..MAX_ROWS rows."""
+    return 0 < x.shape[0] <= MAX_ROWS and x.dtype is torch.float32 and x.is_cpu
 
 
 def use_for(x: torch.Tensor) -> bool:
@@ -89,8 +88,26 @@ def int4_gemv(x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, zz: t
     return _load().int4_gemv(x.contiguous(), blocks, scales, zz, group_size, bias)
 
 
-def repack_int4(q: torch.Tensor) -> torch.Tensor:
+def int4_q8_gemv(x: torch.Tensor, blocks: torch.Tensor, scale_zero: torch.Tensor, group_size: int,
+                 bias: torch.Tensor | None) -> torch.Tensor:
+    """``int4_gemv`` with ``x`` rounded to int8 per 32 inputs and integer dot products (AVX512-VNNI).
+
+    ``blocks`` = ``repack_int4(q, int8_activations=True)``; ``scale_zero`` bfloat16 (out, groups, 2)
+    holds ``(scale, zero)`` of ``W_hat = (q - 8) * scale + zero``. Only with ``has_int8_activations()``.
+    """
+    return _load().int4_q8_gemv(x.contiguous(), blocks, scale_zero, group_size, bias)
+
+
+def has_int8_activations() -> bool:
+    """Whether ``int4_q8_gemv`` is built in (CPUs with AVX512-VNNI)."""
+    m = _load()
+    return m is not None and m.has_q8_activations()
+
+
+def repack_int4(q: torch.Tensor, int8_activations: bool = False) -> torch.Tensor:
     """uint8 (out, in) values 0..15 -> uint8 (out, in/2) in the kernel's layout for ``in`` (``int4_layout``).
+
+    Pass the same ``int8_activations`` as to ``int4_gemv``: that path always reads the 32 layout.
 
     - 128 (AVX-512 builds, ``in`` a multiple of 128): per 128 inputs 16 little-endian uint32, nibble
       ``k`` of word ``j`` = ``q[j + 16 k]``: one 64-byte load holds 8 vectors of 16 weights, each
@@ -103,13 +120,13 @@ def repack_int4(q: torch.Tensor) -> torch.Tensor:
     if in_f % 32:
         raise ValueError(f"repack_int4 needs in_features divisible by 32, got {in_f}")
     q = q.to(torch.uint8)
-    if int4_layout(in_f) == 128:
+    if int4_layout(in_f, int8_activations) == 128:
         t = q.reshape(out_f, in_f // 128, 4, 2, 16)  # [superblock, byte m of a word, nibble half, word j]
         return (t[:, :, :, 0] | (t[:, :, :, 1] << 4)).transpose(2, 3).reshape(out_f, in_f // 2).contiguous()
     b = q.reshape(out_f, in_f // 32, 2, 16)
     return (b[:, :, 0] | (b[:, :, 1] << 4)).reshape(out_f, in_f // 2).contiguous()
 
 
-def int4_layout(in_features: int) -> int:
+def int4_layout(in_features: int, int8_activations: bool = False) -> int:
     """Inputs per layout block the int4 kernel uses for rows of ``in_features``: 128 or 32."""
-    return _load().int4_layout(in_features)
+    return _load().int4_layout(in_features, int8_activations)

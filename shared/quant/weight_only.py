@@ -192,8 +192,9 @@ class Int8WeightOnlyLinear(nn.Module):
         self.register_buffer("qweight", _aligned(qweight))
         self.register_buffer("scales", _aligned(scales.to(dtype)))
         self.register_buffer("bias", _bias(bias))
-        # fp32 scales for our batch-1 GEMV (shared.quant.kernels): the same values (bf16-exact), 4 B per row.
-        self._gemv_scales = self.scales.to(torch.float32).contiguous()
+        # Our batch-1 GEMV (shared.quant.kernels) with fp32 scales: the same values (bf16-exact), 4 B per row.
+        self._gemv = (kernels.bind("int8_gemv", self.qweight, self.scales.to(torch.float32).contiguous(), self.bias)
+                      if _f32_or_none(self.bias) else None)
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None, *, compute_dtype: str = "bfloat16"):
@@ -205,8 +206,8 @@ class Int8WeightOnlyLinear(nn.Module):
         return cls(tensors["qweight"], tensors["scales"], bias, compute_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if kernels.use_for(x) and _f32_or_none(self.bias):  # decode: our fp32 GEMV (1.4x the aten kernel)
-            return kernels.int8_gemv(x, self.qweight, self._gemv_scales, self.bias)
+        if self._gemv is not None and kernels.fits(x):  # decode: our fp32 GEMV (1.4x the aten kernel)
+            return self._gemv(x)
         if _HAS_INT8_KERNEL:
             xc = x.to(self.scales.dtype) if x.dtype != self.scales.dtype else _aligned(x)
             y = torch.ops.aten._weight_int8pack_mm(xc, self.qweight, self.scales)
@@ -258,13 +259,22 @@ class Int4WeightOnlyLinear(nn.Module):
                              sz.transpose(0, 1).contiguous().to(compute_dtype_of(compute_dtype)))
         self.register_buffer("bias", _bias(bias))
         self._gemv = None
-        if kernels.available():
-            # Our batch-1 GEMV reads its own copy (shared.quant.kernels.repack_int4's layout, plus fp32 scales
-            # and zero - 8 * scale): the torch kernel's packed layout is private, and that kernel stays for
-            # prefill and large batches. Costs a second copy of the int4 weights in memory (not in bytes read).
+        if kernels.available() and _f32_or_none(self.bias):
+            # Our batch-1 GEMV reads its own copy in its own layout (shared.quant.kernels.repack_int4): the torch
+            # kernel's packed layout is private, and that kernel stays for prefill and large batches. Costs a
+            # second copy of the int4 weights in memory (not in bytes read).
+            # compute_dtype "bfloat16" already rounds activations to 8 significant bits in the aten kernel; the
+            # GEMV's counterpart on AVX512-VNNI CPUs rounds them to int8 per 32 inputs (as llama.cpp's Q4_0
+            # dot does), multiplies in integers and reads the scales and zeros as bf16 (they are bf16-exact).
             s32 = self.scales_and_zeros[:, :self.out_features].to(torch.float32).transpose(0, 1)
             scale32, zero32 = s32[..., 0].contiguous(), s32[..., 1].contiguous()
-            self._gemv = (kernels.repack_int4(q), scale32, (zero32 - 8 * scale32).contiguous())
+            if compute_dtype == "bfloat16" and kernels.has_int8_activations():
+                self._gemv = kernels.bind("int4_q8_gemv", kernels.repack_int4(q, int8_activations=True),
+                                          torch.stack((scale32, zero32), dim=-1).to(torch.bfloat16).contiguous(),
+                                          group_size, self.bias)
+            else:
+                self._gemv = kernels.bind("int4_gemv", kernels.repack_int4(q), scale32,
+                                          (zero32 - 8 * scale32).contiguous(), group_size, self.bias)
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None, *, group_size: int = 32,
@@ -278,10 +288,10 @@ class Int4WeightOnlyLinear(nn.Module):
                    compute_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._gemv is not None and kernels.fits(x):  # decode: our GEMV
+            return self._gemv(x)
         if x.shape[0] == 0:  # the kernel cannot reduce over an empty batch
             return x.new_empty(0, self.out_features)
-        if self._gemv is not None and kernels.use_for(x) and _f32_or_none(self.bias):
-            return kernels.int4_gemv(x, *self._gemv, self.group_size, self.bias)  # decode: our fp32 GEMV
         sz = self.scales_and_zeros
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(sz.dtype), self.packed, self.group_size, sz)
         if y.shape[1] != self.out_features:

@@ -46,10 +46,15 @@ def test_gemv_backend_uses_the_kernel_for_few_rows_and_torch_for_more(monkeypatc
     from shared.engine.linear import GemvLinear
     torch.manual_seed(0)
     w, b = torch.randn(40, 96), torch.randn(40)
-    layer = GemvLinear(w, b)
     calls = []
-    real = kernels.f32_gemv
-    monkeypatch.setattr(kernels, "f32_gemv", lambda *a: calls.append(a[0].shape[0]) or real(*a))
+    real_bind = kernels.bind
+
+    def counting_bind(name, *operands):
+        fn = real_bind(name, *operands)
+        return lambda x: calls.append(x.shape[0]) or fn(x)
+
+    monkeypatch.setattr(kernels, "bind", counting_bind)
+    layer = GemvLinear(w, b)
     for rows in (1, kernels.MAX_ROWS, kernels.MAX_ROWS + 3):
         x = torch.randn(rows, 96)
         torch.testing.assert_close(layer(x), x @ w.t() + b, atol=1e-4, rtol=1e-5)
@@ -78,7 +83,7 @@ def test_int4_gemv(rows, in_f, out_f, group_size):
 
 
 def test_repack_int4_layout_block32(monkeypatch):
-    monkeypatch.setattr(kernels, "int4_layout", lambda in_f: 32)
+    monkeypatch.setattr(kernels, "int4_layout", lambda in_f, int8_activations=False: 32)
     q = torch.arange(32, dtype=torch.uint8).remainder(16).reshape(1, 32)
     packed = kernels.repack_int4(q)
     assert packed.shape == (1, 16)
@@ -98,25 +103,29 @@ def test_layers_route_few_rows_to_kernels_and_agree(rows):
     """1..MAX_ROWS rows take our kernel, more take torch's; both give the layer's dequantized product."""
     torch.manual_seed(rows)
     w, b, x = torch.randn(48, 128), torch.randn(48), torch.randn(rows, 128)
-    for layer, tol in ((Int8WeightOnlyLinear.from_float(w, b, compute_dtype="float32"), 1e-4),
-                       (Int4WeightOnlyLinear.from_float(w, b, group_size=32, compute_dtype="float32"), 1e-4),
-                       (Int8WeightOnlyLinear.from_float(w, b), 5e-2),
-                       (Int4WeightOnlyLinear.from_float(w, b, group_size=64), 5e-2)):
+    int8_x = kernels.has_int8_activations()  # int4 in bfloat16 then rounds x to int8 at <= MAX_ROWS rows
+    for layer, tol, exact_kernel in ((Int8WeightOnlyLinear.from_float(w, b, compute_dtype="float32"), 1e-4, True),
+                                     (Int4WeightOnlyLinear.from_float(w, b, group_size=32, compute_dtype="float32"),
+                                      1e-4, True),
+                                     (Int8WeightOnlyLinear.from_float(w, b), 5e-2, True),
+                                     (Int4WeightOnlyLinear.from_float(w, b, group_size=64), 5e-2, not int8_x)):
         ref = x @ layer.dequantize().t() + b
+        if not exact_kernel and rows <= kernels.MAX_ROWS:  # x rounded to int8 per 32 inputs: ~1% of |y|
+            tol = 0.05 * ref.abs().max().item()
         torch.testing.assert_close(layer(x), ref, rtol=tol, atol=tol)
-        if rows <= kernels.MAX_ROWS:  # the kernel path is fp32 whatever compute_dtype says: tight
+        if rows <= kernels.MAX_ROWS and exact_kernel:  # the fp32 kernel paths: tight
             torch.testing.assert_close(layer(x), ref, rtol=1e-5, atol=1e-4)
 
 
 def test_kernels_can_be_disabled(monkeypatch):
-    monkeypatch.setattr(kernels, "use_for", lambda x: False)
+    monkeypatch.setattr(kernels, "fits", lambda x: False)
     w, x = torch.randn(16, 64), torch.randn(1, 64)
     layer = Int8WeightOnlyLinear.from_float(w, None)
     torch.testing.assert_close(layer(x), x @ layer.dequantize().t(), rtol=5e-2, atol=5e-2)
 
 
 def test_repack_int4_layout_superblock(monkeypatch):
-    monkeypatch.setattr(kernels, "int4_layout", lambda in_f: 128)
+    monkeypatch.setattr(kernels, "int4_layout", lambda in_f, int8_activations=False: 128)
     q = (torch.arange(128) % 16).to(torch.uint8).reshape(1, 128)
     words = kernels.repack_int4(q).view(torch.int32)[0].long() & 0xFFFFFFFF  # little-endian words
     for j in range(16):
@@ -129,8 +138,8 @@ def test_build_failure_falls_back_with_one_warning(monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("no compiler")
 
-    monkeypatch.setattr(kernels, "_module", None)
-    monkeypatch.setattr(kernels, "_failed", False)
+    from shared.engine import native
+    monkeypatch.setattr(native, "_built", {})
     monkeypatch.setattr(cpp, "load", broken)
     with pytest.warns(RuntimeWarning, match="did not build"):
         assert not kernels.available()
@@ -138,7 +147,54 @@ def test_build_failure_falls_back_with_one_warning(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert not kernels.use_for(torch.randn(1, 8))  # no second warning
+        assert kernels.bind("int8_gemv") is None  # layers built now keep torch's kernels
     w = torch.randn(16, 64)
     layer = Int8WeightOnlyLinear.from_float(w, None)  # the aten path still serves
     x = torch.randn(1, 64)
     torch.testing.assert_close(layer(x), x @ layer.dequantize().t(), rtol=5e-2, atol=5e-2)
+
+
+def _x_rounded_to_int8(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as the int8-activation kernel sees it: per 32 inputs, round(x * 127 / max|x|) * max|x| / 127."""
+    blocks = x.double().reshape(x.shape[0], -1, 32)
+    step = blocks.abs().amax(-1, keepdim=True) / 127
+    return (torch.round(blocks / torch.where(step > 0, step, 1)) * step).reshape(x.shape)
+
+
+@pytest.mark.skipif(not kernels.has_int8_activations(), reason="the int4 x int8 kernel needs AVX512-VNNI")
+@pytest.mark.parametrize("rows,in_f,out_f", [(1, 64, 16), (2, 96, 37), (3, 256, 5), (4, 768, 2304),
+                                             (1, 800, 51), (1, 3072, 768)])
+@pytest.mark.parametrize("group_size", [32, 64, 128, 256])
+def test_int4_q8_gemv(rows, in_f, out_f, group_size):
+    """The int8-activation kernel computes sum_i s (q_i - 8) x8_i + zero x_i exactly up to fp32 summation,
+    x8 being x rounded per 32 inputs (so the zero term uses the exact x); 96 and 800 leave a partial
+    128-input span, 256-groups cross spans."""
+    if in_f % group_size:
+        pytest.skip("group does not divide in_features")
+    torch.manual_seed(rows + in_f + out_f + group_size)
+    q, scales, zeros = quantize_int4(torch.randn(out_f, in_f), group_size)
+    x, bias = torch.randn(rows, in_f), torch.randn(out_f)
+    scale_zero = torch.stack((scales, zeros), dim=-1).to(torch.bfloat16).contiguous()
+    y = kernels.int4_q8_gemv(x, kernels.repack_int4(q, int8_activations=True), scale_zero, group_size, bias)
+    s = scales.double().repeat_interleave(group_size, 1)
+    z = zeros.double().repeat_interleave(group_size, 1)
+    terms = [_x_rounded_to_int8(x) @ (s * q.double()).t(), -8 * x.double() @ s.t(), x.double() @ z.t()]
+    ref = sum(terms) + bias.double()
+    bound = 1e-5 * sum(t.abs() for t in terms) + 1e-5
+    assert ((y.double() - ref).abs() <= bound).all(), float(((y.double() - ref).abs() / bound).max())
+    # and against the exact product: off by at most the activations' rounding (half a step per input)
+    exact = x.double() @ dequantize_int4(q, scales, zeros).double().t() + bias.double()
+    half_step = (x.double() - _x_rounded_to_int8(x)).abs().reshape(rows, -1, 32).amax(-1).repeat_interleave(32, 1)
+    assert ((y.double() - exact).abs() <= half_step @ (s * q.double()).abs().t() + bound).all()
+
+
+@pytest.mark.skipif(not kernels.has_int8_activations(), reason="the int4 x int8 kernel needs AVX512-VNNI")
+def test_int4_layer_rounds_activations_only_in_bfloat16():
+    torch.manual_seed(5)
+    w, x = torch.randn(64, 256), torch.randn(1, 256)
+    fast = Int4WeightOnlyLinear.from_float(w, None, group_size=32)
+    exact = Int4WeightOnlyLinear.from_float(w, None, group_size=32, compute_dtype="float32")
+    ref = x @ exact.dequantize().t()
+    torch.testing.assert_close(exact(x), ref, rtol=1e-5, atol=1e-4)
+    err = (fast(x) - ref).abs().max().item()
+    assert 1e-4 < err < 0.05 * ref.abs().max().item()  # int8 rounding of x shows, and stays small

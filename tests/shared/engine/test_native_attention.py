@@ -1,0 +1,63 @@
+"""The C++ decode-attention kernel (shared.engine.native) against torch's SDPA, and the engine's use of it."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from shared.engine import native
+from shared.engine.cache import KVCache, StepBatch
+from shared.engine.model import EngineModel
+from shared.model.gpt import GPT, GPTConfig
+
+pytestmark = pytest.mark.skipif(not native.decode_attention_available(), reason="kernel did not build (no compiler)")
+
+
+@pytest.mark.parametrize("positions,head_dim", [([0], 64), ([5], 64), ([3, 9, 0], 16), ([40, 40], 24)])
+def test_decode_attention_matches_sdpa_and_writes_the_cache(positions, head_dim):
+    torch.manual_seed(len(positions) * 100 + head_dim)
+    n, heads, max_len, slots = len(positions), 4, 48, 4
+    kc, vc = torch.randn(slots, heads, max_len, head_dim), torch.randn(slots, heads, max_len, head_dim)
+    qkv = torch.randn(n + 2, 3 * heads * head_dim)  # two extra rows (prompt tokens of a mixed step) are ignored
+    k_before, v_before = kc.clone(), vc.clone()
+    y = native.decode_attention(qkv, kc, vc, positions, head_dim ** -0.5)
+    q, k, v = qkv[:n].view(n, 3, heads, head_dim).unbind(1)
+    for r, pos in enumerate(positions):
+        assert torch.equal(kc[r, :, pos], k[r]) and torch.equal(vc[r, :, pos], v[r])
+        keys, values = k_before[r].clone(), v_before[r].clone()
+        keys[:, pos], values[:, pos] = k[r], v[r]
+        ref = F.scaled_dot_product_attention(q[r][:, None], keys[:, :pos + 1], values[:, :pos + 1])
+        torch.testing.assert_close(y[r].view(heads, head_dim), ref[:, 0], rtol=1e-5, atol=1e-5)
+    untouched = torch.ones(slots, max_len, dtype=torch.bool)
+    for r, pos in enumerate(positions):
+        untouched[r, pos] = False
+    assert torch.equal(kc.transpose(1, 2)[untouched], k_before.transpose(1, 2)[untouched])  # nothing else written
+
+
+def test_decode_attention_refuses_bad_input():
+    kc = vc = torch.zeros(2, 2, 8, 4)
+    with pytest.raises(RuntimeError, match="outside the cache"):
+        native.decode_attention(torch.zeros(1, 24), kc, vc, [8], 0.5)
+    with pytest.raises(RuntimeError, match="columns"):
+        native.decode_attention(torch.zeros(1, 23), kc, vc, [0], 0.5)
+    with pytest.raises(RuntimeError, match="decode tokens"):
+        native.decode_attention(torch.zeros(3, 24), kc, vc, [0, 1, 2], 0.5)
+
+
+def test_engine_decode_steps_agree_with_the_torch_path(monkeypatch):
+    """Three requests of different lengths decoding together: same logits and same cache either way."""
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=97, block_size=64, n_layer=2, n_head=4, n_embd=32, dropout=0.0)
+    model = EngineModel.from_gpt(GPT(cfg).eval(), backend="dense")
+    results = []
+    for use_native in (True, False):
+        monkeypatch.setattr(native, "decode_attention_available", lambda use=use_native: use)
+        cache = KVCache(cfg.n_layer, 3, cfg.n_head, 64, 8)
+        with torch.inference_mode():
+            for slot, prompt in enumerate(([1, 2, 3], [4, 5, 6, 7, 8, 9], [10])):
+                model(StepBatch.build([], [(slot, 0, prompt)], []), cache)
+            logits = [model(StepBatch.build([(11, 3), (12, 6), (13, 1)], [], [0, 1, 2]), cache),
+                      model(StepBatch.build([(14, 4), (15, 7), (16, 2)], [], [0, 1, 2]), cache)]
+        results.append((torch.cat(logits), cache.k.clone(), cache.v.clone()))
+    (a, ka, va), (b, kb, vb) = results
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ka, kb, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(va, vb, rtol=1e-6, atol=1e-6)
