@@ -66,16 +66,17 @@ class OneDNNLinear(nn.Module):
 
 
 class GemvLinear(nn.Module):
-    """``x @ W.T + b`` with ``W`` (out, in): 1..4 rows through our fp32 GEMV kernel, more rows through torch.
+    """``x @ W.T + b`` with ``W`` (out, in): 1..4 rows through our fp32 GEMV kernel, more rows through oneDNN.
 
     Why: at batch 1 a decode step streams every weight from DRAM once, and oneDNN's GEMV pulls ~27 GB/s
-    of the ~50 GB/s this CPU reads; our kernel prefetches into L2 far ahead (``shared.quant.kernels``,
-    built at first use). Prefill and larger batches are matrix-matrix work and go to torch (MKL), which
-    is slower than oneDNN's prepacked weights for 5-16 rows: pick this backend for single-stream chat,
-    ``onednn`` for serving many concurrent requests. Without a compiler it is torch throughout.
+    where our kernel, prefetching into L2 far ahead (``shared.quant.kernels``, built at first use), reads
+    as fast as ``torch.sum`` over the same weights (~30-50 GB/s, the VM's bandwidth moves). Prefill and
+    larger batches are matrix-matrix work: a ``OneDNNLinear`` holds a second, prepacked copy of the weight
+    for them (torch's ``F.linear`` when oneDNN is missing), so the layer costs twice the fp32 weight
+    memory. Without a compiler the kernel path is off and it is that second layer throughout.
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, batch_hint: int = 16):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.register_buffer("weight", weight.detach().contiguous())
@@ -83,11 +84,19 @@ class GemvLinear(nn.Module):
         from shared.quant import kernels  # the GEMV kernels live with the quantized ones (one C++ build)
         self._fits = kernels.fits
         self._gemv = kernels.bind("f32_gemv", self.weight, self.bias) if self.weight.dtype == torch.float32 else None
+        self.many_rows = OneDNNLinear(weight, bias, batch_hint) if onednn_available() else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._gemv is not None and self._fits(x):
             return self._gemv(x)
+        if self.many_rows is not None:
+            return self.many_rows(x)
         return torch.nn.functional.linear(x, self.weight, self.bias)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes a decode step reads: the plain weight and bias (the prepacked copy serves larger batches)."""
+        return sum(t.numel() * t.element_size() for t in (self.weight, self.bias) if t is not None)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -98,9 +107,16 @@ def onednn_available() -> bool:
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """The concrete backend ("dense" or "onednn") for ``backend`` on ``device``."""
+    """The concrete backend ("dense", "onednn" or "gemv") for ``backend`` on ``device``.
+
+    "auto" on CPU: "gemv" when our kernels build (fastest batch-1 decode, oneDNN for more rows), else
+    "onednn" when PyTorch has it; "dense" elsewhere.
+    """
     if backend == "auto":
-        return "onednn" if device.type == "cpu" and onednn_available() else "dense"
+        if device.type != "cpu":
+            return "dense"
+        from shared.quant import kernels
+        return "gemv" if kernels.available() else "onednn" if onednn_available() else "dense"
     if backend == "gemv" and device.type != "cpu":
         raise EngineError(f"linear_backend='gemv' runs our CPU GEMV kernel; this is {device.type}: use 'auto' or 'dense'")
     if backend == "onednn" and (device.type != "cpu" or not onednn_available()):
@@ -114,5 +130,5 @@ def backend_linear(weight: torch.Tensor, bias: torch.Tensor | None, backend: str
     if backend == "onednn":
         return OneDNNLinear(weight, bias, batch_hint)
     if backend == "gemv":
-        return GemvLinear(weight, bias)
+        return GemvLinear(weight, bias, batch_hint)
     return DenseLinear(weight, bias)

@@ -105,8 +105,8 @@ class EngineConfig:
     - ``prefill_chunk``: most prompt tokens of one request per step (None: the budget).
     - ``linear_backend``: "auto", "dense" (PyTorch matmul, transposed weights) or "onednn" (weights
       prepacked for oneDNN: about 2x faster for small batches on x86 CPUs) or "gemv" (our fp32 GEMV
-      kernel for 1-4 rows, fastest for single-stream decode; torch for more rows); "auto" picks onednn
-      on CPU when PyTorch has it.
+      kernel for 1-4 rows, ~1.5x onednn at single-stream decode; oneDNN for more rows, holding the
+      weights twice); "auto" picks gemv on CPU when our kernels build, else onednn when PyTorch has it.
     - ``dtype``: "float32" or "bfloat16" for weights, activations and the cache.
     - ``seed``: seeds the sequence the per-request seeds are drawn from when a request gives none.
     """

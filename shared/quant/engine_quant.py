@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 
-from shared.engine.linear import DenseLinear, OneDNNLinear, backend_linear, resolve_backend
+from shared.engine.linear import DenseLinear, GemvLinear, OneDNNLinear, backend_linear, resolve_backend
 from shared.engine.model import EngineModel, layer_nbytes
 from shared.model.gpt import GPT
 from shared.quant.weight_only import (
@@ -144,9 +144,12 @@ def float_report(name: str, layer: nn.Module, reason: str) -> LayerReport:
 
 
 def float_weight(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(weight (out, in), bias)`` of a float engine layer (``DenseLinear``, ``OneDNNLinear``, ``nn.Linear``)."""
+    """``(weight (out, in), bias)`` of a float engine layer (``DenseLinear``, ``GemvLinear``, ``OneDNNLinear``,
+    ``nn.Linear``)."""
     if isinstance(layer, DenseLinear):
         return layer.weight_t.t(), layer.bias
+    if isinstance(layer, GemvLinear):
+        return layer.weight, layer.bias
     if isinstance(layer, OneDNNLinear):
         # The oneDNN weight is opaque; multiplying the identity by it gives W.T exactly (one 1 x w
         # product per output, the rest adds zeros), in the layer's own dtype.
@@ -158,7 +161,7 @@ def float_weight(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     if isinstance(layer, QUANTIZED_TYPES):
         raise QuantError(f"the layer is already quantized ({layer.scheme}); quantize the fp32 model (reload it)")
     raise QuantError(f"cannot read the weight of a {type(layer).__name__}; quantize an EngineModel built with the "
-                     "'dense' or 'onednn' backend")
+                     "'auto', 'gemv', 'dense' or 'onednn' backend")
 
 
 def non_linear_bytes(model: EngineModel) -> int:

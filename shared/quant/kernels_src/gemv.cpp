@@ -137,7 +137,9 @@ inline void f32_block(const float* x, int64_t in, const float* w, float out[OB][
 
 template <int R>
 void f32_gemv_rows(const float* x, int64_t in, int64_t out_f, const float* w, const float* bias, float* y) {
-  constexpr int OB = R <= 2 ? 4 : 2;
+  // 8 rows at once for 1-2 x rows: measured ~5% over 4 on cold gpt2-124m passes (as fast as torch.sum of the
+  // same weights); more x rows keep 2 (register pressure)
+  constexpr int OB = R <= 2 ? 8 : 2;
   for_each_row_block<R, OB>(out_f, 16,
       [&](auto ob, int64_t o, float (*part)[R]) { f32_block<R, decltype(ob)::value>(x, in, w + o * in, part); },
       [&](int64_t o, int r, float v) { y[r * out_f + o] = v + (bias ? bias[o] : 0.f); });

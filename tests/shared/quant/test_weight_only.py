@@ -228,7 +228,7 @@ def test_bad_layer_inputs():
 # ----------------------------------------------------------------------------- the engine model
 
 def test_quantize_engine_model_report(tiny_gpt):
-    model = EngineModel.from_gpt(tiny_gpt)  # default backend (oneDNN on x86): weights read back exactly
+    model = EngineModel.from_gpt(tiny_gpt)  # default backend (gemv or oneDNN on x86): weights read back exactly
     report = quantize_engine_model(model, "int8")
     layers = {r.name: r for r in report.layers}
     assert list(layers) == [n for n, _ in model.linears()]
