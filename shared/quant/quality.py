@@ -49,6 +49,26 @@ def sequence_logits(model: EngineModel, ids: Sequence[int]) -> torch.Tensor:
     return model(batch, cache).float()
 
 
+@torch.inference_mode()
+def decode_logits(model: EngineModel, ids: Sequence[int]) -> torch.Tensor:
+    """f32 logits ``[len(ids), vocab]`` read one token per batch-1 decode step, as serving computes them.
+
+    ``sequence_logits`` scores a whole window in one prefill pass (matrix-matrix kernels); a served reply is
+    produced by decode steps, which take other kernels (our GEMVs; for INT4 in bfloat16 on AVX512-VNNI
+    CPUs, activations rounded to int8). The same teacher-forced text through those steps measures them.
+    """
+    cfg = model.config
+    ids = [int(i) for i in ids]
+    if not 0 < len(ids) <= cfg.block_size:
+        raise QuantError(f"a sequence of {len(ids)} tokens cannot be scored: it needs 1..{cfg.block_size} tokens")
+    cache = KVCache(cfg.n_layer, 1, cfg.n_head, len(ids), cfg.n_embd // cfg.n_head, dtype=model.dtype,
+                    device=model.device)
+    kw = dict(dtype=model.dtype, device=model.device)
+    rows = [model(StepBatch.build([], [(0, 0, ids[:1])], [0], **kw), cache)]
+    rows += [model(StepBatch.build([(token, pos)], [], [0], **kw), cache) for pos, token in enumerate(ids) if pos]
+    return torch.cat(rows).float()
+
+
 def windows(ids: Sequence[int], length: int) -> list[list[int]]:
     """``ids`` cut into consecutive windows of at most ``length`` tokens (the last may be shorter)."""
     ids = list(ids)

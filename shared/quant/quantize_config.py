@@ -31,6 +31,9 @@ class QuantizeConfig:
     threads: int = help_field(2, "torch / llama.cpp threads")
     repeats: int = help_field(2, "timing runs per measurement (the best is kept)")
     ppl_tokens: int = help_field(8192, "held-out tokens for each variant's perplexity and agreement with FP32")
+    decode_quality_tokens: int = help_field(
+        256, "of those, tokens also read one decode step at a time (the kernels serving uses) for the engine "
+        "variants' decode-path top-1 agreement with FP32; 0 skips it")
     quality_text: Literal["chat", "general", "domain"] = help_field(
         "chat", "held-out text for quality: chat conversations (an assistant's job), Python docs or stdlib code")
     seed: int = help_field(0, "seed of the benchmark prompts")
@@ -39,6 +42,9 @@ class QuantizeConfig:
 
     def validate(self) -> None:
         require_positive(self, ("group_size", "prompt_tokens", "new_tokens", "threads", "repeats", "ppl_tokens"))
+        if self.decode_quality_tokens < 0:
+            raise ConfigError(f"decode_quality_tokens must be >= 0 (0 skips the decode-path check), "
+                              f"got {self.decode_quality_tokens}")
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown:
             raise ConfigError(f"unknown precision/variant {unknown[0]!r}; variants are {list(VARIANTS)}")

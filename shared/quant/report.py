@@ -21,7 +21,7 @@ def table(result: dict[str, Any]) -> str:
     rows = result["rows"]
     levels = sorted({c for r in rows.values() for c in (r.get("concurrency") or {})}, key=int)
     head = ["variant", "runtime", "size (MB)", "TTFT (ms)", "prefill tok/s", "decode tok/s", "vs HF",
-            *[f"{c} req tok/s" for c in levels], "ppl", "Δppl vs FP32", "top-1 agree"]
+            *[f"{c} req tok/s" for c in levels], "ppl", "Δppl vs FP32", "top-1 agree", "top-1 agree (decode)"]
     hf = rows.get("hf-generate-fp32", {}).get("decode_tokens_per_s")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in rows.items():
@@ -32,7 +32,7 @@ def table(result: dict[str, Any]) -> str:
                  *[_fmt((r.get("concurrency") or {}).get(c), ".0f") for c in levels],
                  _fmt(r.get("ppl"), ".3f"), _fmt(r.get("ppl_delta"), "+.3f") + (
                      f" ({r['ppl_change']:+.1%})" if isinstance(r.get("ppl_change"), float) else ""),
-                 _fmt(r.get("top1_agreement"), ".3f")]
+                 _fmt(r.get("top1_agreement"), ".3f"), _fmt(r.get("decode_top1_agreement"), ".3f")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -8,7 +8,9 @@
   our exporter, quantized by llama.cpp, registered as ``<stage>-gguf-<type>`` (kind ``gguf``);
 - measures quality on held-out text (``quality_text``: held-out chat conversations by default, or
   the perplexity sets' general / domain text; the same token windows for every variant): loss and perplexity, the delta against FP32, and top-1 agreement with FP32
-  (share of positions where the variant's most likely next token is FP32's);
+  (share of positions where the variant's most likely next token is FP32's); for engine variants
+  also that agreement with the first ``decode_quality_tokens`` read one decode step at a time, the
+  kernels a served reply runs through (prefill and decode take different ones);
 - measures speed with the same prompt: TTFT, prefill tokens/s, decode tokens/s at batch 1 (our
   engine's per-request metrics; llama.cpp's own perf counters), and for engine variants the
   aggregate tokens/s with ``concurrency`` requests at once; HF ``generate()`` on FP32 is the peer row.
@@ -107,6 +109,21 @@ def engine_model(variant: str, gpt, cfg: QuantizeConfig, out_dir: Path | None, p
     return load_quantized_engine_model(out_dir), "float32", report.to_dict()
 
 
+def decode_agreement(model, windows: list[list[int]], reference_top1: list[torch.Tensor],
+                     max_tokens: int) -> float | None:
+    """Top-1 agreement with FP32 over the first ``max_tokens`` held-out tokens read through decode steps
+    (``shared.quant.quality.decode_logits``); None when ``max_tokens`` is 0."""
+    from shared.quant.quality import decode_logits
+    same = total = 0
+    for ids, ref in zip(windows, reference_top1):
+        ids = ids[:max_tokens - total]
+        if not ids:
+            break
+        same += int((decode_logits(model, ids).argmax(-1) == ref[:len(ids)]).sum())
+        total += len(ids)
+    return same / total if total else None
+
+
 def engine_logits_fn(model) -> LogitsFn:
     from shared.quant.quality import sequence_logits
     return lambda ids: sequence_logits(model, ids).float()
@@ -197,6 +214,8 @@ def run_quantize(cfg: QuantizeConfig):
                 out_dir = registry.stage_dir(cfg.run, stage, overwrite=cfg.overwrite)
             model, dtype, _ = engine_model(variant, gpt, cfg, out_dir, parent.dir)
             q = quality(engine_logits_fn(model), windows, reference["top1"])
+            q["decode_top1_agreement"] = decode_agreement(model, windows, reference["top1"],
+                                                          cfg.decode_quality_tokens)
             speed = engine_speed(model, dtype, prompt, cfg, block)
             size = file_bytes(out_dir / "quantized.safetensors") if out_dir else model.decode_bytes_per_token()
             row = {"runtime": "engine", "bytes": size, **speed}
@@ -207,11 +226,12 @@ def run_quantize(cfg: QuantizeConfig):
                     max_batch_size=1, max_seq_len=min(block, len(prompt) + cfg.new_tokens))), prompt, cfg.new_tokens)
         row.update(loss=q["loss"], ppl=q["ppl"], ppl_delta=q["ppl"] - reference["ppl"],
                    ppl_change=q["ppl"] / reference["ppl"] - 1,
-                   top1_agreement=q["top1_agreement"])
+                   top1_agreement=q["top1_agreement"], decode_top1_agreement=q.get("decode_top1_agreement"))
         rows[variant] = row
         if out_dir is not None:
             kind = "gguf" if variant in GGUF_VARIANTS else "quantized"
-            metrics = {k: row[k] for k in ("bytes", "ppl", "ppl_delta", "top1_agreement", "decode_tokens_per_s")}
+            metrics = {k: row[k] for k in ("bytes", "ppl", "ppl_delta", "top1_agreement", "decode_top1_agreement",
+                                           "decode_tokens_per_s") if row.get(k) is not None}
             variant_artifacts.append(registry.register(cfg.run, f"{cfg.stage}-{variant}", kind, parents=[parent.id],
                                                        config={**to_dict(cfg), "variant": variant}, metrics=metrics))
     scratch.cleanup()

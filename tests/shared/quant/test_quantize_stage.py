@@ -52,12 +52,14 @@ def test_report_table_gives_ratios_against_hf_and_explains_with_the_numbers():
     result = {"prompt_tokens": 32, "new_tokens": 64, "threads": 2, "rows": {
         "hf-generate-fp32": _row("HF generate()", 500e6, 30.0, ppl=10.0, top1_agreement=1.0),
         "fp32": _row("engine", 500e6, 45.0, concurrency={"1": 45.0, "16": 400.0}, ppl=10.0, ppl_delta=0.0,
-                     ppl_change=0.0, top1_agreement=1.0),
+                     ppl_change=0.0, top1_agreement=1.0, decode_top1_agreement=0.996),
         "gguf-q4_0": _row("llama.cpp", 80e6, 110.0, ppl=10.5, ppl_delta=0.5, ppl_change=0.05, top1_agreement=0.9)}}
     lines = table(result).splitlines()
     assert lines[0].startswith("| variant | runtime | size (MB) |") and "16 req tok/s" in lines[0]
-    assert "| fp32 | engine | 500.00 | 2.0 | 16000 | 45.0 | 1.50x | 45 | 400 | 10.000 | +0.000 (+0.0%) | 1.000 |" in lines
+    assert ("| fp32 | engine | 500.00 | 2.0 | 16000 | 45.0 | 1.50x | 45 | 400 | 10.000 | +0.000 (+0.0%) | 1.000 "
+            "| 0.996 |") in lines
     assert "| gguf-q4_0 | llama.cpp | 80.00 |" in lines[-1] and "3.67x" in lines[-1] and "+0.500 (+5.0%)" in lines[-1]
+    assert lines[-1].endswith("| 0.900 | - |")  # llama.cpp rows have no decode-path column
     text = explanation(result)
     assert "32 prompt tokens" in text and "45.0 tokens/s" in text and "400 tokens/s" in text and "8.9x" in text
     assert "fit in the CPU caches" not in text  # 500 MB of weights: the memory-bound case

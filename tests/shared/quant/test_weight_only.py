@@ -414,3 +414,20 @@ def _edit_tensors(path, edit) -> None:
     tensors = load_file(str(path / WEIGHTS_FILE))
     edit(tensors)
     save_file(tensors, str(path / WEIGHTS_FILE))
+
+
+@pytest.mark.parametrize("scheme, min_agreement", [("int8", 0.97), ("int4", 0.9)])
+def test_decode_path_quality(trained_gpt, text_windows, scheme, min_agreement):
+    """Text read one decode step at a time (the GEMV kernels; int4 rounds activations to int8 on VNNI CPUs)
+    gives FP32's logits for FP32 and stays as close to FP32 as the prefill path for the quantized schemes."""
+    from shared.quant.quality import decode_logits
+    from shared.quant.stage import decode_agreement
+    reference = EngineModel.from_gpt(trained_gpt)
+    ids = text_windows[0]
+    torch.testing.assert_close(decode_logits(reference, ids), sequence_logits(reference, ids), rtol=1e-4, atol=1e-4)
+    model, _ = build_quantized_engine_model(trained_gpt, QuantSpec(scheme))
+    top1 = [sequence_logits(reference, w).argmax(-1) for w in text_windows]
+    agreement = decode_agreement(model, text_windows, top1, 100)
+    assert agreement >= min_agreement
+    assert decode_agreement(model, text_windows, top1, 0) is None
+    assert decode_agreement(reference, text_windows, top1, 100) > 0.99  # fp32 decode path vs fp32 prefill path
