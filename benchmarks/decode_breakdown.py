@@ -1,17 +1,21 @@
 """Where one batch-1 decode step of our engine spends its time, per precision.
 
 For each precision it splits the time per output token (TPOT, engine.submit, greedy) into:
-- the linear layers alone: every weight matrix applied to one row, as the step applies them
-  (the bytes they stream are the memory-bandwidth bound of decode);
-- the rest of the model's forward pass (embeddings, LayerNorms, attention over the KV cache,
-  GELU, residual adds, Python between the ops);
-- the engine around the forward pass (scheduling, sampling, streaming, bookkeeping).
+- the forward pass as the engine runs it (one C++ call per step when every layer is one our kernels
+  run: ``shared.engine.native.decode_model``), and the engine around it (scheduling, sampling,
+  streaming, bookkeeping);
+- and, through the op-by-op Python forward of the same step: the linear layers alone (every
+  weight matrix applied to one row, as the step applies them; the bytes they stream are the
+  memory-bandwidth bound of decode) and the rest (embeddings, LayerNorms, attention over the KV
+  cache, GELU, residual adds, Python between the ops). Python forward minus forward is what the
+  fused step saves.
 It prints the linears' effective GB/s next to the measured read bandwidth: how far the GEMVs are from
 the limit, and how much the other two parts add on top. The peer is the same engine's own parts.
 
     python benchmarks/decode_breakdown.py [--precisions fp32,fp32-gemv,int8,int4] [--threads 2] [--new-tokens 128]
 
-``fp32-<backend>`` picks the engine's linear backend for FP32 (onednn, dense, gemv; plain fp32 is "auto").
+``fp32-<backend>`` picks the engine's linear backend for FP32 (onednn, dense, gemv; plain fp32 is "auto",
+i.e. gemv where our kernels build); ``int4-f32`` is INT4 with fp32 activations (compute_dtype float32).
 
 Random weights in the GPT-2 124M shape, a 32-token prompt.
 """
@@ -84,8 +88,8 @@ def main() -> None:
     copy, read = copy_bandwidth()
     print(f"memory bandwidth: copy {copy / 1e9:.1f} GB/s (read + written), read {read / 1e9:.1f} GB/s; "
           f"{args.threads} threads")
-    header = ("precision", "TPOT ms", "linears ms", "rest of forward ms", "engine ms", "linears GB/s",
-              "linears / read bandwidth", "MB/token")
+    header = ("precision", "TPOT ms", "forward ms", "engine ms", "Python forward ms", "linears ms",
+              "rest of Python forward ms", "linears GB/s", "linears / read bandwidth", "MB/token")
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for precision in args.precisions.split(","):
         engine = build_engine(gpt, precision, len(prompt) + args.new_tokens + 8)
@@ -98,11 +102,14 @@ def main() -> None:
         batch, cache = decode_batch(engine, prompt)
         with torch.inference_mode():
             t_linears = median_s(lambda: [m(rows[m.in_features]) for m in linears])
-            t_forward = median_s(lambda: model(batch, cache))
+            t_forward = median_s(lambda: model(batch, cache))  # as the engine runs it (fused when possible)
+            fused, model._fused = model._fused, None
+            t_python = median_s(lambda: model(batch, cache))  # the op-by-op Python forward, for the split
+            model._fused = fused
         nbytes = sum(layer_nbytes(m) for m in linears)
-        cells = (precision, f"{tpot * 1e3:.2f}", f"{t_linears * 1e3:.2f}", f"{(t_forward - t_linears) * 1e3:.2f}",
-                 f"{(tpot - t_forward) * 1e3:.2f}", f"{nbytes / t_linears / 1e9:.1f}",
-                 f"{nbytes / t_linears / read:.0%}", f"{nbytes / 1e6:.0f}")
+        cells = (precision, f"{tpot * 1e3:.2f}", f"{t_forward * 1e3:.2f}", f"{(tpot - t_forward) * 1e3:.2f}",
+                 f"{t_python * 1e3:.2f}", f"{t_linears * 1e3:.2f}", f"{(t_python - t_linears) * 1e3:.2f}",
+                 f"{nbytes / t_linears / 1e9:.1f}", f"{nbytes / t_linears / read:.0%}", f"{nbytes / 1e6:.0f}")
         print("| " + " | ".join(cells) + " |", flush=True)
         del engine
 

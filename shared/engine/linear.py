@@ -81,14 +81,15 @@ class GemvLinear(nn.Module):
         self.out_features, self.in_features = weight.shape
         self.register_buffer("weight", weight.detach().contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().contiguous())
-        from shared.quant import kernels  # the GEMV kernels live with the quantized ones (one C++ build)
+        from shared.quant import kernels  # the GEMV kernels' Python side lives with the quantized layers'
         self._fits = kernels.fits
-        self._gemv = kernels.bind("f32_gemv", self.weight, self.bias) if self.weight.dtype == torch.float32 else None
+        self.native_op = (kernels.linear_op("f32", self.weight, bias=self.bias)
+                          if self.weight.dtype == torch.float32 else None)
         self.many_rows = OneDNNLinear(weight, bias, batch_hint) if onednn_available() else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._gemv is not None and self._fits(x):
-            return self._gemv(x)
+        if self.native_op is not None and self._fits(x):
+            return self.native_op(x.contiguous())
         if self.many_rows is not None:
             return self.many_rows(x)
         return torch.nn.functional.linear(x, self.weight, self.bias)

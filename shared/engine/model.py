@@ -5,6 +5,11 @@ q/k/v projection, tanh-GELU, learned positions, tied embeddings. Built once from
 copied, so the engine never aliases a model that is still training) and then used only under
 ``torch.inference_mode``.
 
+A decode-only step of 1-4 tokens runs as one C++ call (``shared.engine.native.decode_model``) when
+every linear layer is one our kernels run (the ``gemv`` backend, which ``auto`` picks on CPU, and the
+INT8/INT4 weight-only layers): same math, without ~30-40 us of Python per block. ``GPT_JOURNEY_NO_FUSED=1``
+turns it off (for A/B timing). Otherwise:
+
 One call runs one engine step: every token of the step (one per decoding request, plus prompt
 chunks) goes through each linear layer together, so weights stream from memory once per step
 however many requests share it; attention is per group: one batched call for all decode tokens
@@ -21,6 +26,7 @@ This module does not sample, schedule or tokenize.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 import torch
@@ -36,6 +42,7 @@ from shared.model.gpt import GPT, GPTConfig
 #: ``make_linear(name, weight (out, in), bias or None) -> module`` honouring the linear contract.
 LinearFactory = Callable[[str, torch.Tensor, "torch.Tensor | None"], nn.Module]
 BLOCK_LINEARS = ("qkv", "attn_out", "fc", "fc_out")
+MAX_FUSED_ROWS = 4  # the fused decode step's GEMVs take 1..4 rows (kMaxRows in kernels_src/gemv.h)
 
 
 class EngineBlock(nn.Module):
@@ -72,6 +79,8 @@ class EngineModel(nn.Module):
         # decode step makes ~10 per layer; rebuilt whenever a layer is replaced.
         self._layers = [(b.ln_1_weight, b.ln_1_bias, b.qkv, b.attn_out, b.ln_2_weight, b.ln_2_bias, b.fc, b.fc_out)
                         for b in self.blocks]
+        # The whole decode step in one C++ call when every layer has a kernel our C++ runs (shared.engine.native).
+        self._fused = native_kernels.decode_model(self) if os.environ.get("GPT_JOURNEY_NO_FUSED") != "1" else None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -154,6 +163,9 @@ class EngineModel(nn.Module):
         """Logits ``[len(batch.logit_rows), vocab]`` after writing the step's K/V into ``cache``."""
         cfg = self.config
         n_tokens, width = batch.num_tokens, cfg.n_embd
+        if (self._fused is not None and not batch.chunks and 0 < n_tokens <= MAX_FUSED_ROWS
+                and batch.logit_rows.numel() == n_tokens):  # a decode-only step: logits for every token
+            return self._fused.step(batch.tokens.tolist(), batch.decode_positions, cache.k, cache.v)
         heads, head_dim = cfg.n_head, width // cfg.n_head
         eps = cfg.layer_norm_eps
         # torch.* rather than F.*: the functional wrappers add a few microseconds of checks per call.

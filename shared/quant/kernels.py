@@ -9,15 +9,19 @@ convention of ``shared.quant.weight_only`` rewritten as one multiply-add), ``blo
 paths turn weights into floats by placing the integer in the mantissa of 1.0 (see ``gemv.cpp``),
 so they sum ``x`` against an offset weight and subtract the offset once per row: rounding is
 relative to ``sum |x|`` rather than ``sum |x * w|``, still inside that bound on the tested shapes.
+``int4_q8_gemv`` (AVX512-VNNI builds) rounds ``x`` to int8 per 32 inputs first and sums integer
+products (``vpdpbusd``); its result is exact to the same bound for that rounded ``x`` (the zero
+term uses the exact ``x``), i.e. off from ``x @ W_hat.T`` by at most half a rounding step of each
+input times ``|scale * q|``. It reads bf16 (scale, zero) pairs: 20 bytes per 32 weights at group 32.
 
 Why our own code: torch's fused weight-only kernels (``_weight_int8pack_mm``,
 ``_weight_int4pack_mm_for_cpu``) vectorize only bf16 activations and, at batch 1 on this project's
 2-core EPYC, reach ~12-20 GB/s of weights; a decode step is a string of matrix-vector products
 bound by how fast the weights stream, so a GEMV that widens the weights in registers and keeps
-fp32 activations is both faster and more exact. The C++ (``kernels_src/gemv.cpp``) is built at
-first use with ``torch.utils.cpp_extension.load`` (``-O3 -march=native -fopenmp``: the JIT build
-runs on the machine that serves, so native is right) into torch's extension cache, once per
-source change (~27 s cold on the 2-core dev machine; a cached load ~0.1 s).
+fp32 activations is both faster and more exact (and with int8 activations faster still, for int4,
+whose fp32 path is compute-bound). The C++ (``shared/engine/kernels_src/gemv.h``) is built at first use by
+``shared.engine.native.kernels()`` (``-O3 -march=native``, one extension for all our C++) into
+torch's extension cache, once per source change (~40 s cold on the 2-core dev machine).
 
 ``available()`` is False, with one warning, when the build fails (no compiler): the layers then
 keep their torch kernels. ``GPT_JOURNEY_NO_KERNELS=1`` turns the kernels off (for A/B timing).
@@ -27,18 +31,14 @@ do: fp32 CPU activations with at most ``MAX_ROWS`` rows) and does not quantize.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-
 import torch
 
-MAX_ROWS = 4  # must match kMaxRows in gemv.cpp; more rows (prefill, batches) keep the aten kernels
-_SOURCE = Path(__file__).with_name("kernels_src") / "gemv.cpp"
+MAX_ROWS = 4  # must match kMaxRows in gemv.h; more rows (prefill, batches) keep the aten kernels
 
 
 def _load():
-    from shared.engine.native import load_extension
-    return load_extension("gpt_journey_gemv", _SOURCE)
+    from shared.engine.native import kernels
+    return kernels()
 
 
 def available() -> bool:
@@ -52,19 +52,22 @@ def isa() -> str:
     return m.isa() if m is not None else ""
 
 
-def bind(kernel: str, *operands) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """``f(x) = kernel(x, *operands)`` (``kernel`` one of ``f32_gemv``, ``int8_gemv``, ``int4_gemv``,
-    ``int4_q8_gemv``) for ``x`` that ``fits``; None when the kernels are not built. Layers bind their
-    weights once: a decode step makes ~50 linear calls and each Python-level check costs ~1 us."""
+def linear_op(kind: str, w: torch.Tensor, s: torch.Tensor | None = None, z: torch.Tensor | None = None,
+              group: int = 0, bias: torch.Tensor | None = None):
+    """A checked, callable layer for our kernels, or None when they are not built.
+
+    ``kind``: "f32" (``w`` fp32 (out, in)), "int8" (``w``, ``s`` = scale, as ``int8_gemv``), "int4"
+    (``w`` = blocks, ``s`` = scales, ``z`` = zz, as ``int4_gemv``), "int4-q8" (as ``int4_q8_gemv``,
+    ``s`` = scale_zero). ``op(x)`` for contiguous ``x`` that ``fits``; layers build it once (a decode step
+    makes ~50 linear calls and each Python-level check costs ~1 us) and expose it as ``native_op``,
+    which the fused decode step (``shared.engine.native.decode_model``) runs directly.
+    """
     m = _load()
-    if m is None:
-        return None
-    fn = getattr(m, kernel)
-    return lambda x: fn(x.contiguous(), *operands)
+    return None if m is None else m.LinearOp(kind, w, s, z, group, bias)
 
 
 def fits(x: torch.Tensor) -> bool:
-    """Whether ``x`` is what a ``bind`` result takes: fp32 on CPU with 1..MAX_ROWS rows."""
+    """Whether ``x`` is what a ``linear_op`` takes: fp32 on CPU with 1..MAX_ROWS rows."""
     return 0 < x.shape[0] <= MAX_ROWS and x.dtype is torch.float32 and x.is_cpu
 
 

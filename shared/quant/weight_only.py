@@ -28,15 +28,19 @@ Scales and zeros are rounded to bfloat16 *before* the weights are quantized agai
 dequantized weight is the same in both compute dtypes and a checkpoint loads into either.
 
 Batch-1 decode (1..4 fp32 rows on CPU) goes through our own GEMV kernels instead
-(``shared.quant.kernels``): fp32 accumulation (more exact than the bf16 path, whatever
-``compute_dtype`` says) and faster, since the aten kernels reach only ~12-20 GB/s there. More rows
-(prefill, batches) keep the aten kernels. The int4 layer keeps a second copy of its nibbles in
+(``shared.quant.kernels``), since the aten kernels reach only ~12-20 GB/s there. int8, and int4
+with ``compute_dtype="float32"``, keep fp32 activations and accumulate in fp32 (more exact than the
+bf16 path). int4 with ``compute_dtype="bfloat16"`` on CPUs with AVX512-VNNI rounds the activations
+to int8 per 32 inputs and multiplies in integers, as llama.cpp's Q4_0 does (the counterpart of the
+bf16 rounding the aten kernel applies; held-out decode-path top-1 agreement with FP32 0.920 vs 0.927
+for fp32 activations on the tiny journey's pretrained model). More rows (prefill, batches) keep
+the aten kernels. The int4 layer keeps a second copy of its nibbles in
 the GEMV's layout (the aten layout is private): int4 layers hold twice their weight bytes in
 memory, though a step reads only one copy. If the kernels cannot be built, everything runs as before.
 
-Speed, gpt2-124m through the engine, batch-1 decode, 2 threads (2-core EPYC Zen 4, noisy):
-fp32 (oneDNN) ~45 tok/s; int8 ~91 with the aten kernel, ~120-132 with ours; int4 g32 ~160 /
-~172-181 (llama.cpp on the same machine: Q8_0 ~157-175, Q4_0 ~201-220). The aten weight-only kernels are GEMV-like
+Speed, gpt2-124m through the engine, batch-1 decode, 2 threads (2-core EPYC Zen 4, noisy; same-run
+figures in ``docs/inference.md``): int8 ~91 tok/s with the aten kernel, ~160-190 with ours; int4 g32
+~220-260 with int8 activations (~175 with fp32 ones); llama.cpp Q8_0 ~155-165, Q4_0 ~210-235. The aten weight-only kernels are GEMV-like
 (cost grows ~linearly with rows): prefill of 4x128 tokens runs at 0.7x (int8) / 0.8x (int4) of fp32
 and batch-8 decode at 0.75x / 1.3x, while int8-dynamic (a real int8 GEMM) is ~2.2x fp32 on both.
 Dynamic INT8 is the fastest on large batches but the least accurate, and batch-dependent.
@@ -193,8 +197,8 @@ class Int8WeightOnlyLinear(nn.Module):
         self.register_buffer("scales", _aligned(scales.to(dtype)))
         self.register_buffer("bias", _bias(bias))
         # Our batch-1 GEMV (shared.quant.kernels) with fp32 scales: the same values (bf16-exact), 4 B per row.
-        self._gemv = (kernels.bind("int8_gemv", self.qweight, self.scales.to(torch.float32).contiguous(), self.bias)
-                      if _f32_or_none(self.bias) else None)
+        self.native_op = (kernels.linear_op("int8", self.qweight, self.scales.to(torch.float32).contiguous(),
+                                            bias=self.bias) if _f32_or_none(self.bias) else None)
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None, *, compute_dtype: str = "bfloat16"):
@@ -206,8 +210,8 @@ class Int8WeightOnlyLinear(nn.Module):
         return cls(tensors["qweight"], tensors["scales"], bias, compute_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._gemv is not None and kernels.fits(x):  # decode: our fp32 GEMV (1.4x the aten kernel)
-            return self._gemv(x)
+        if self.native_op is not None and kernels.fits(x):  # decode: our fp32 GEMV (1.4x the aten kernel)
+            return self.native_op(x.contiguous())
         if _HAS_INT8_KERNEL:
             xc = x.to(self.scales.dtype) if x.dtype != self.scales.dtype else _aligned(x)
             y = torch.ops.aten._weight_int8pack_mm(xc, self.qweight, self.scales)
@@ -258,7 +262,7 @@ class Int4WeightOnlyLinear(nn.Module):
         self.register_buffer("scales_and_zeros",
                              sz.transpose(0, 1).contiguous().to(compute_dtype_of(compute_dtype)))
         self.register_buffer("bias", _bias(bias))
-        self._gemv = None
+        self.native_op = None
         if kernels.available() and _f32_or_none(self.bias):
             # Our batch-1 GEMV reads its own copy in its own layout (shared.quant.kernels.repack_int4): the torch
             # kernel's packed layout is private, and that kernel stays for prefill and large batches. Costs a
@@ -269,12 +273,12 @@ class Int4WeightOnlyLinear(nn.Module):
             s32 = self.scales_and_zeros[:, :self.out_features].to(torch.float32).transpose(0, 1)
             scale32, zero32 = s32[..., 0].contiguous(), s32[..., 1].contiguous()
             if compute_dtype == "bfloat16" and kernels.has_int8_activations():
-                self._gemv = kernels.bind("int4_q8_gemv", kernels.repack_int4(q, int8_activations=True),
-                                          torch.stack((scale32, zero32), dim=-1).to(torch.bfloat16).contiguous(),
-                                          group_size, self.bias)
+                self.native_op = kernels.linear_op(
+                    "int4-q8", kernels.repack_int4(q, int8_activations=True),
+                    torch.stack((scale32, zero32), dim=-1).to(torch.bfloat16).contiguous(), None, group_size, self.bias)
             else:
-                self._gemv = kernels.bind("int4_gemv", kernels.repack_int4(q), scale32,
-                                          (zero32 - 8 * scale32).contiguous(), group_size, self.bias)
+                self.native_op = kernels.linear_op("int4", kernels.repack_int4(q), scale32,
+                                                   (zero32 - 8 * scale32).contiguous(), group_size, self.bias)
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None, *, group_size: int = 32,
@@ -288,8 +292,8 @@ class Int4WeightOnlyLinear(nn.Module):
                    compute_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._gemv is not None and kernels.fits(x):  # decode: our GEMV
-            return self._gemv(x)
+        if self.native_op is not None and kernels.fits(x):  # decode: our GEMV
+            return self.native_op(x.contiguous())
         if x.shape[0] == 0:  # the kernel cannot reduce over an empty batch
             return x.new_empty(0, self.out_features)
         sz = self.scales_and_zeros

@@ -61,3 +61,53 @@ def test_engine_decode_steps_agree_with_the_torch_path(monkeypatch):
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ka, kb, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(va, vb, rtol=1e-6, atol=1e-6)
+
+
+def _decode_steps(model, cfg, fused: bool):
+    """Prefill three prompts, then two decode steps of all three: (logits of the decode steps, K, V)."""
+    saved = model._fused
+    model._fused = saved if fused else None
+    cache = KVCache(cfg.n_layer, 3, cfg.n_head, 64, cfg.n_embd // cfg.n_head)
+    try:
+        with torch.inference_mode():
+            for slot, prompt in enumerate(([1, 2, 3], [4, 5, 6, 7, 8, 9], [10])):
+                model(StepBatch.build([], [(slot, 0, prompt)], []), cache)
+            logits = [model(StepBatch.build([(11, 3), (12, 6), (13, 1)], [], [0, 1, 2]), cache),
+                      model(StepBatch.build([(14, 4)], [], [0]), cache)]
+    finally:
+        model._fused = saved
+    return logits, cache.k, cache.v
+
+
+@pytest.mark.parametrize("scheme", ["fp32", "int8", "int4", "int4-fp32-activations"])
+def test_fused_decode_step_matches_the_python_forward(scheme):
+    """The one-call C++ decode step (shared.engine.native.decode_model) gives the Python forward's logits
+    and cache for each kind of layer it runs."""
+    from shared.quant.engine_quant import QuantSpec, build_quantized_engine_model
+    torch.manual_seed(1)
+    cfg = GPTConfig(vocab_size=97, block_size=64, n_layer=2, n_head=4, n_embd=64, dropout=0.0)
+    gpt = GPT(cfg).eval()
+    if scheme == "fp32":
+        model = EngineModel.from_gpt(gpt, backend="gemv")
+    else:
+        dtype = "float32" if scheme.endswith("fp32-activations") else "bfloat16"
+        model, _ = build_quantized_engine_model(gpt, QuantSpec(scheme=scheme[:4], compute_dtype=dtype))
+    assert model._fused is not None
+    (fused, kf, vf), (plain, kp, vp) = _decode_steps(model, cfg, True), _decode_steps(model, cfg, False)
+    for a, b in zip(fused, plain):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(kf, kp, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(vf, vp, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_decode_step_only_for_layers_it_can_run():
+    cfg = GPTConfig(vocab_size=97, block_size=64, n_layer=1, n_head=2, n_embd=32, dropout=0.0)
+    gpt = GPT(cfg).eval()
+    assert EngineModel.from_gpt(gpt, backend="dense")._fused is None  # torch layers: the Python forward
+    assert EngineModel.from_gpt(gpt, backend="gemv", dtype=torch.bfloat16)._fused is None
+    model = EngineModel.from_gpt(gpt, backend="gemv")
+    cache = KVCache(cfg.n_layer, 1, cfg.n_head, 8, 16)
+    with pytest.raises(RuntimeError, match="outside the vocabulary"):
+        model._fused.step([97], [0], cache.k, cache.v)
+    with pytest.raises(RuntimeError, match="outside the cache"):
+        model._fused.step([1], [8], cache.k, cache.v)

@@ -47,13 +47,13 @@ def test_gemv_backend_uses_the_kernel_for_few_rows_and_torch_for_more(monkeypatc
     torch.manual_seed(0)
     w, b = torch.randn(40, 96), torch.randn(40)
     calls = []
-    real_bind = kernels.bind
+    real_op = kernels.linear_op
 
-    def counting_bind(name, *operands):
-        fn = real_bind(name, *operands)
-        return lambda x: calls.append(x.shape[0]) or fn(x)
+    def counting_op(*args, **kwargs):
+        op = real_op(*args, **kwargs)
+        return lambda x: calls.append(x.shape[0]) or op(x)
 
-    monkeypatch.setattr(kernels, "bind", counting_bind)
+    monkeypatch.setattr(kernels, "linear_op", counting_op)
     layer = GemvLinear(w, b)
     for rows in (1, kernels.MAX_ROWS, kernels.MAX_ROWS + 3):
         x = torch.randn(rows, 96)
@@ -139,7 +139,7 @@ def test_build_failure_falls_back_with_one_warning(monkeypatch):
         raise OSError("no compiler")
 
     from shared.engine import native
-    monkeypatch.setattr(native, "_built", {})
+    monkeypatch.setattr(native, "_state", {})
     monkeypatch.setattr(cpp, "load", broken)
     with pytest.warns(RuntimeWarning, match="did not build"):
         assert not kernels.available()
@@ -147,7 +147,7 @@ def test_build_failure_falls_back_with_one_warning(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert not kernels.use_for(torch.randn(1, 8))  # no second warning
-        assert kernels.bind("int8_gemv") is None  # layers built now keep torch's kernels
+        assert kernels.linear_op("f32", torch.zeros(2, 2)) is None  # layers built now keep torch's kernels
     w = torch.randn(16, 64)
     layer = Int8WeightOnlyLinear.from_float(w, None)  # the aten path still serves
     x = torch.randn(1, 64)

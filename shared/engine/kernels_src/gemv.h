@@ -1,11 +1,12 @@
-// Batch-1 (and few-row) matrix-vector kernels for the weight-only layers: fp32 activations,
-// int8 / int4 weights dequantized in registers, fp32 accumulation. See shared/quant/kernels.py
-// for the contract and why these exist (torch's fused kernels vectorize only bf16 activations and
-// reach ~12-20 GB/s on batch-1 decode).
+// Batch-1 (and few-row) matrix-vector kernels for the engine's decode: fp32 weights, and int8 / int4
+// weights dequantized in registers, fp32 accumulation (int4 also with int8 activations). See
+// shared/quant/kernels.py for the contract and why these exist (torch's fused kernels vectorize
+// only bf16 activations and reach ~12-20 GB/s on batch-1 decode). Included once, by kernels.cpp.
 //
 // Parallel over output rows with at::parallel_for (torch's OpenMP pool and thread count).
 // Each output row is reduced by one thread in a fixed order, so results do not depend on the
 // thread count. Vector paths: AVX-512F (+BW for the byte loads), AVX2+FMA, scalar fallback.
+#pragma once
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
@@ -644,114 +645,126 @@ void int4_gemv_rows(const float* x, int64_t in, int64_t out_f, const uint8_t* w,
 
 // ------------------------------------------------------------------ entry points
 
-void check_common(const at::Tensor& x, const at::Tensor& y, int64_t in) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous() && x.device().is_cpu(),
-              "x must be a contiguous 2-D float32 CPU tensor");
-  TORCH_CHECK(x.size(0) >= 1 && x.size(0) <= kMaxRows, "x must have 1..", kMaxRows, " rows, got ", x.size(0));
-  TORCH_CHECK(x.size(1) == in, "x has ", x.size(1), " columns, the weight ", in);
+// ------------------------------------------------------------------ one layer, checked once
+
+// An engine linear layer as these kernels run it: the weights and scales of one of four kinds,
+// checked when built, then `run` on raw rows (the fused decode step calls it ~50 times a step).
+struct LinearOp {
+  enum Kind { kF32, kInt8, kInt4, kInt4Q8 };
+  Kind kind = kF32;
+  at::Tensor w, s, z;  // f32: w; int8: w, s = scale; int4: w = blocks, s = scales, z = zz; int4-q8: w, s = (scale, zero) bf16
+  c10::optional<at::Tensor> bias;
+  int64_t group = 0, in_f = 0, out_f = 0;
+
+  template <int R>
+  void run_rows(const float* x, float* y) const {
+    const float* b = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+    switch (kind) {
+      case kF32: f32_gemv_rows<R>(x, in_f, out_f, w.data_ptr<float>(), b, y); break;
+      case kInt8: int8_gemv_rows<R>(x, in_f, out_f, w.data_ptr<int8_t>(), s.data_ptr<float>(), b, y); break;
+      case kInt4:
+        int4_gemv_rows<R>(x, in_f, out_f, w.data_ptr<uint8_t>(), s.data_ptr<float>(), z.data_ptr<float>(), group, b, y);
+        break;
+      case kInt4Q8:
+#if defined(GPT_JOURNEY_INT4_Q8)
+        int4_q8_rows<R>(x, in_f, out_f, w.data_ptr<uint8_t>(),
+                        reinterpret_cast<const uint16_t*>(s.data_ptr<at::BFloat16>()), group, b, y);
+#endif
+        break;
+    }
+  }
+
+  // y[rows, out_f] = x[rows, in_f] @ W_hat.T + b, 1 <= rows <= kMaxRows
+  void run(const float* x, int64_t rows, float* y) const {
+    switch (rows) {
+      case 1: run_rows<1>(x, y); break;
+      case 2: run_rows<2>(x, y); break;
+      case 3: run_rows<3>(x, y); break;
+      default: run_rows<4>(x, y); break;
+    }
+  }
+
+  at::Tensor apply(const at::Tensor& x) const {
+    TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous() && x.device().is_cpu(),
+                "x must be a contiguous 2-D float32 CPU tensor");
+    TORCH_CHECK(x.size(0) >= 1 && x.size(0) <= kMaxRows, "x must have 1..", kMaxRows, " rows, got ", x.size(0));
+    TORCH_CHECK(x.size(1) == in_f, "x has ", x.size(1), " columns, the weight ", in_f);
+    auto y = at::empty({x.size(0), out_f}, x.options());
+    run(x.data_ptr<float>(), x.size(0), y.data_ptr<float>());
+    return y;
+  }
+};
+
+void check_f32(const at::Tensor& t, int64_t numel, const char* what) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous() && t.numel() == numel, what);
 }
 
-const float* bias_ptr(const c10::optional<at::Tensor>& bias, int64_t out_f) {
-  if (!bias.has_value()) return nullptr;
-  TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == out_f,
-              "bias must be a contiguous float32 tensor of out_features values");
-  return bias->data_ptr<float>();
+// kind: "f32" (w float32 (out, in)), "int8" (w int8 (out, in), s scale (out,)), "int4" (w = repack_int4
+// blocks uint8 (out, in/2), s scales and z = zero - 8 * scale, float32 (out, in/group)), "int4-q8" (the
+// same blocks in the 32 layout, s = (scale, zero) bfloat16 (out, in/group, 2)).
+LinearOp make_linear_op(const std::string& kind, const at::Tensor& w, const c10::optional<at::Tensor>& s,
+                        const c10::optional<at::Tensor>& z, int64_t group, const c10::optional<at::Tensor>& bias) {
+  LinearOp op;
+  TORCH_CHECK(w.dim() == 2 && w.is_contiguous() && w.device().is_cpu(), "w must be a contiguous 2-D CPU tensor");
+  op.w = w;
+  op.out_f = w.size(0);
+  op.in_f = w.size(1);
+  if (kind == "f32") {
+    op.kind = LinearOp::kF32;
+    TORCH_CHECK(w.scalar_type() == at::kFloat, "w must be contiguous float32 (out, in)");
+  } else if (kind == "int8") {
+    op.kind = LinearOp::kInt8;
+    TORCH_CHECK(w.scalar_type() == at::kChar, "w must be contiguous int8 (out, in)");
+    TORCH_CHECK(s.has_value(), "int8 needs scale");
+    check_f32(*s, op.out_f, "scale must be contiguous float32 (out,)");
+    op.s = *s;
+  } else if (kind == "int4" || kind == "int4-q8") {
+    op.kind = kind == "int4" ? LinearOp::kInt4 : LinearOp::kInt4Q8;
+#if !defined(GPT_JOURNEY_INT4_Q8)
+    TORCH_CHECK(kind == "int4", "int4-q8 needs a build with AVX512-VNNI (see has_q8_activations)");
+#endif
+    TORCH_CHECK(w.scalar_type() == at::kByte, "w must be contiguous uint8 (out, in/2) in the kernel's nibble layout");
+    TORCH_CHECK(group >= 32 && group % 32 == 0, "group size must be a multiple of 32, got ", group);
+    op.in_f = w.size(1) * 2;
+    op.group = group;
+    TORCH_CHECK(op.in_f % group == 0, "in_features ", op.in_f, " not divisible by group size ", group);
+    const int64_t groups = op.out_f * (op.in_f / group);
+    TORCH_CHECK(s.has_value(), kind, " needs scales");
+    if (op.kind == LinearOp::kInt4) {
+      TORCH_CHECK(z.has_value(), "int4 needs zz");
+      check_f32(*s, groups, "scales and zz must be contiguous float32 (out, in/group)");
+      check_f32(*z, groups, "scales and zz must be contiguous float32 (out, in/group)");
+      op.z = *z;
+    } else {
+      TORCH_CHECK(s->scalar_type() == at::kBFloat16 && s->is_contiguous() && s->numel() == 2 * groups,
+                  "scale_zero must be contiguous bfloat16 (out, in/group, 2)");
+    }
+    op.s = *s;
+  } else {
+    TORCH_CHECK(false, "unknown linear kind '", kind, "' (f32, int8, int4, int4-q8)");
+  }
+  if (bias.has_value()) check_f32(*bias, op.out_f, "bias must be a contiguous float32 tensor of out_features values");
+  op.bias = bias;
+  return op;
+}
+
+at::Tensor f32_gemv(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias) {
+  return make_linear_op("f32", w, c10::nullopt, c10::nullopt, 0, bias).apply(x);
 }
 
 at::Tensor int8_gemv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
                      const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kChar && w.is_contiguous(), "w must be contiguous int8 (out, in)");
-  const int64_t out_f = w.size(0), in = w.size(1);
-  TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.is_contiguous() && scale.numel() == out_f,
-              "scale must be contiguous float32 (out,)");
-  auto y = at::empty({x.size(0), out_f}, x.options());
-  check_common(x, y, in);
-  const float* b = bias_ptr(bias, out_f);
-  const float* xp = x.data_ptr<float>();
-  const int8_t* wp = w.data_ptr<int8_t>();
-  float* yp = y.data_ptr<float>();
-  switch (x.size(0)) {
-    case 1: int8_gemv_rows<1>(xp, in, out_f, wp, scale.data_ptr<float>(), b, yp); break;
-    case 2: int8_gemv_rows<2>(xp, in, out_f, wp, scale.data_ptr<float>(), b, yp); break;
-    case 3: int8_gemv_rows<3>(xp, in, out_f, wp, scale.data_ptr<float>(), b, yp); break;
-    default: int8_gemv_rows<4>(xp, in, out_f, wp, scale.data_ptr<float>(), b, yp); break;
-  }
-  return y;
-}
-
-at::Tensor f32_gemv(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kFloat && w.is_contiguous(), "w must be contiguous float32 (out, in)");
-  const int64_t out_f = w.size(0), in = w.size(1);
-  auto y = at::empty({x.size(0), out_f}, x.options());
-  check_common(x, y, in);
-  const float* b = bias_ptr(bias, out_f);
-  const float* xp = x.data_ptr<float>();
-  const float* wp = w.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
-  switch (x.size(0)) {
-    case 1: f32_gemv_rows<1>(xp, in, out_f, wp, b, yp); break;
-    case 2: f32_gemv_rows<2>(xp, in, out_f, wp, b, yp); break;
-    case 3: f32_gemv_rows<3>(xp, in, out_f, wp, b, yp); break;
-    default: f32_gemv_rows<4>(xp, in, out_f, wp, b, yp); break;
-  }
-  return y;
+  return make_linear_op("int8", w, scale, c10::nullopt, 0, bias).apply(x);
 }
 
 at::Tensor int4_gemv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, const at::Tensor& zz,
                      int64_t group, const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kByte && w.is_contiguous(),
-              "w must be contiguous uint8 (out, in/2) in the block-32 layout");
-  TORCH_CHECK(group >= 32 && group % 32 == 0, "group size must be a multiple of 32, got ", group);
-  const int64_t out_f = w.size(0), in = w.size(1) * 2;
-  TORCH_CHECK(in % group == 0, "in_features ", in, " not divisible by group size ", group);
-  const int64_t groups = in / group;
-  for (const at::Tensor* t : {&s, &zz})
-    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == out_f * groups,
-                "scales and zz must be contiguous float32 (out, in/group)");
-  auto y = at::empty({x.size(0), out_f}, x.options());
-  check_common(x, y, in);
-  const float* b = bias_ptr(bias, out_f);
-  const float* xp = x.data_ptr<float>();
-  const uint8_t* wp = w.data_ptr<uint8_t>();
-  float* yp = y.data_ptr<float>();
-  const float *sp = s.data_ptr<float>(), *zp = zz.data_ptr<float>();
-  switch (x.size(0)) {
-    case 1: int4_gemv_rows<1>(xp, in, out_f, wp, sp, zp, group, b, yp); break;
-    case 2: int4_gemv_rows<2>(xp, in, out_f, wp, sp, zp, group, b, yp); break;
-    case 3: int4_gemv_rows<3>(xp, in, out_f, wp, sp, zp, group, b, yp); break;
-    default: int4_gemv_rows<4>(xp, in, out_f, wp, sp, zp, group, b, yp); break;
-  }
-  return y;
+  return make_linear_op("int4", w, s, zz, group, bias).apply(x);
 }
 
 at::Tensor int4_q8_gemv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& sz, int64_t group,
                         const c10::optional<at::Tensor>& bias) {
-#if defined(GPT_JOURNEY_INT4_Q8)
-  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kByte && w.is_contiguous(),
-              "w must be contiguous uint8 (out, in/2) in the block-32 layout");
-  TORCH_CHECK(group >= 32 && group % 32 == 0, "group size must be a multiple of 32, got ", group);
-  const int64_t out_f = w.size(0), in = w.size(1) * 2;
-  TORCH_CHECK(in % group == 0, "in_features ", in, " not divisible by group size ", group);
-  TORCH_CHECK(sz.scalar_type() == at::kBFloat16 && sz.is_contiguous() && sz.numel() == out_f * (in / group) * 2,
-              "scale_zero must be contiguous bfloat16 (out, in/group, 2)");
-  auto y = at::empty({x.size(0), out_f}, x.options());
-  check_common(x, y, in);
-  const float* b = bias_ptr(bias, out_f);
-  const float* xp = x.data_ptr<float>();
-  const uint8_t* wp = w.data_ptr<uint8_t>();
-  const uint16_t* szp = reinterpret_cast<const uint16_t*>(sz.data_ptr<at::BFloat16>());
-  float* yp = y.data_ptr<float>();
-  switch (x.size(0)) {
-    case 1: int4_q8_rows<1>(xp, in, out_f, wp, szp, group, b, yp); break;
-    case 2: int4_q8_rows<2>(xp, in, out_f, wp, szp, group, b, yp); break;
-    case 3: int4_q8_rows<3>(xp, in, out_f, wp, szp, group, b, yp); break;
-    default: int4_q8_rows<4>(xp, in, out_f, wp, szp, group, b, yp); break;
-  }
-  return y;
-#else
-  TORCH_CHECK(false, "int4_q8_gemv needs a build with AVX512-VNNI (see has_q8_activations)");
-  return x;
-#endif
+  return make_linear_op("int4-q8", w, sz, c10::nullopt, group, bias).apply(x);
 }
 
 std::string isa() {
@@ -765,15 +778,3 @@ std::string isa() {
 }
 
 }  // namespace
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("f32_gemv", &f32_gemv, "y = x @ w.T + b for 1..4 fp32 rows, w (out, in) float32");
-  m.def("int8_gemv", &int8_gemv, "y = x @ (q * scale).T + b for 1..4 fp32 rows");
-  m.def("int4_gemv", &int4_gemv, "y = x @ W_hat.T + b for 1..4 fp32 rows, block-32 nibble layout");
-  m.def("int4_q8_gemv", &int4_q8_gemv, "int4_gemv with x rounded to int8 per 32 inputs; bf16 (scale, zero) pairs");
-  m.def("has_q8_activations", &has_q8_activations, "whether int4_q8_gemv is compiled in (AVX512-VNNI)");
-  m.def("isa", &isa, "the vector path compiled in");
-  m.def("int4_layout", &int4_layout, "inputs per layout block for rows of `in` inputs: 128 or 32",
-        py::arg("in"), py::arg("q8") = false);
-  m.def("max_rows", []() { return kMaxRows; });
-}
