@@ -172,7 +172,7 @@ class EngineModel(nn.Module):
         x = torch.embedding(self.wte, batch.tokens)
         x += torch.embedding(self.wpe, batch.positions)
         # A decode-only step on CPU in fp32 runs attention (and its cache write) as one C++ call per layer
-        native = (not batch.chunks and x.dtype == torch.float32 and x.device.type == "cpu"
+        native = (not batch.chunks and batch.n_decode > 0 and x.dtype == torch.float32 and x.device.type == "cpu"
                   and native_kernels.decode_attention_available())
         scale = head_dim ** -0.5
         for layer, (ln1_w, ln1_b, qkv, attn_out, ln2_w, ln2_b, fc, fc_out) in enumerate(self._layers):

@@ -6,7 +6,7 @@ Contract: ``int8_gemv(x, q, scale, bias)`` = ``x @ (q * scale[:, None]).T + bias
 convention of ``shared.quant.weight_only`` rewritten as one multiply-add), ``blocks`` being
 ``repack_int4(q)``. ``x`` is fp32, contiguous, with 1..``MAX_ROWS`` rows; accumulation is fp32
 (tested against a float64 reference to within ``1e-5 * sum_i |x_i * W_hat[o, i]|``). The AVX-512
-paths turn weights into floats by placing the integer in the mantissa of 1.0 (see ``gemv.cpp``),
+paths turn weights into floats by placing the integer in the mantissa of 1.0 (see ``shared/engine/kernels_src/gemv.h``),
 so they sum ``x`` against an offset weight and subtract the offset once per row: rounding is
 relative to ``sum |x|`` rather than ``sum |x * w|``, still inside that bound on the tested shapes.
 ``int4_q8_gemv`` (AVX512-VNNI builds) rounds ``x`` to int8 per 32 inputs first and sums integer
