@@ -71,12 +71,6 @@ def fits(x: torch.Tensor) -> bool:
     return 0 < x.shape[0] <= MAX_ROWS and x.dtype is torch.float32 and x.is_cpu
 
 
-def use_for(x: torch.Tensor) -> bool:
-    """Whether a layer should route ``x`` through these kernels: fp32 CPU, 1..MAX_ROWS rows, built."""
-    return (x.dtype == torch.float32 and x.device.type == "cpu" and 1 <= x.shape[0] <= MAX_ROWS
-            and available())
-
-
 def f32_gemv(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``x @ w.T + bias`` for fp32 ``w`` (out, in): the engine's ``linear_backend="gemv"`` decode path."""
     return _load().f32_gemv(x.contiguous(), w, bias)

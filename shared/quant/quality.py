@@ -33,9 +33,8 @@ class QualityReport:
         return asdict(self)
 
 
-@torch.inference_mode()
-def sequence_logits(model: EngineModel, ids: Sequence[int]) -> torch.Tensor:
-    """f32 logits ``[len(ids), vocab]`` of every position of ``ids`` (at most the model's context)."""
+def _scoring_setup(model: EngineModel, ids: Sequence[int]) -> tuple[list[int], KVCache]:
+    """``ids`` as ints, checked against the model's context and vocabulary, and a fresh cache for them."""
     cfg = model.config
     ids = [int(i) for i in ids]
     if not 0 < len(ids) <= cfg.block_size:
@@ -43,8 +42,14 @@ def sequence_logits(model: EngineModel, ids: Sequence[int]) -> torch.Tensor:
                          "(the model's context); split longer text into windows")
     if not all(0 <= i < cfg.vocab_size for i in ids):
         raise QuantError(f"token ids must be in [0, {cfg.vocab_size}); tokenize with the model's own tokenizer")
-    cache = KVCache(cfg.n_layer, 1, cfg.n_head, len(ids), cfg.n_embd // cfg.n_head, dtype=model.dtype,
-                    device=model.device)
+    return ids, KVCache(cfg.n_layer, 1, cfg.n_head, len(ids), cfg.n_embd // cfg.n_head, dtype=model.dtype,
+                        device=model.device)
+
+
+@torch.inference_mode()
+def sequence_logits(model: EngineModel, ids: Sequence[int]) -> torch.Tensor:
+    """f32 logits ``[len(ids), vocab]`` of every position of ``ids`` (at most the model's context)."""
+    ids, cache = _scoring_setup(model, ids)
     batch = StepBatch.build([], [(0, 0, ids)], range(len(ids)), dtype=model.dtype, device=model.device)
     return model(batch, cache).float()
 
@@ -57,12 +62,7 @@ def decode_logits(model: EngineModel, ids: Sequence[int]) -> torch.Tensor:
     produced by decode steps, which take other kernels (our GEMVs; for INT4 in bfloat16 on AVX512-VNNI
     CPUs, activations rounded to int8). The same teacher-forced text through those steps measures them.
     """
-    cfg = model.config
-    ids = [int(i) for i in ids]
-    if not 0 < len(ids) <= cfg.block_size:
-        raise QuantError(f"a sequence of {len(ids)} tokens cannot be scored: it needs 1..{cfg.block_size} tokens")
-    cache = KVCache(cfg.n_layer, 1, cfg.n_head, len(ids), cfg.n_embd // cfg.n_head, dtype=model.dtype,
-                    device=model.device)
+    ids, cache = _scoring_setup(model, ids)
     kw = dict(dtype=model.dtype, device=model.device)
     rows = [model(StepBatch.build([], [(0, 0, ids[:1])], [0], **kw), cache)]
     rows += [model(StepBatch.build([(token, pos)], [], [0], **kw), cache) for pos, token in enumerate(ids) if pos]

@@ -58,6 +58,25 @@ template <typename V>
 inline void in_register(V& v) { asm("" : "+v"(v)); }
 #endif
 
+#if defined(__AVX2__)
+// The sum of a vector's 8 floats (the AVX2 paths' epilogue).
+inline float hsum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+#endif
+
+#if defined(__AVX512F__)
+// v's 32-bit lanes shifted left by SHIFT bits, or right by -SHIFT (the byte / nibble to float tricks).
+template <int SHIFT>
+inline __m512i shift_lanes(__m512i v) {
+  if constexpr (SHIFT >= 0) return _mm512_slli_epi32(v, SHIFT);
+  else return _mm512_srli_epi32(v, -SHIFT);
+}
+#endif
+
 // Every GEMV below walks the output rows the same way: blocks of OB rows spread over torch's
 // threads, the last partial block one row at a time, then an epilogue per output. `dot(ob, o, part)`
 // fills part[b][r] for OB rows from row o, where ob is std::integral_constant<int, OB> or <int, 1>
@@ -124,12 +143,7 @@ inline void f32_block(const float* x, int64_t in, const float* w, float out[OB][
     }
   }
   for (int b = 0; b < OB; ++b)
-    for (int r = 0; r < R; ++r) {
-      __m128 v = _mm_add_ps(_mm256_castps256_ps128(acc[b][r]), _mm256_extractf128_ps(acc[b][r], 1));
-      v = _mm_add_ps(v, _mm_movehl_ps(v, v));
-      v = _mm_add_ss(v, _mm_shuffle_ps(v, v, 1));
-      out[b][r] = _mm_cvtss_f32(v);
-    }
+    for (int r = 0; r < R; ++r) out[b][r] = hsum256(acc[b][r]);
 #endif
   for (; i < in; ++i)  // tail (and the whole row on the scalar path)
     for (int b = 0; b < OB; ++b)
@@ -197,12 +211,7 @@ inline void int8_block(const float* x, int64_t in, const int8_t* w, float out[OB
     }
   }
   for (int b = 0; b < OB; ++b)
-    for (int r = 0; r < R; ++r) {
-      __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[b][r]), _mm256_extractf128_ps(acc[b][r], 1));
-      s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-      s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-      out[b][r] = _mm_cvtss_f32(s);
-    }
+    for (int r = 0; r < R; ++r) out[b][r] = hsum256(acc[b][r]);
 #else
   for (int b = 0; b < OB; ++b)
     for (int r = 0; r < R; ++r) out[b][r] = 0.f;
@@ -221,8 +230,7 @@ inline void int8_block(const float* x, int64_t in, const int8_t* w, float out[OB
 // y = scale * (256 * (f . x) - 384 * sum(x)). Shift, then one ternary-logic op does mask, flip, or.
 template <int K>
 inline __m512 byte_as_float(__m512i v) {
-  constexpr int shift = 15 - 8 * K;
-  const __m512i sh = shift >= 0 ? _mm512_slli_epi32(v, shift >= 0 ? shift : 0) : _mm512_srli_epi32(v, shift < 0 ? -shift : 0);
+  const __m512i sh = shift_lanes<15 - 8 * K>(v);
   // (sh & 0x007F8000) ^ 0x3FC00000: keeps the byte, flips its top bit (+128), ORs in 1.0 (disjoint bits)
   return _mm512_castsi512_ps(_mm512_ternarylogic_epi32(sh, _mm512_set1_epi32(0x007F8000), _mm512_set1_epi32(0x3FC00000), 0x6A));
 }
@@ -327,12 +335,7 @@ inline void int4_row(const float* x, int64_t in, const uint8_t* w, const float* 
     }
     for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(dot[r], sv, acc[r]);
   }
-  for (int r = 0; r < R; ++r) {
-    __m128 t = _mm_add_ps(_mm256_castps256_ps128(acc[r]), _mm256_extractf128_ps(acc[r], 1));
-    t = _mm_add_ps(t, _mm_movehl_ps(t, t));
-    t = _mm_add_ss(t, _mm_shuffle_ps(t, t, 1));
-    out[r] = _mm_cvtss_f32(t) + zterm[r];
-  }
+  for (int r = 0; r < R; ++r) out[r] = hsum256(acc[r]) + zterm[r];
 #else
   for (int r = 0; r < R; ++r) out[r] = zterm[r];
   for (int64_t g = 0; g < groups; ++g) {
@@ -411,8 +414,7 @@ inline void int4_block(const float* x, int64_t in, const uint8_t* w, const float
 // the constant part is (zz - 16 s) * sum(x over the group), added per row in scalar.
 template <int K>
 inline __m512 nibble_as_float(__m512i v) {
-  constexpr int shift = 19 - 4 * K;
-  const __m512i sh = shift >= 0 ? _mm512_slli_epi32(v, shift >= 0 ? shift : 0) : _mm512_srli_epi32(v, shift < 0 ? -shift : 0);
+  const __m512i sh = shift_lanes<19 - 4 * K>(v);
   // (sh & 0x00780000) | 0x3F800000 in one instruction (truth table 0xEA = (A & B) | C)
   return _mm512_castsi512_ps(_mm512_ternarylogic_epi32(sh, _mm512_set1_epi32(0x00780000), _mm512_set1_epi32(0x3F800000), 0xEA));
 }
