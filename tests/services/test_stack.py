@@ -45,8 +45,10 @@ def test_the_openai_client_gets_a_completion(client, stack):
 def test_the_openai_client_gets_a_streamed_completion(client):
     chunks = list(client.chat.completions.create(**hello(), stream=True))
     pieces = [c.choices[0].delta.content for c in chunks if c.choices[0].delta.content]
-    assert len(pieces) > 3, "the answer should arrive in several pieces"
-    assert "".join(pieces) == HELLO_ANSWER
+    # How many pieces depends on timing: the tiny model makes its answer in a few ms, faster than the
+    # deltas cross the actors, and a lagging caller gets what piled up as one piece (see test_serving.py
+    # for per-token streaming to a caller that keeps up).
+    assert pieces and "".join(pieces) == HELLO_ANSWER
     assert chunks[-1].choices[0].finish_reason == "stop"
 
 
@@ -115,7 +117,8 @@ def test_a_chat_request_over_the_bus_streams_events_back(stack):
     events = list(stream_chat(bus, make_request(bus, "What is 17*23?", max_tokens=80), timeout_s=60))
     kinds = [e.kind for e in events]
     assert kinds[-1] == "done" and events[-1].text == "17*23 = 391"
-    assert "tool_call" in kinds and "tool_result" in kinds and kinds.count("token") >= 2
+    assert kinds.index("tool_call") < kinds.index("tool_result") < kinds.index("token")
+    assert "".join(e.text for e in events if e.kind == "token") == "17*23 = 391"
     assert [e.seq for e in events] == list(range(len(events)))
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -127,3 +128,42 @@ def test_the_pool_serves_the_runs_final_model_and_loads_others_on_demand(registr
         assert pool.set_default("r/sft") == "r/sft" and pool.get(None)[0] == "r/sft"
     finally:
         pool.close()
+
+
+async def _events(backend, messages, params, *, lag_s: float = 0.0):
+    """The stream's token texts and its done event; with ``lag_s`` the caller sleeps after the first token."""
+    texts, done = [], None
+    async for event in backend.stream(messages, params):
+        if event.kind != "token":
+            done = event
+            continue
+        texts.append(event.text)
+        if len(texts) == 1 and lag_s:
+            await asyncio.sleep(lag_s)
+    return texts, done
+
+
+def test_a_caller_that_keeps_up_gets_each_token_as_it_comes_and_a_lagging_one_gets_them_merged(byte_tokenizer):
+    engine = Engine(random_gpt(block_size=128), byte_tokenizer, EngineConfig(max_batch_size=2))
+    params = SamplingParams(max_tokens=16, temperature=0, ignore_eos=True)
+    messages = [{"role": "user", "content": "stream me"}]
+    step = engine.step
+
+    def paced_step():  # an engine step slower than the caller: each delta is read before the next exists
+        step()
+        time.sleep(0.03)
+
+    engine.step = paced_step
+    backend = EngineBackend(engine, "m")
+    try:
+        kept_up, done = asyncio.run(_events(backend, messages, params))
+        engine.step = step
+        lagged, lagged_done = asyncio.run(_events(backend, messages, params, lag_s=0.5))
+    finally:
+        backend.close()
+    assert done.metrics["completion_tokens"] == lagged_done.metrics["completion_tokens"] == 16
+    assert "".join(kept_up) == "".join(lagged) == done.text
+    # A text delta can be empty while a multi-byte character is incomplete, so "nearly one event per token".
+    assert len(kept_up) >= 12, kept_up
+    # At most the first token(s), then everything made while the caller slept, as one event.
+    assert len(lagged) <= 2, lagged
