@@ -76,6 +76,17 @@ def draw(logits: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.T
     return index.clamp_(max=logits.shape[1] - 1).squeeze(1)
 
 
+def greedy(logits: torch.Tensor) -> list[int]:
+    """Each row's argmax (the first one on ties, a NaN if any, as ``torch.argmax``).
+
+    On CPU through numpy: its argmax over a GPT-2 vocabulary takes ~5 us against torch's ~45 us, which
+    was ~0.5% of a GPT-2 124M FP32 decode step and ~1.5% of an INT4 one.
+    """
+    if logits.device.type == "cpu":
+        return logits.detach().numpy().argmax(axis=-1).tolist()
+    return logits.argmax(dim=-1).tolist()
+
+
 def sample(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> list[int]:
     """The next token of every row of ``logits [R, V]`` (see the module docstring)."""
     if logits.dtype != torch.float32:
@@ -84,8 +95,8 @@ def sample(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> list[int]:
     for i in penalized:
         apply_repetition_penalty(logits[i], rows[i].seen, rows[i].params.repetition_penalty)
     if all(r.params.greedy for r in rows):
-        return logits.argmax(dim=-1).tolist()
-    out = logits.argmax(dim=-1).tolist()  # greedy rows keep these
+        return greedy(logits)
+    out = greedy(logits)  # greedy rows keep these
     sampled = [i for i, r in enumerate(rows) if not r.params.greedy]
     picked = [rows[i].params for i in sampled]
     sub = filter_logits(logits[sampled], [p.temperature for p in picked], [p.top_k for p in picked],

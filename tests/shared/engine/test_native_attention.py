@@ -11,7 +11,10 @@ from shared.model.gpt import GPT, GPTConfig
 pytestmark = pytest.mark.skipif(not native.decode_attention_available(), reason="kernel did not build (no compiler)")
 
 
-@pytest.mark.parametrize("positions,head_dim", [([0], 64), ([5], 64), ([3, 9, 0], 16), ([40, 40], 24)])
+# head_dim 16 and 64 take the AVX-512 path where there is one (40 and 47 past a 16-score softmax block),
+# 24 the scalar one
+@pytest.mark.parametrize("positions,head_dim", [([0], 64), ([5], 64), ([3, 9, 0], 16), ([40, 40], 24),
+                                                ([47, 16, 31], 64)])
 def test_decode_attention_matches_sdpa_and_writes_the_cache(positions, head_dim):
     torch.manual_seed(len(positions) * 100 + head_dim)
     n, heads, max_len, slots = len(positions), 4, 48, 4
