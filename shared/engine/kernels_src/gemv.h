@@ -33,7 +33,11 @@ constexpr int64_t g_prefetch = 4096;  // int4: tuned on gpt2-124m shapes (T0, in
 // miss buffers for a whole DRAM round trip, which caps a core near 10 GB/s; L2 tracks many more
 // misses. (Repeating one matrix hides this: it stays in the 32 MB L3.) int4 was best at T0 4 KiB.
 constexpr int64_t g_prefetch_int8 = 16384;
-constexpr int64_t g_prefetch_f32 = 32768;  // fp32 reads 4x the bytes per weight: see f32_block
+// fp32 reads 4x the bytes per weight. 64 KiB ahead (T1) against 32 KiB: 93-96% of the copy bandwidth
+// against 89-91% for a pass over the 49 GPT-2 124M matrices when the VM's bandwidth was high (~50
+// GB/s), 97-99% against 95-97% when it was ~35 GB/s; 8 KiB and 128 KiB were slower, T0/T2/NTA no better
+// (interleaved in one process, bandwidth read beside each pass).
+constexpr int64_t g_prefetch_f32 = 65536;
 
 inline void prefetch(const void* p) {
 #if defined(__AVX2__) || defined(__AVX512F__)
