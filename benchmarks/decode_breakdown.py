@@ -9,10 +9,14 @@ For each precision it splits the time per output token (TPOT, engine.submit, gre
   memory-bandwidth bound of decode) and the rest (embeddings, LayerNorms, attention over the KV
   cache, GELU, residual adds, Python between the ops). Python forward minus forward is what the
   fused step saves.
-It prints the linears' effective GB/s next to the measured read bandwidth: how far the GEMVs are from
-the limit, and how much the other two parts add on top. The peer is the same engine's own parts.
+Both forwards run the request's decode positions in turn (the attention grows with them), so
+TPOT - forward is the engine's own work. It prints the linears' effective GB/s next to the read
+bandwidth (a large ``sum``, read right before): how far the GEMVs are from the limit, and how much
+the other parts add on top. The peer is the same engine's own parts. This VM's memory bandwidth
+drifts, so each precision runs ``--rounds`` rounds of all the timings back to back and reports the
+median of each column (the engine column is the median of each round's TPOT - forward).
 
-    python benchmarks/decode_breakdown.py [--precisions fp32,fp32-gemv,int8,int4] [--threads 2] [--new-tokens 128]
+    python benchmarks/decode_breakdown.py [--precisions fp32,fp32-gemv,int8,int4] [--threads 2] [--new-tokens 128] [--rounds 5]
 
 ``fp32-<backend>`` picks the engine's linear backend for FP32 (onednn, dense, gemv; plain fp32 is "auto",
 i.e. gemv where our kernels build); ``int4-f32`` is INT4 with fp32 activations (compute_dtype float32).
@@ -27,6 +31,7 @@ import time
 import torch
 
 from shared.engine import Engine, EngineConfig, SamplingParams
+from shared.engine.cache import StepBatch
 from shared.engine.measure import copy_bandwidth
 from shared.engine.model import layer_nbytes
 from shared.model.gpt import GPT
@@ -44,23 +49,14 @@ def median_s(fn, repeats: int = 30, warmup: int = 3) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def decode_batch(engine: Engine, prompt: list[int]):
-    """A batch-1 decode ``StepBatch`` and its cache, as the engine's scheduler builds them."""
-    from shared.engine import model as engine_model
-    seen = {}
-    forward = engine_model.EngineModel.forward
-
-    def spy(self, batch, cache):
-        if batch.n_decode == 1 and not batch.chunks:
-            seen["step"] = (batch, cache)
-        return forward(self, batch, cache)
-
-    engine_model.EngineModel.forward = spy
-    try:
-        engine.submit(prompt, SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)).result()
-    finally:
-        engine_model.EngineModel.forward = forward
-    return seen["step"]
+def per_step_s(model, cache, first: int, steps: int) -> float:
+    """Mean seconds of ``model``'s batch-1 decode forward at positions ``first..first+steps-1`` in turn, as
+    the engine's steps run them (the attention grows with the position), the engine's own work left out."""
+    batches = [StepBatch.build([(7, pos)], [], [0]) for pos in range(first, first + steps)]
+    start = time.perf_counter()
+    for batch in batches:
+        model(batch, cache)
+    return (time.perf_counter() - start) / steps
 
 
 def build_engine(gpt: GPT, precision: str, max_seq_len: int) -> Engine:
@@ -80,6 +76,7 @@ def main() -> None:
     ap.add_argument("--precisions", default="fp32,fp32-gemv,int8,int4")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=5, help="rounds of the four timings; medians reported")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -95,24 +92,31 @@ def main() -> None:
         engine = build_engine(gpt, precision, len(prompt) + args.new_tokens + 8)
         params = SamplingParams(max_tokens=args.new_tokens, temperature=0, ignore_eos=True)
         engine.submit(prompt, SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)).result()
-        tpot = min(engine.submit(prompt, params).result().metrics.tpot_s for _ in range(3))
-        model = engine.model
+        model, cache = engine.model, engine.cache
         linears = [m for _, m in model.linears()]
         rows = {m.in_features: torch.randn(1, m.in_features) for m in linears}
-        batch, cache = decode_batch(engine, prompt)
-        with torch.inference_mode():
-            t_linears = median_s(lambda: [m(rows[m.in_features]) for m in linears])
-            t_forward = median_s(lambda: model(batch, cache))  # as the engine runs it (fused when possible)
-            fused, model._fused = model._fused, None
-            t_python = median_s(lambda: model(batch, cache))  # the op-by-op Python forward, for the split
-            model._fused = fused
         nbytes = sum(layer_nbytes(m) for m in linears)
-        cells = (precision, f"{tpot * 1e3:.2f}", f"{t_forward * 1e3:.2f}", f"{(tpot - t_forward) * 1e3:.2f}",
-                 f"{t_python * 1e3:.2f}", f"{t_linears * 1e3:.2f}", f"{(t_python - t_linears) * 1e3:.2f}",
-                 f"{nbytes / t_linears / 1e9:.1f}", f"{nbytes / t_linears / read:.0%}", f"{nbytes / 1e6:.0f}")
+        # Rounds of all four timings back to back, then the median of each (and of TPOT - forward): this
+        # VM's bandwidth drifts, and parts timed minutes apart would not add up.
+        rounds = []
+        for _ in range(args.rounds):
+            _, read = copy_bandwidth(repeats=3)
+            tpot = engine.submit(prompt, params).result().metrics.tpot_s
+            with torch.inference_mode():
+                forward = per_step_s(model, cache, len(prompt), args.new_tokens - 1)  # fused where it can be
+                fused, model._fused = model._fused, None
+                python = per_step_s(model, cache, len(prompt), args.new_tokens - 1)  # op by op, for the split
+                model._fused = fused
+                t_linears = median_s(lambda: [m(rows[m.in_features]) for m in linears], repeats=10)
+            rounds.append((tpot, forward, tpot - forward, python, t_linears, python - t_linears,
+                           nbytes / t_linears / read))
+        tpot, t_forward, t_engine, t_python, t_linears, t_rest, of_read = (sorted(col)[len(col) // 2]
+                                                                            for col in zip(*rounds))
+        cells = (precision, f"{tpot * 1e3:.2f}", f"{t_forward * 1e3:.2f}", f"{t_engine * 1e3:.2f}",
+                 f"{t_python * 1e3:.2f}", f"{t_linears * 1e3:.2f}", f"{t_rest * 1e3:.2f}",
+                 f"{nbytes / t_linears / 1e9:.1f}", f"{of_read:.0%}", f"{nbytes / 1e6:.0f}")
         print("| " + " | ".join(cells) + " |", flush=True)
         del engine
-
 
 if __name__ == "__main__":
     main()
