@@ -16,12 +16,12 @@ the other parts add on top. The peer is the same engine's own parts. This VM's m
 drifts, so each precision runs ``--rounds`` rounds of all the timings back to back and reports the
 median of each column (the engine column is the median of each round's TPOT - forward).
 
-    python benchmarks/decode_breakdown.py [--precisions fp32,fp32-gemv,int8,int4] [--threads 2] [--new-tokens 128] [--rounds 5]
+    python benchmarks/decode_breakdown.py [--precisions fp32,fp32-gemv,int8,int4] [--threads 2] [--new-tokens 128] [--rounds 5] [--model gpt2-124m]
 
 ``fp32-<backend>`` picks the engine's linear backend for FP32 (onednn, dense, gemv; plain fp32 is "auto",
 i.e. gemv where our kernels build); ``int4-f32`` is INT4 with fp32 activations (compute_dtype float32).
 
-Random weights in the GPT-2 124M shape, a 32-token prompt.
+Random weights in the GPT-2 124M shape (``--model`` for another preset's shape), a 32-token prompt.
 """
 from __future__ import annotations
 
@@ -74,13 +74,17 @@ def build_engine(gpt: GPT, precision: str, max_seq_len: int) -> Engine:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--precisions", default="fp32,fp32-gemv,int8,int4")
+    ap.add_argument("--model", default="gpt2-124m", help="model preset (random weights of its shape)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=5, help="rounds of the four timings; medians reported")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    gpt = GPT(model_config("gpt2-124m")).eval()
+    gpt = GPT(model_config(args.model)).eval()
+    if 32 + args.new_tokens + 8 > gpt.config.block_size:
+        ap.error(f"--new-tokens {args.new_tokens} does not fit {args.model}'s {gpt.config.block_size}-token context "
+                 f"after the 32-token prompt; use at most {gpt.config.block_size - 40}")
     prompt = list(range(100, 132))
     copy, read = copy_bandwidth()
     print(f"memory bandwidth: copy {copy / 1e9:.1f} GB/s (read + written), read {read / 1e9:.1f} GB/s; "
