@@ -128,9 +128,10 @@ void decode_attention_rows(const float* qkv, float* kc, float* vc, int64_t H, in
   int64_t longest = 0;
   for (int64_t r = 0; r < n; ++r) longest = std::max(longest, positions[r] + 1);
   // ~4k multiply-adds per task at least: a decode step's K/V are cold (the whole model's weights have
-  // streamed through the caches since this layer last ran), and two threads fetch them ~1.5x faster
-  // than one from ~40 positions on (measured with the cache of each of 12 layers read between 12 MB of
-  // GEMV weights on the 2-core dev machine; ~32k per task had kept one thread up to 43 positions).
+  // streamed through the caches since this layer last ran), and two threads fetch them faster than one.
+  // ~32k per task had kept one thread up to 43 positions; at 21 and 33 positions a layer now takes
+  // 14-15 and 17-21 us instead of 19-22 and 26-27 (12 heads of 64, each layer's cache read between 12 MB
+  // of GEMV weights, 2-core dev machine).
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, longest * D));
   at::parallel_for(0, n * H, grain, [&](int64_t t0, int64_t t1) {
     std::vector<float> score(longest);

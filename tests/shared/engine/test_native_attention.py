@@ -11,8 +11,8 @@ from shared.model.gpt import GPT, GPTConfig
 pytestmark = pytest.mark.skipif(not native.decode_attention_available(), reason="kernel did not build (no compiler)")
 
 
-# head_dim 16 and 64 take the AVX-512 path where there is one (40 and 47 past a 16-score softmax block),
-# 24 the scalar one
+# head_dim 16 and 64 take the AVX-512 path where there is one (positions 16, 31 and 47: whole 16-score
+# softmax blocks and a tail), 24 the scalar one
 @pytest.mark.parametrize("positions,head_dim", [([0], 64), ([5], 64), ([3, 9, 0], 16), ([40, 40], 24),
                                                 ([47, 16, 31], 64)])
 def test_decode_attention_matches_sdpa_and_writes_the_cache(positions, head_dim):

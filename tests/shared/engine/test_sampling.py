@@ -6,7 +6,7 @@ import math
 import torch
 
 from shared.engine.params import SamplingParams
-from shared.engine.sampling import SamplingRow, apply_repetition_penalty, draw, filter_logits, sample
+from shared.engine.sampling import SamplingRow, apply_repetition_penalty, draw, filter_logits, greedy, sample
 
 
 def _support(logits: torch.Tensor, params: SamplingParams, n: int = 300) -> set[int]:
@@ -70,3 +70,12 @@ def test_repetition_penalty_discourages_seen_tokens():
     penalized = logits.clone()
     apply_repetition_penalty(penalized[0], seen, 2.0)
     torch.testing.assert_close(penalized, torch.tensor([[1.0, 1.9, -1.0, -2.2]]))
+
+
+def test_greedy_picks_what_torch_argmax_picks_on_ties_nans_and_strided_rows():
+    nan = float("nan")
+    logits = torch.tensor([[1.0, 3.0, 3.0, 0.0], [nan, 1.0, nan, 2.0], [-math.inf, -1.0, -1.0, -math.inf]])
+    assert greedy(logits) == logits.argmax(dim=-1).tolist() == [1, 0, 1]
+    strided = torch.randn(3, 10, generator=torch.Generator().manual_seed(0))[:, ::3]
+    assert greedy(strided) == strided.argmax(dim=-1).tolist()
+    assert greedy(logits.to(torch.bfloat16)) == [1, 0, 1]  # torch's own argmax for dtypes numpy lacks
