@@ -40,8 +40,8 @@ memory, though a step reads only one copy. If the kernels cannot be built, every
 
 Speed, gpt2-124m through the engine, batch-1 decode, 2 threads (2-core EPYC Zen 4, noisy; same-run
 figures in ``docs/inference.md``): int8 ~91 tok/s with the aten kernel, ~200-260 with ours and the
-fused decode step; int4 g32 ~255-305 with int8 activations (~220 with fp32 ones); llama.cpp Q8_0
-~155-170, Q4_0 ~205-240. The aten weight-only kernels are GEMV-like
+fused decode step; int4 g32 ~255-340 with int8 activations (~220 with fp32 ones); llama.cpp Q8_0
+~150-170, Q4_0 ~205-240. The aten weight-only kernels are GEMV-like
 (cost grows ~linearly with rows): prefill of 4x128 tokens runs at 0.7x (int8) / 0.8x (int4) of fp32
 and batch-8 decode at 0.75x / 1.3x, while int8-dynamic (a real int8 GEMM) is ~2.2x fp32 on both.
 Dynamic INT8 is the fastest on large batches but the least accurate, and batch-dependent.

@@ -21,20 +21,20 @@ namespace {
 // e^x for x in [-87, 88]: 2^(x log2 e) split into 2^k (exponent bits, k the nearest integer) times
 // the degree-6 Taylor polynomial of 2^f, |f| <= 1/2 (truncation error (ln 2 / 2)^7 / 7! ~ 1.2e-7);
 // relative error ~2e-7 + 6e-8 |x| from rounding x log2 e (softmax and GELU use |x| <= 18 where it
-// matters). Plain arithmetic, so loops over it vectorize (std::exp is a libm call
-// per element unless built with -ffast-math).
+// matters). std::exp is a libm call per element unless built with -ffast-math. GCC does not
+// vectorize loops over this scalar form (floor and the bit cast), so AVX-512 builds use fast_exp16
+// below, the same steps on 16 lanes; the scalar one serves tails and other builds.
+constexpr float kExpLo = -87.0f, kExpHi = 88.0f, kLog2e = 1.44269504088896341f;
+constexpr float kExp2Poly[7] = {1.540353039e-04f, 1.333355815e-03f, 9.618129108e-03f, 5.550410866e-02f,
+                                2.402265070e-01f, 6.931471806e-01f, 1.0f};  // 2^f, highest power first
+
 inline float fast_exp(float x) {
-  x = std::min(std::max(x, -87.0f), 88.0f);
-  const float t = x * 1.44269504088896341f;
+  x = std::min(std::max(x, kExpLo), kExpHi);
+  const float t = x * kLog2e;
   const float k = std::floor(t + 0.5f);
   const float f = t - k;
-  float p = 1.540353039e-04f;
-  p = p * f + 1.333355815e-03f;
-  p = p * f + 9.618129108e-03f;
-  p = p * f + 5.550410866e-02f;
-  p = p * f + 2.402265070e-01f;
-  p = p * f + 6.931471806e-01f;
-  p = p * f + 1.0f;
+  float p = kExp2Poly[0];
+  for (int i = 1; i < 7; ++i) p = p * f + kExp2Poly[i];
   const int32_t bits = (int32_t(k) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
@@ -42,19 +42,14 @@ inline float fast_exp(float x) {
 }
 
 #if defined(__AVX512F__)
-// fast_exp on 16 lanes, the same steps (and results, up to FMA contraction) as the scalar one.
+// fast_exp on 16 lanes (the same results, up to FMA contraction).
 inline __m512 fast_exp16(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
-  const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(kExpLo)), _mm512_set1_ps(kExpHi));
+  const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(kLog2e));
   const __m512 k = _mm512_roundscale_ps(_mm512_add_ps(t, _mm512_set1_ps(0.5f)), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
   const __m512 f = _mm512_sub_ps(t, k);
-  __m512 p = _mm512_set1_ps(1.540353039e-04f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.333355815e-03f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618129108e-03f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550410866e-02f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402265070e-01f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931471806e-01f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  __m512 p = _mm512_set1_ps(kExp2Poly[0]);
+  for (int i = 1; i < 7; ++i) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExp2Poly[i]));
   const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(k), _mm512_set1_epi32(127)), 23);
   return _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
 }
@@ -183,20 +178,22 @@ inline void layer_norm_rows(const float* x, int64_t rows, int64_t C, const float
 
 // GPT-2's GELU, tanh form, in place: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), with
 // tanh(u) = 1 - 2 / (e^(2u) + 1) through fast_exp (|u| clamped at 9, where tanh is 1 within 3e-8).
+constexpr float kGeluC = 0.7978845608028654f, kGeluA = 0.044715f, kGeluClamp = 9.f;  // sqrt(2/pi), cubic term
+
 inline float gelu_tanh_one(float v) {
-  const float u = std::min(std::max(0.7978845608028654f * (v + 0.044715f * v * v * v), -9.f), 9.f);
+  const float u = std::min(std::max(kGeluC * (v + kGeluA * v * v * v), -kGeluClamp), kGeluClamp);
   return 0.5f * v * (2.f - 2.f / (fast_exp(2.f * u) + 1.f));
 }
 
 inline void gelu_tanh(float* x, int64_t count) {
   int64_t i = 0;
 #if defined(__AVX512F__)
-  const __m512 c = _mm512_set1_ps(0.7978845608028654f), a = _mm512_set1_ps(0.044715f);
+  const __m512 c = _mm512_set1_ps(kGeluC), a = _mm512_set1_ps(kGeluA);
   const __m512 one = _mm512_set1_ps(1.f), two = _mm512_set1_ps(2.f), half = _mm512_set1_ps(0.5f);
   for (; i + 16 <= count; i += 16) {
     const __m512 v = _mm512_loadu_ps(x + i);
     __m512 u = _mm512_mul_ps(c, _mm512_fmadd_ps(_mm512_mul_ps(a, v), _mm512_mul_ps(v, v), v));
-    u = _mm512_min_ps(_mm512_max_ps(u, _mm512_set1_ps(-9.f)), _mm512_set1_ps(9.f));
+    u = _mm512_min_ps(_mm512_max_ps(u, _mm512_set1_ps(-kGeluClamp)), _mm512_set1_ps(kGeluClamp));
     const __m512 e = fast_exp16(_mm512_mul_ps(two, u));
     const __m512 th2 = _mm512_sub_ps(two, _mm512_div_ps(two, _mm512_add_ps(e, one)));  // 1 + tanh(u)
     _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_mul_ps(half, v), th2));
