@@ -81,7 +81,13 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    gpt = GPT(model_config(args.model)).eval()
+    if args.rounds < 1 or args.new_tokens < 2:
+        ap.error("--rounds must be at least 1 and --new-tokens at least 2 (a decode step after the first token)")
+    try:
+        config = model_config(args.model)
+    except ValueError as e:
+        ap.error(str(e))
+    gpt = GPT(config).eval()
     if 32 + args.new_tokens + 8 > gpt.config.block_size:
         ap.error(f"--new-tokens {args.new_tokens} does not fit {args.model}'s {gpt.config.block_size}-token context "
                  f"after the 32-token prompt; use at most {gpt.config.block_size - 40}")

@@ -105,6 +105,8 @@ def main() -> None:
                          "gguf-f32, gguf-f16, gguf-q8_0, gguf-q4_0, gguf-q4_k (llama.cpp); empty for none")
     ap.add_argument("--out", help="directory for generation.json and generation.md")
     args = ap.parse_args()
+    if args.repeats < 1 or args.new_tokens < 2:
+        ap.error("--repeats must be at least 1 and --new-tokens at least 2 (decode speed needs a step after the first token)")
     torch.set_num_threads(args.threads)
     levels = [int(c) for c in args.concurrency.split(",")]
 
