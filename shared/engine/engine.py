@@ -226,7 +226,8 @@ class Engine:
             if chunk_start == 0:
                 req.metrics.scheduled_time = start
         logits = self.model(plan.batch, self.cache)
-        tokens = sample(logits, [r.sampling_row for r in plan.sampled]) if plan.sampled else []
+        tokens = sample(logits, [r.sampling_row for r in plan.sampled],
+                        self.model.greedy_tokens(logits)) if plan.sampled else []
         now = time.perf_counter()
         self.scheduler.advance(plan)
         deltas = [req.accept(token, now, req.num_cached >= self.max_seq_len)

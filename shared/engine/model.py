@@ -81,6 +81,9 @@ class EngineModel(nn.Module):
                         for b in self.blocks]
         # The whole decode step in one C++ call when every layer has a kernel our C++ runs (shared.engine.native).
         self._fused = native_kernels.decode_model(self) if os.environ.get("GPT_JOURNEY_NO_FUSED") != "1" else None
+        # [logits, their argmax] of the last fused step (see greedy_tokens); a list filled in place, as
+        # nn.Module.__setattr__ costs microseconds a step
+        self._last_fused: list = [None, None]
 
     @property
     def dtype(self) -> torch.dtype:
@@ -164,8 +167,10 @@ class EngineModel(nn.Module):
         cfg = self.config
         n_tokens, width = batch.num_tokens, cfg.n_embd
         if (self._fused is not None and not batch.chunks and 0 < n_tokens <= MAX_FUSED_ROWS
-                and batch.logit_rows.numel() == n_tokens):  # a decode-only step: logits for every token
-            return self._fused.step(batch.tokens.tolist(), batch.decode_positions, cache.k, cache.v)
+                and len(batch.logit_row_ids) == n_tokens):  # a decode-only step: logits for every token
+            last = self._last_fused
+            last[0], last[1] = self._fused.step_argmax(batch.token_ids, batch.decode_positions, cache.k, cache.v)
+            return last[0]
         heads, head_dim = cfg.n_head, width // cfg.n_head
         eps = cfg.layer_norm_eps
         # torch.* rather than F.*: the functional wrappers add a few microseconds of checks per call.
@@ -192,6 +197,18 @@ class EngineModel(nn.Module):
         if rows.numel() != n_tokens:
             x = x.index_select(0, rows)
         return self.lm_head(torch.layer_norm(x, (width,), self.ln_f_weight, self.ln_f_bias, eps))
+
+    def greedy_tokens(self, logits: torch.Tensor) -> list[int] | None:
+        """Each row's argmax (as ``torch.argmax``: the first NaN, else the first maximum) when ``logits`` is
+        the tensor the last fused decode step returned, unchanged since; None for any other logits.
+
+        Why: the fused step takes the argmax in C++ right after the lm_head, while the logits are in
+        cache; from Python after the step it costs ~25-70 us more (the logits and numpy's code come cold
+        once a 500 MB GPT-2 124M FP32 step has streamed through the caches). The caller must not have
+        modified the logits (a repetition penalty does, in place).
+        """
+        last = self._last_fused
+        return last[1] if last[0] is logits else None
 
     @staticmethod
     def _attend(layer_cache: tuple[torch.Tensor, torch.Tensor], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

@@ -87,16 +87,20 @@ def greedy(logits: torch.Tensor) -> list[int]:
     return logits.argmax(dim=-1).tolist()
 
 
-def sample(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> list[int]:
-    """The next token of every row of ``logits [R, V]`` (see the module docstring)."""
+def sample(logits: torch.Tensor, rows: Sequence[SamplingRow], argmax: Sequence[int] | None = None) -> list[int]:
+    """The next token of every row of ``logits [R, V]`` (see the module docstring).
+
+    ``argmax``: each row's argmax of ``logits`` as given, if the caller already has it (the fused decode
+    step computes it, ``EngineModel.greedy_tokens``); used only when no row has a repetition penalty.
+    """
     if logits.dtype != torch.float32:
         logits = logits.float()
     penalized = [i for i, r in enumerate(rows) if r.params.repetition_penalty != 1.0]
     for i in penalized:
         apply_repetition_penalty(logits[i], rows[i].seen, rows[i].params.repetition_penalty)
+    out = list(argmax) if argmax is not None and not penalized else greedy(logits)  # greedy rows keep these
     if all(r.params.greedy for r in rows):
-        return greedy(logits)
-    out = greedy(logits)  # greedy rows keep these
+        return out
     sampled = [i for i, r in enumerate(rows) if not r.params.greedy]
     picked = [rows[i].params for i in sampled]
     sub = filter_logits(logits[sampled], [p.temperature for p in picked], [p.top_k for p in picked],

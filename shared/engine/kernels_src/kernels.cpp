@@ -38,5 +38,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         return DecodeModel(wte, wpe, std::move(blocks), lnf_w, lnf_b, std::move(lm_head), n_head, eps);
       }))
       .def("step", &DecodeModel::step, "logits [n, vocab] of one decode step; writes the step's K/V",
+           py::call_guard<py::gil_scoped_release>())
+      .def("step_argmax", &DecodeModel::step_argmax,
+           "(logits, argmax of each row: the first NaN, else the first maximum) of one decode step",
            py::call_guard<py::gil_scoped_release>());
 }

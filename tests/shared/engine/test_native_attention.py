@@ -114,3 +114,41 @@ def test_fused_decode_step_only_for_layers_it_can_run():
         model._fused.step([97], [0], cache.k, cache.v)
     with pytest.raises(RuntimeError, match="outside the cache"):
         model._fused.step([1], [8], cache.k, cache.v)
+
+
+def test_fused_step_greedy_tokens_follow_torch_argmax_on_ties_and_nan():
+    """The argmax the fused step takes in C++ (EngineModel.greedy_tokens) is torch.argmax's: the first of
+    tied maxima, the first NaN if any; only for the logits that step returned; and the engine's greedy
+    tokens are the same whether it is used or not."""
+    torch.manual_seed(2)
+    cfg = GPTConfig(vocab_size=197, block_size=64, n_layer=1, n_head=2, n_embd=32, dropout=0.0)
+    gpt = GPT(cfg).eval()
+    with torch.no_grad():  # the final LayerNorm's bias points every hidden state along u, and the tied
+        u = torch.randn(cfg.n_embd)  # lm_head's rows 140 and 170 are both 3u: equal logits, far above the rest
+        u /= u.norm()
+        gpt.transformer.ln_f.bias.copy_(20 * u)
+        gpt.transformer.wte.weight[140] = gpt.transformer.wte.weight[170] = 3 * u
+    model = EngineModel.from_gpt(gpt, backend="gemv")
+    cache = KVCache(cfg.n_layer, 2, cfg.n_head, 64, 16)
+    with torch.inference_mode():
+        model(StepBatch.build([], [(0, 0, [1, 2]), (1, 0, [3])], []), cache)
+        logits = model(StepBatch.build([(5, 2), (6, 1)], [], [0, 1]), cache)
+        assert logits[0, 140] == logits[0, 170] == logits[0].max()
+        assert model.greedy_tokens(logits) == logits.argmax(dim=-1).tolist() == [140, 140]
+        assert model.greedy_tokens(logits.clone()) is None  # not the step's own tensor
+        nan_model = EngineModel.from_gpt(gpt, backend="gemv")
+        nan_model.lm_head.weight[150] = float("nan")  # NaN logits at 150 (after the tied maxima at 140)
+        nan_logits = nan_model(StepBatch.build([(5, 2)], [], [0]), cache)
+        assert torch.isnan(nan_logits[0, 150]) and nan_model.greedy_tokens(nan_logits) == [150]
+        assert nan_logits.argmax(dim=-1).tolist() == [150]
+
+    from shared.engine import Engine, EngineConfig, SamplingParams
+    gpt = GPT(cfg).eval()  # plain random weights: greedy tokens that vary
+    params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+    outs = []
+    for hint in (True, False):
+        engine = Engine(gpt, None, EngineConfig(max_batch_size=2, max_seq_len=64, linear_backend="gemv"))
+        if not hint:
+            engine.model.greedy_tokens = lambda logits: None  # sample() takes the argmax itself
+        outs.append([o.token_ids for o in engine.generate([[7, 8, 9], [10]], params)])
+    assert outs[0] == outs[1]
