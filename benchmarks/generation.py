@@ -13,12 +13,16 @@ second), bytes the engine reads per decode token (its weights), bound = bandwidt
 read-only bandwidth (a large sum) and its bound are reported beside it. This VM's bandwidth drifts
 by up to 2x within a minute, so the copy bandwidth is read before and after each FP32 decode run;
 each run's fraction of the bound uses the two readings beside it, and the median run is reported
-(other rows use the mean of all readings).
+(other rows use the mean of all readings). With each reading also goes a plain read of the
+engine's weights (``torch.sum`` of each matrix in a decode step's order, ``weight_read_rate``):
+how fast those ~50 matrices stream one by one, as a fraction of the copy bound, and our FP32
+decode as a fraction of that (a reference, not a ceiling: our GEMVs can stream a little faster than
+torch's sum; and for a model whose weights fit in the caches it measures call overhead, not memory).
 
 Each measurement is the best of ``--repeats`` runs (a shared machine only ever slows a run down).
 Results go to ``--out`` as ``generation.json`` and ``generation.md``.
 
-    python benchmarks/generation.py [--checkpoint DIR] [--threads 2] [--new-tokens 128] [--out DIR]
+    python benchmarks/generation.py [--checkpoint DIR | --model PRESET] [--threads 2] [--new-tokens 128] [--out DIR]
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ from pathlib import Path
 import torch
 
 from shared.engine import Engine, EngineConfig
-from shared.engine.measure import copy_bandwidth, engine_concurrent, engine_single, hf_single
+from shared.engine.measure import copy_bandwidth, engine_concurrent, engine_single, hf_single, weight_read_rate
 from shared.model.gpt import GPT
 from shared.model.hf import gpt_to_hf, load_gpt
 from shared.model.presets import model_config
@@ -40,7 +44,7 @@ def build_model(args) -> GPT:
     if args.checkpoint:
         return load_gpt(args.checkpoint)
     torch.manual_seed(0)
-    return GPT(model_config("gpt2-124m")).eval()
+    return GPT(model_config(args.model)).eval()
 
 
 def variant_rows(gpt: GPT, variants: list[str], prompt: list[int], args, fp32_bytes: int) -> dict[str, dict]:
@@ -92,7 +96,8 @@ def benchmark_tokenizer(tmp: Path) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", help="HF GPT-2 checkpoint dir (default: random gpt2-124m-shaped weights)")
+    ap.add_argument("--checkpoint", help="HF GPT-2 checkpoint dir (default: random weights of --model's shape)")
+    ap.add_argument("--model", default="gpt2-124m", help="model preset whose shape the random weights take")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=128)
@@ -109,6 +114,11 @@ def main() -> None:
         ap.error("--repeats must be at least 1 and --new-tokens at least 2 (decode speed needs a step after the first token)")
     torch.set_num_threads(args.threads)
     levels = [int(c) for c in args.concurrency.split(",")]
+    if not args.checkpoint:
+        try:
+            model_config(args.model)
+        except ValueError as e:
+            ap.error(str(e))
 
     gpt = build_model(args)
     cfg = gpt.config
@@ -120,20 +130,25 @@ def main() -> None:
                                             linear_backend=args.backend))
     hf = None if args.skip_hf else gpt_to_hf(gpt)
 
-    result = {"model": args.checkpoint or "random gpt2-124m", "threads": args.threads, "dtype": "float32",
+    result = {"model": args.checkpoint or f"random {args.model}", "threads": args.threads, "dtype": "float32",
               "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "repeats": args.repeats,
               "linear_backend": engine.model.lm_head.__class__.__name__, "cpu_count": os.cpu_count(),
               "load_avg_at_start": os.getloadavg()[0]}
     # This VM's bandwidth drifts by up to 2x within a minute: each FP32 decode run is bounded by the mean of
     # the readings taken right before and right after it, and the fraction reported is the median over runs.
     per_token = engine.model.decode_bytes_per_token()
-    readings, runs = [copy_bandwidth()], []
+    readings, reads, runs = [copy_bandwidth()], [weight_read_rate(engine.model)], []
     for _ in range(args.repeats):
         runs.append(engine_single(engine, prompts[0], args.new_tokens, 1))
         readings.append(copy_bandwidth())
+        reads.append(weight_read_rate(engine.model))
     result["engine"], ours = max(runs, key=lambda run: run[0]["decode_tokens_per_s"])
     fractions = sorted(run["decode_tokens_per_s"] * per_token / ((before[0] + after[0]) / 2)
                        for (run, _), before, after in zip(runs, readings, readings[1:]))
+    # the plain read of the weights against the copy bound, and our decode against the plain read
+    read_fractions = sorted(rate * per_token / copy for rate, (copy, _) in zip(reads, readings))
+    of_read = sorted(run["decode_tokens_per_s"] / ((before + after) / 2)
+                     for (run, _), before, after in zip(runs, reads, reads[1:]))
     bandwidth = sum(r[0] for r in readings) / len(readings)
     read_bandwidth = sum(r[1] for r in readings) / len(readings)
     bound = bandwidth / per_token
@@ -143,6 +158,9 @@ def main() -> None:
                            "read_bound_decode_tokens_per_s": read_bandwidth / per_token}
     result["engine"]["fraction_of_bound"] = fractions[len(fractions) // 2]
     result["engine"]["fractions_of_bound"] = fractions
+    result["weight_read"] = {"tokens_per_s_readings": reads, "fractions_of_bound": read_fractions,
+                             "fraction_of_bound": read_fractions[len(read_fractions) // 2],
+                             "engine_fractions": of_read, "engine_fraction": of_read[len(of_read) // 2]}
     if hf is not None:
         result["hf_generate"], theirs = hf_single(hf, prompts[0], args.new_tokens, args.repeats)
         result["hf_generate"]["fraction_of_bound"] = result["hf_generate"]["decode_tokens_per_s"] / bound
@@ -193,6 +211,13 @@ def markdown(r: dict) -> str:
     if r["engine"].get("fractions_of_bound"):
         lines += ["", "Our FP32 decode runs, each against the bandwidth read beside it: "
                   + ", ".join(f"{f:.0%}" for f in r["engine"]["fractions_of_bound"]) + " of the bound (median in the table)."]
+    wr = r["weight_read"]
+    lines += ["", "A plain read of the same weights (`torch.sum` of each matrix, in a decode step's order), read beside "
+              "each copy reading: " + ", ".join(f"{t:.1f}" for t in wr["tokens_per_s_readings"]) + " passes/s, "
+              + ", ".join(f"{f:.0%}" for f in wr["fractions_of_bound"]) + " of the copy bound (median "
+              f"**{wr['fraction_of_bound']:.0%}**): how fast these matrices stream here and now, one by one. "
+              "Our FP32 decode runs against the reads beside them: " + ", ".join(f"{f:.0%}" for f in wr["engine_fractions"])
+              + f" (median **{wr['engine_fraction']:.0%}**)."]
     if "hf_generate" in r:
         lines += ["", f"Decode speed-up vs HF generate: **{r['decode_speedup_vs_hf']:.2f}x**; TTFT ratio (HF / engine) "
                   f"{r['ttft_ratio_hf_over_engine']:.2f}x; identical greedy tokens: {r['same_greedy_tokens']}."]

@@ -1,6 +1,9 @@
 """Speed measurements of generation, shared by ``benchmarks/generation.py`` and the quantize stage.
 
 - ``copy_bandwidth``: the memory bandwidth a decode step can at best use (a large tensor copy/sum).
+- ``weight_read_rate``: how many times a second a plain read gets through the model's linear weights,
+  matrix by matrix as a decode step meets them: the ceiling of streaming those weights, beside
+  the copy bound (which one large copy sets).
 - ``engine_single`` / ``hf_single``: one request at batch 1: TTFT, prefill tokens/s, time per output
   token and decode tokens/s, for our engine (its own per-request metrics) and HF ``generate()``
   (timed from outside: ``max_new_tokens=1`` is TTFT, the rest is decode). Best of ``repeats``:
@@ -32,6 +35,18 @@ def copy_bandwidth(mib: int = 512, repeats: int = 5) -> tuple[float, float]:
     copy = 2 * nbytes / min(_timed(lambda: dst.copy_(src)) for _ in range(repeats))
     read = nbytes / min(_timed(src.sum) for _ in range(repeats))
     return copy, read
+
+
+def weight_read_rate(model, repeats: int = 3) -> float:
+    """Passes per second of ``torch.sum`` over every tensor of ``model``'s linear layers, in the order a
+    decode step reads them (best of ``repeats``): decode tokens/s if a step did nothing but read its
+    weights. Why beside the copy bound: a step reads ~50 separate matrices, each a new stream that the
+    memory system ramps up on, and such a pass can fall well short of one large copy's rate (see
+    benchmarks/generation.py, which reports both).
+    """
+    tensors = [t for _, layer in model.linears() for t in (*layer.parameters(), *layer.buffers())
+               if t.layout == torch.strided]  # oneDNN's opaque packed weights have no sum
+    return 1.0 / min(_timed(lambda: [t.sum() for t in tensors]) for _ in range(repeats))
 
 
 def _timed(fn) -> float:
