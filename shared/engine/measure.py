@@ -2,8 +2,9 @@
 
 - ``copy_bandwidth``: the memory bandwidth a decode step can at best use (a large tensor copy/sum).
 - ``weight_read_rate``: how many times a second a plain read gets through the model's linear weights,
-  matrix by matrix as a decode step meets them: the ceiling of streaming those weights, beside
-  the copy bound (which one large copy sets).
+  matrix by matrix as a decode step meets them: how fast those weights stream here and now (a
+  reference beside the copy bound, which one large copy sets; not a hard ceiling, our GEMVs can
+  stream a little faster than torch's sum).
 - ``engine_single`` / ``hf_single``: one request at batch 1: TTFT, prefill tokens/s, time per output
   token and decode tokens/s, for our engine (its own per-request metrics) and HF ``generate()``
   (timed from outside: ``max_new_tokens=1`` is TTFT, the rest is decode). Best of ``repeats``:
