@@ -562,8 +562,8 @@ inline void int4_q8_block(const X8& xp, int64_t in, const uint8_t* w, const uint
       const uint8_t* wb = w + b * row_bytes + sp * 64;
       prefetch_l2(wb + g_prefetch_int8);
       // The (scale, zero) pairs are a second stream, a fifth of the bytes; left to the hardware
-      // prefetcher it made this loop latency-bound on DRAM-cold weights (a pass over GPT-2 124M's
-      // INT4 matrices: 4.3 -> 2.4 ms, median of 150 interleaved passes, EPYC Zen 5). At group 32 a
+      // prefetcher it made this loop latency-bound on DRAM-cold weights (EPYC Zen 5, the INT4 linears
+      // of benchmarks/decode_breakdown.py: 23.1 -> 39.8 GB/s at ~45 GB/s copy bandwidth). At group 32 a
       // row's pairs for 4 spans are 64 bytes: one prefetch per 4 spans, as far ahead as the weights'.
       if ((sp & 3) == 0) prefetch_l2((const char*)(sz + 2 * (b * groups + g0)) + g_prefetch_int8 / 4);
       const __m512i v = _mm512_maskz_loadu_epi8(wmask, wb);
