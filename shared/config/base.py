@@ -203,12 +203,20 @@ def _coerce_scalar(value: Any, tp: Any, where: str) -> Any:
 
 
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
-    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise ConfigError."""
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise ConfigError.
+
+    A key that ``cls.RENAMED`` lists (old name -> its new dotted name from the job config's root)
+    names its new name in the error;
+    any other unknown key gets the closest valid key as a did-you-mean.
+    """
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]
     if unknown:
         key = unknown[0]
+        renamed = getattr(cls, "RENAMED", {}).get(key)
+        if renamed:
+            raise ConfigError(f"config key {prefix}{key} was renamed: use {renamed} instead")
         close = difflib.get_close_matches(key, list(fields), n=1)
         hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {sorted(fields)}"
         raise ConfigError(f"unknown config key {prefix}{key}{hint}")

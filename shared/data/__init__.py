@@ -14,15 +14,18 @@ from shared.data.dataset import TokenDataset
 from shared.data.documents import DataError, Document
 from shared.data.shards import ShardInfo, build_shards, read_meta
 from shared.data.sources import iter_corpus, iter_documents
-from shared.data.split import split_of
+from shared.data.split import DOC_SPLIT_SEED, DOC_VAL_FRACTION, is_heldout_doc, split_of
 
 __all__ = [
+    "DOC_SPLIT_SEED",
+    "DOC_VAL_FRACTION",
     "DataError",
     "Document",
     "ShardInfo",
     "TokenDataset",
     "build_shards",
     "iter_corpus",
+    "is_heldout_doc",
     "iter_documents",
     "read_meta",
     "split_of",

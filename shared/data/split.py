@@ -22,6 +22,13 @@ from typing import Literal
 Split = Literal["train", "val"]
 SPLITS: tuple[Split, Split] = ("train", "val")
 
+#: The documents' held-out split, the one place it is defined: the pretraining configs' defaults
+#: (``data.val_fraction``, ``data.seed``), SFT on a text corpus, held-out perplexity, the lm-eval docs
+#: cloze task and the retrieval index all call a document held out by this rule, so nothing any
+#: stage trained on is scored or retrieved as "unseen".
+DOC_VAL_FRACTION = 0.05
+DOC_SPLIT_SEED = 0
+
 
 def split_score(doc_id: str, seed: int) -> float:
     """A stable pseudo-random number in [0, 1) for ``doc_id`` under ``seed``."""
@@ -42,6 +49,11 @@ def split_of(doc_id: str, val_fraction: float, seed: int) -> Split:
     """
     check_val_fraction(val_fraction)
     return "val" if split_score(doc_id, seed) < val_fraction else "train"
+
+
+def is_heldout_doc(doc_id: str) -> bool:
+    """Whether a document is in the journey's held-out split (``DOC_VAL_FRACTION``, ``DOC_SPLIT_SEED``)."""
+    return split_of(doc_id, DOC_VAL_FRACTION, DOC_SPLIT_SEED) == "val"
 
 
 @dataclass

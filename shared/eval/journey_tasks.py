@@ -36,10 +36,9 @@ from pathlib import Path
 from shared.data.instructions.facts import TABLES
 from shared.data.instructions.schema import split_name
 from shared.data.sources import iter_documents
-from shared.data.split import split_of
+from shared.data.split import is_heldout_doc
 from shared.eval.checkpoint import EvalError
 from shared.tokenizer.chat import render_chat, render_reply
-from shared.training.pretrain_config import DataConfig
 
 JOURNEY_TASKS: tuple[str, ...] = ("journey_docs_cloze", "journey_facts_mc")
 DATA_VERSION = 1  # bump when a builder changes: old cache files then stop matching
@@ -59,10 +58,9 @@ MIN_PROSE_SHARE = 0.85  # share of letters and spaces below which a paragraph is
 
 def build_docs_cloze(seed: int = 0, max_docs: int = MAX_DOCS) -> list[dict]:
     """Cloze rows over the held-out Python docs (see the module docstring)."""
-    split = DataConfig()  # the pretraining defaults decide what is held out
     candidates = []  # (doc id, row id, context words, answer words)
     for doc in iter_documents(DOCS_SOURCE):
-        if split_of(doc.id, split.val_fraction, split.seed) != "val":
+        if not is_heldout_doc(doc.id):
             continue
         for p, words in enumerate(_prose_paragraphs(doc.text)):
             for cut in range(MIN_CONTEXT_WORDS, len(words) - SPAN_WORDS + 1, CUT_STRIDE_WORDS):

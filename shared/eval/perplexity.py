@@ -3,7 +3,7 @@
 ``heldout_perplexity(model_path, sets)`` measures, for each named set (default: ``general`` = the
 builtin Python docs, ``domain`` = the builtin Python code, the corpora of pretraining and continued
 pretraining), the mean next-token cross-entropy on that source's held-out documents: the same
-per-document split rule the pretraining stages use (``split_of(id, 0.05, seed 0)``), so no
+per-document split rule the pretraining stages use (``shared.data.split.is_heldout_doc``), so no
 document any stage trained on is scored. Documents are tokenized with the artifact's own tokenizer,
 joined with ``<|endoftext|>`` and cut into non-overlapping context-length windows; the first
 ``max_tokens`` tokens are used, so every artifact is scored on exactly the same text. Reported per
@@ -25,17 +25,17 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from shared.data.sources import iter_documents
+from shared.data.split import is_heldout_doc
+
 DEFAULT_SETS = {"general": "builtin:python-docs", "domain": "builtin:python-code"}
-VAL_FRACTION, SPLIT_SEED = 0.05, 0  # the pretraining configs' defaults: data.val_fraction, data.seed
 
 
 def heldout_text(source: str, max_bytes: int) -> str:
     """Held-out documents of ``source`` joined by blank lines, up to about ``max_bytes`` of text."""
-    from shared.data.sources import iter_documents
-    from shared.data.split import split_of
     parts, size = [], 0
     for doc in iter_documents(source):
-        if split_of(doc.id, VAL_FRACTION, SPLIT_SEED) != "val" or not doc.text.strip():
+        if not is_heldout_doc(doc.id) or not doc.text.strip():
             continue
         parts.append(doc.text)
         size += len(doc.text.encode("utf-8"))
@@ -43,7 +43,7 @@ def heldout_text(source: str, max_bytes: int) -> str:
             break
     if not parts:
         from shared.eval.checkpoint import EvalError
-        raise EvalError(f"{source} has no held-out documents (split_of(id, {VAL_FRACTION}) put none in val); "
+        raise EvalError(f"{source} has no held-out documents (the held-out split put none of them aside); "
                         "use a larger corpus for perplexity")
     return "\n\n".join(parts)
 

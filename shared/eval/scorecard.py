@@ -210,7 +210,7 @@ def _evaluate_in_ray(paths: dict[str, str], cfg: EvalConfig) -> dict[str, dict[s
     import ray
     from tqdm import tqdm
 
-    from shared.training.runner import ensure_ray
+    from shared.cluster import ensure_ray
     ensure_ray()
 
     @ray.remote(num_cpus=cfg.cpus_per_task)

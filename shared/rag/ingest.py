@@ -79,7 +79,7 @@ def build_index(cfg: IndexConfig, out_dir: str | Path) -> dict[str, Any]:
     import ray
     from shared.rag.embedder import load_embedder
     from shared.rag.store import VectorStore, disconnect
-    from shared.training.runner import ensure_ray
+    from shared.cluster import ensure_ray
 
     if not cfg.rebuild:
         for spec in cfg.sources:

@@ -20,6 +20,8 @@ from typing import Iterator
 
 from shared.data.documents import DataError
 from shared.data.local import SUFFIXES, find_files, iter_local
+from shared.data.sources import iter_documents
+from shared.data.split import is_heldout_doc
 
 PDF = ".pdf"
 INDEX_SUFFIXES = (*SUFFIXES, PDF)
@@ -43,7 +45,6 @@ def check_source(spec: str) -> None:
         if not spec.startswith("builtin:"):
             raise DataError(f"source {spec!r} is not indexable; use builtin:python-docs or a local file or folder "
                             f"({'/'.join(INDEX_SUFFIXES)})")
-        from shared.data.sources import iter_documents
         iter_documents(spec)  # raises now on an unknown builtin name, listing the known ones; reads nothing
         return
     if not path.exists():
@@ -71,11 +72,8 @@ def read_source(spec: str, *, builtin_split: str = "all", max_docs: int | None =
 
 
 def _builtin(spec: str, split: str) -> Iterator[tuple[str, str]]:
-    from shared.data.sources import iter_documents
-    from shared.data.split import split_of
-    from shared.eval.perplexity import SPLIT_SEED, VAL_FRACTION  # the pretraining split's defaults
     for doc in iter_documents(spec):
-        if split == "all" or split_of(doc.id, VAL_FRACTION, SPLIT_SEED) == split:
+        if split == "all" or ("val" if is_heldout_doc(doc.id) else "train") == split:
             yield doc.id, doc.text
 
 

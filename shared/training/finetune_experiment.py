@@ -151,7 +151,7 @@ def _require_ray(use_gpu: bool) -> None:
     """Connect to Ray; with ``use_gpu`` check a GPU exists, since a task asking for one would wait forever."""
     import ray
 
-    from shared.training.runner import ensure_ray
+    from shared.cluster import ensure_ray
     ensure_ray()
     if use_gpu and ray.cluster_resources().get("GPU", 0) < 1:
         raise ConfigError("finetune.use_gpu=true but the Ray cluster has no GPU; drop the override to run the "

@@ -19,7 +19,7 @@ from typing import Any
 from shared.config import to_dict
 from shared.registry import Artifact, ArtifactNotFound, Registry
 from shared.training.curves import plot_curves
-from shared.training.runner import ensure_ray
+from shared.cluster import ensure_ray
 from shared.training.trl_worker import LOG_HISTORY, TrlSpec, trl_train_worker
 
 

@@ -61,7 +61,7 @@ class ReplySampler:
 def sample_replies(model_path: str, examples: list[dict[str, Any]], cfg) -> list[list[str]]:
     """``cfg.samples_per_prompt`` sampled replies per example, in example order (Ray Data)."""
     import ray
-    from shared.training.runner import ensure_ray
+    from shared.cluster import ensure_ray
 
     ensure_ray()
     items = [{"idx": i, "prompt": json.dumps(ex["messages"][:-1])} for i, ex in enumerate(examples)]

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from shared.config import ConfigError, help_field, require_positive
+from shared.data.split import DOC_SPLIT_SEED, DOC_VAL_FRACTION
 from shared.model.presets import PRESETS
 from shared.training.schedules import SCHEDULES
 
@@ -17,8 +18,8 @@ class DataConfig:
     source: str = help_field("builtin:python-docs", "corpus: builtin:python-docs, builtin:python-code, "
                              "a local file/dir (txt, md, jsonl, parquet), or hf:<dataset>[:<config>]")
     max_bytes: Optional[int] = help_field(None, "read at most this many bytes of text (None = all)")
-    val_fraction: float = help_field(0.05, "share of documents held out for validation")
-    seed: int = help_field(0, "seed of the deterministic document split")
+    val_fraction: float = help_field(DOC_VAL_FRACTION, "share of documents held out for validation (the default is the journey's held-out split, which eval and retrieval also use)")
+    seed: int = help_field(DOC_SPLIT_SEED, "seed of the deterministic document split")
     text_field: str = help_field("text", "field holding the text in jsonl/parquet/hub datasets")
     engine: Literal["local", "ray"] = help_field("ray", "tokenize in-process or as a Ray Data pipeline")
 
@@ -99,3 +100,16 @@ class PretrainConfig:
         require_positive(self, ("eval_every", "ckpt_every", "log_every", "eval_batches"))
         if self.snapshot_every < 0:
             raise ConfigError(f"snapshot_every must be >= 0 (0 = no snapshots), got {self.snapshot_every}")
+
+
+@dataclass
+class CPTConfig(PretrainConfig):
+    """Continued pretraining: pretraining that must start from a model (``init_from``)."""
+
+    stage: str = help_field("cpt", "stage name of the artifact this job writes")
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.init_from:
+            raise ConfigError("continued pretraining needs init_from=<artifact> (e.g. init_from=pretrain); "
+                              "to train from scratch run the pretrain stage")

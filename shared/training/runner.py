@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from shared.cluster import ensure_ray
 from shared.config import to_dict
 from shared.data import DataError, TokenDataset, build_shards, iter_corpus
 from shared.model.gpt import GPT, GPTConfig
@@ -30,13 +31,6 @@ from shared.registry import Artifact, Registry
 from shared.training.curves import plot_history
 from shared.training.pretrain_config import DataConfig, PretrainConfig
 from shared.training.pretrain_loop import TrainSpec, load_state, train_loop_per_worker
-
-
-def ensure_ray(num_cpus: int | None = None) -> None:
-    """Connect to the cluster (under ``ray job submit``) or start a local Ray once per process."""
-    import ray
-    if not ray.is_initialized():
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, configure_logging=False)
 
 
 def _slug(text: str) -> str:

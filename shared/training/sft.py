@@ -69,10 +69,10 @@ def arrow_safe(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def text_rows(source: str, max_examples: int | None, eval_examples: int) -> tuple[list[dict], list[dict]]:
     """Documents of a text corpus split into train / held-out rows by the corpus' own hash split."""
-    from shared.data import iter_corpus, split_of
+    from shared.data import is_heldout_doc, iter_corpus
     train, heldout = [], []
     for doc in iter_corpus(source):
-        (heldout if split_of(doc.id, 0.05, 0) == "val" else train).append({"text": doc.text})
+        (heldout if is_heldout_doc(doc.id) else train).append({"text": doc.text})
         if max_examples and len(train) >= max_examples and len(heldout) >= eval_examples:
             break
     return train[:max_examples] if max_examples else train, heldout[:eval_examples]

@@ -5,7 +5,7 @@ import pytest
 
 from shared.data.documents import DataError
 from shared.data.split import split_of
-from shared.eval.perplexity import SPLIT_SEED, VAL_FRACTION
+from shared.data.split import DOC_SPLIT_SEED as SPLIT_SEED, DOC_VAL_FRACTION as VAL_FRACTION
 from shared.rag.sources import read_source
 from tests.shared.rag.conftest import TOPICS, write_pdf
 
