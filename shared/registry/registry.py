@@ -16,11 +16,11 @@ import os
 import re
 import subprocess
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.config import REPO_ROOT
+from shared.config import REPO_ROOT, to_dict
 
 MANIFEST = "journey.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -106,10 +106,15 @@ class Registry:
         return path
 
     def register(self, run: str, stage: str, kind: str, parents: list[str] | None = None,
-                 config: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
+                 config: Any = None, metrics: dict[str, Any] | None = None,
                  timings: dict[str, float] | None = None, data_fingerprint: str | None = None,
                  extra: dict[str, Any] | None = None) -> Artifact:
-        """Finish a stage: write its ``journey.json``. Parents must be finished artifacts (ids or names)."""
+        """Finish a stage: write its ``journey.json``. Parents must be finished artifacts (ids or names).
+
+        ``config`` is the job's config dataclass (stored as its plain dict) or already a dict.
+        """
+        if is_dataclass(config) and not isinstance(config, type):
+            config = to_dict(config)
         path = self.root / run / stage
         if not path.is_dir():
             raise FileNotFoundError(f"{path} does not exist; call stage_dir() before register()")
