@@ -26,7 +26,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """``ray.init(num_cpus=2)`` once per test session (DESIGN.md section 6)."""
+    """``ray.init(num_cpus=2)`` once per test session (docs/architecture.md, Tests)."""
     import ray
     if not ray.is_initialized():
         # address="local": always a fresh local instance, never a cluster someone left running

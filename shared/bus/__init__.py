@@ -1,4 +1,4 @@
-"""The Redis Streams message bus (DESIGN.md section 4): typed messages, consumer groups, dead letters.
+"""The Redis Streams message bus (docs/architecture.md, Bus): typed messages, consumer groups, dead letters.
 
 ``messages`` holds the pydantic messages and their wire encoding, ``streams`` the ``Bus`` (publish,
 read, listen, request/reply) and the group ``Consumer`` (at-least-once, dedupe on ``message_id``),

@@ -1,4 +1,4 @@
-"""The typed messages that travel on the bus (DESIGN.md section 4), and their wire encoding.
+"""The typed messages that travel on the bus (docs/architecture.md, Bus), and their wire encoding.
 
 Every message carries ``schema_version``, ``message_id`` (the dedupe key: a redelivered message has
 the same id), ``trace_id`` (follows one chat turn through every service) and ``created_at`` (unix

@@ -1,4 +1,4 @@
-"""The Redis Streams bus (DESIGN.md section 4): publish, plain reads, broadcasts, request/reply.
+"""The Redis Streams bus (docs/architecture.md, Bus): publish, plain reads, broadcasts, request/reply.
 
 ``Bus`` wraps one ``redis.Redis`` client (``decode_responses=False``; entry ids come back as ``str``).
 Stream names in this API are unprefixed (``"chat.requests"``); ``Bus.key`` adds the bus prefix

@@ -35,7 +35,9 @@ class JobConfig:
     overwrite: bool = help_field(False, "replace an existing artifact of the same run/stage")
 
     def validate(self) -> None:
-        if not self.run or "/" in self.run or self.run.startswith("."):
+        # run=None reaches here only from a subclass that types it Optional and picks the run itself
+        # (eval: the newest run); from_dict refuses None for a plain str.
+        if self.run is not None and (not self.run or "/" in self.run or self.run.startswith(".")):
             raise ConfigError(f"run must be a plain name (no '/', not starting with '.'), got {self.run!r}")
         if not self.stage or "/" in self.stage or self.stage.startswith("."):
             raise ConfigError(f"stage must be a plain name (no '/', not starting with '.'), got {self.stage!r}")

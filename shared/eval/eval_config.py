@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from shared.config import ConfigError, help_field, require_positive
+from shared.config import ConfigError, JobConfig, help_field, require_positive
 
 # Task groups: our held-out perplexity, our own suite (shared.eval.tasks), lm-eval tasks (shared.eval.harness).
 PERPLEXITY = "perplexity"
@@ -13,12 +13,13 @@ DEFAULT_TASKS = [PERPLEXITY, "instructions", "chat_format", "tool_use", "safety"
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(JobConfig):
     """Evaluate one artifact (``artifact=``) or every model artifact of a run into a scorecard."""
 
     run: Optional[str] = help_field(None, "the run whose model artifacts make the scorecard (default: the newest run)")
-    artifact: Optional[str] = help_field(None, "evaluate only this artifact (<run>/<stage>, <stage> or a path)")
     stage: str = help_field("eval", "stage name of the scorecard artifact written into the run")
+    overwrite: bool = help_field(False, "replace an existing scorecard artifact of the same run/stage")
+    artifact: Optional[str] = help_field(None, "evaluate only this artifact (<run>/<stage>, <stage> or a path)")
     tasks: list[str] = help_field(list(DEFAULT_TASKS),
                                   "tasks: perplexity, our suite (instructions, chat_format, tool_use, safety, rag), "
                                   "lm-eval tasks (journey_docs_cloze, journey_facts_mc, hellaswag, arc_easy, "
@@ -38,10 +39,9 @@ class EvalConfig:
     parallel: int = help_field(2, "artifacts evaluated at once, each a Ray task")
     cpus_per_task: int = help_field(1, "CPU cores (torch threads) per evaluation task")
     seed: int = help_field(0, "seed for sampling-free tasks' data and lm-eval")
-    runs_dir: Optional[str] = help_field(None, "artifact root (default $JOURNEY_RUNS or ./runs)")
-    overwrite: bool = help_field(False, "replace an existing scorecard artifact of the same run/stage")
 
     def validate(self) -> None:
+        super().validate()
         require_positive(self, ("max_new_tokens", "ppl_tokens", "batch_size", "parallel", "cpus_per_task"))
         for name in ("limit", "suite_limit"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:

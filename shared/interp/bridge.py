@@ -10,7 +10,8 @@ with eager attention (the bridge needs the attention weights), and wrapped by
 (no LayerNorm folding), so the bridge's logits equal the HF model's.
 
 Contract: ``load_bridge`` returns an fp32 CPU model in eval mode plus the tokenizer when the
-directory has one (training snapshots do not). ``encode`` and ``check_head`` raise ``InterpError``
+directory has one (artifacts and training snapshots do; snapshots of runs before the tokenizer was
+copied into them do not). ``encode`` and ``check_head`` raise ``InterpError``
 naming the fix for a prompt longer than the context and for a layer/head out of range.
 What this module does not do: any analysis (``attention``, ``induction``, ``diff``).
 """
@@ -83,7 +84,7 @@ def encode(model: Loaded, text: str) -> list[int]:
     """``text`` as token ids after the document-start token, or an error if it does not fit the context."""
     if model.tokenizer is None:
         raise InterpError(f"{model.path} has no tokenizer files, so text prompts cannot be encoded; "
-                          "use a model artifact (its training snapshots carry weights only)")
+                          "use a model artifact, or rerun pretraining so its snapshots carry the tokenizer")
     start = bos_id(model)
     ids = ([start] if start is not None else []) + model.tokenizer(text, add_special_tokens=False).input_ids
     check_length(model, len(ids), "the prompt")

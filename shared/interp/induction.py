@@ -158,8 +158,8 @@ def phase_change(points: list[tuple[int, Path]], final: Loaded, final_step: int,
                  seed: int, threshold: float, prev_threshold: float, load) -> PhaseChange:
     """Measure every snapshot ``(step, dir)``, then ``final`` at ``final_step``, on the same sequences.
 
-    ``load(path)`` gives a ``Loaded``; the sequences come from ``final`` (snapshots carry no tokenizer,
-    so only the final model knows the start token).
+    ``load(path)`` gives a ``Loaded``; the sequences come from ``final``, whose start token is known even
+    when the snapshots are from a run that wrote them without the tokenizer.
     """
     from tqdm.auto import tqdm
     tokens = induction_tokens(final, length, batch, seed)

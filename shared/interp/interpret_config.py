@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from shared.config import ConfigError, help_field, require_positive
+from shared.config import ConfigError, JobConfig, help_field, require_positive
 
 DEFAULT_PROMPT = "def add(a, b):\n    return a + b\n\nprint(add(2, 3))"
 DEFAULT_PROMPTS = [
@@ -16,11 +16,12 @@ DEFAULT_CHAT_PROMPTS = ["What does the len function return?", "How do I reverse 
 
 
 @dataclass
-class InterpretConfig:
+class InterpretConfig(JobConfig):
     """Look inside a run's models: attention patterns, induction heads (and when they formed), stage diffs."""
 
     run: str = help_field("default", "run name: models are read from it and the report goes to <run>/<stage>")
     stage: str = help_field("interpret", "stage name of the report artifact")
+    overwrite: bool = help_field(False, "replace an existing report artifact of the same run/stage")
     models: list[str] = help_field(["pretrain", "cpt", "sft", "dpo"],
                                    "model artifacts to analyse, in journey order (consecutive ones are diffed); "
                                    "stage names missing from the run are skipped and listed in the report")
@@ -32,7 +33,7 @@ class InterpretConfig:
     induction_threshold: float = help_field(0.3, "heads scoring above this are listed as induction heads")
     prev_token_threshold: float = help_field(0.3, "heads scoring above this are listed as previous-token heads")
     phase_model: str = help_field("pretrain", "model whose training snapshots show when induction heads form "
-                                  "(pretraining with snapshot_every > 0 writes them)")
+                                  "(pretraining with train.snapshot_every > 0 writes them)")
     prompts: list[str] = help_field(list(DEFAULT_PROMPTS), "plain-text prompts of the stage diff")
     chat_prompts: list[str] = help_field(list(DEFAULT_CHAT_PROMPTS),
                                          "user messages of the stage diff, rendered in the chat format")
@@ -42,10 +43,9 @@ class InterpretConfig:
     threads: int = help_field(2, "torch threads")
     out: Optional[str] = help_field(None, "attention/induction/diff commands: output folder "
                                     "(default <runs_dir>/_interp/<command>-<artifact>)")
-    runs_dir: Optional[str] = help_field(None, "artifact root (default $JOURNEY_RUNS or ./runs)")
-    overwrite: bool = help_field(False, "replace an existing report artifact of the same run/stage")
 
     def validate(self) -> None:
+        super().validate()
         require_positive(self, ("induction_len", "induction_batch", "top_heads", "threads"))
         if self.induction_len < 4:
             raise ConfigError(f"induction_len must be >= 4 to measure anything, got {self.induction_len}")

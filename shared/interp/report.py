@@ -50,7 +50,7 @@ def induction_section(results: dict[str, InductionResult], threshold: float, pre
 def phase_section(phase: PhaseChange | None, model: str, threshold: float, note: str = "") -> str:
     lines = ["## When induction heads form", ""]
     if phase is None:
-        return "\n".join(lines + [note or f"No training snapshots of {model}: pretrain with snapshot_every > 0.", ""])
+        return "\n".join(lines + [note or f"No training snapshots of {model}: pretrain with train.snapshot_every > 0.", ""])
     formed = phase.formed_at(threshold)
     last = phase.results[-1]
     verdict = (f"A head crosses {threshold} at step {formed} and stays above it: induction heads formed there, and "

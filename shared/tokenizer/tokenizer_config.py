@@ -4,13 +4,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from shared.config import ConfigError, help_field
+from shared.config import ConfigError, JobConfig, help_field
 
 
 @dataclass
-class TokenizerConfig:
-    run: str = help_field("default", "run name: the artifact goes to <runs_dir>/<run>/<stage>")
-    stage: str = help_field("tokenizer", "stage name of the artifact")
+class TokenizerConfig(JobConfig):
+    """Train a byte-level BPE tokenizer on some corpora and register it as an artifact."""
+
+    stage: str = help_field("tokenizer", "stage name of the artifact this job writes")
     sources: list[str] = help_field(["builtin:python-docs", "builtin:python-code"],
                                     "corpora to train on (see data.source for the forms)")
     max_bytes_per_source: Optional[int] = help_field(2_000_000, "bytes read from each source (None = all)")
@@ -19,10 +20,9 @@ class TokenizerConfig:
     method: Literal["fast", "reference"] = help_field(
         "fast", "fast = HF tokenizers trainer; reference = our readable BPE (same merges, slower)")
     compare_with: list[str] = help_field([], "tokenizers to compare against: HF dirs, .gguf vocab files or hub names")
-    runs_dir: Optional[str] = help_field(None, "artifact root (default $JOURNEY_RUNS or ./runs)")
-    overwrite: bool = help_field(False, "replace an existing artifact of the same run/stage")
 
     def validate(self) -> None:
+        super().validate()
         if not self.sources:
             raise ConfigError("sources is empty; name at least one corpus, e.g. sources=[builtin:python-docs]")
         if self.vocab_size < 512:

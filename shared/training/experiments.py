@@ -18,17 +18,19 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from shared.config import deep_merge, help_field, load_config, to_dict  # noqa: E402
+from shared.config import ConfigError, JobConfig, deep_merge, help_field, load_config  # noqa: E402
 from shared.registry import Artifact, Registry  # noqa: E402
+from shared.tokenizer.artifact import train_tokenizer_artifact  # noqa: E402
 from shared.tokenizer.tokenizer_config import TokenizerConfig  # noqa: E402
 from shared.training.pretrain_config import PretrainConfig  # noqa: E402
+from shared.training.runner import run_pretraining  # noqa: E402
 from shared.training.schedules import SCHEDULES, lr_at  # noqa: E402
 
 #: A finetune-methods arm: ``full``, ``lora-r<rank>`` or ``qlora-r<rank>``.
@@ -36,51 +38,64 @@ METHOD_ARM = re.compile(r"^(full|(q?lora)-r([1-9][0-9]*))$")
 
 
 @dataclass
-class ExperimentConfig:
+class ExperimentConfig(JobConfig):
+    """One experiment: its arms are ordinary artifacts of ``run``; its table is ``<run>/<stage>-<name>``."""
+
     run: str = help_field("experiments", "run name holding every artifact of the experiment")
+    stage: str = help_field("experiment", "the table's artifact is <run>/<stage>-<name> (e.g. "
+                            "experiment-lr-schedules); each arm is a stage of its own (pretrain-v4096, pretrain-wsd)")
+    overwrite: bool = help_field(False, "retrain arms that already exist in the run (default: reuse them, so an "
+                                 "interrupted experiment resumes arm by arm); the table is always rewritten")
     preset: str = help_field("tiny", "tokenizer, pretrain and (finetune-methods) sft preset the runs start from")
     steps: int = help_field(200, "optimizer steps per training run (equal for every arm)")
     vocab_sizes: list[int] = help_field([1024, 4096, 16384], "vocab-size arms")
     schedules: list[str] = help_field(list(SCHEDULES), "lr-schedule arms")
     tokenizer: dict = help_field({}, "overrides for every tokenizer training")
-    pretrain: dict = help_field({}, "overrides for every pretraining run (e.g. optim.lr=1e-3)")
+    pretrain: dict = help_field({}, "overrides for every pretraining run (e.g. pretrain.train.lr=1e-3)")
     init_from: str = help_field("cpt", "finetune-methods: the model every arm starts from (an artifact name or an "
                                 "HF checkpoint dir)")
     methods: list[str] = help_field(["full", "lora-r8", "lora-r16", "lora-r32", "qlora-r16"],
                                     "finetune-methods arms: full, lora-r<rank>, qlora-r<rank> (qlora needs CUDA)")
     finetune: dict = help_field({}, "overrides for every finetune-methods arm: SFT job keys on the sft preset "
                                 "(e.g. train.batch_size=8, data=..., use_gpu=true)")
-    runs_dir: Optional[str] = help_field(None, "artifact root (default $JOURNEY_RUNS or ./runs)")
 
     def validate(self) -> None:
+        super().validate()
         bad = [s for s in self.schedules if s not in SCHEDULES]
         if bad:
-            raise ValueError(f"unknown schedule {bad[0]!r}; choose from {list(SCHEDULES)}")
+            raise ConfigError(f"unknown schedule {bad[0]!r}; choose from {list(SCHEDULES)}")
         if not self.vocab_sizes or min(self.vocab_sizes) < 512:
-            raise ValueError("vocab_sizes must be a non-empty list of sizes >= 512")
+            raise ConfigError("vocab_sizes must be a non-empty list of sizes >= 512")
         bad = [m for m in self.methods if not METHOD_ARM.match(m)]
         if bad or not self.methods:
-            raise ValueError(f"unknown finetune method arm {bad[0] if bad else '(none)'!r}; write full, lora-r<rank> "
+            raise ConfigError(f"unknown finetune method arm {bad[0] if bad else '(none)'!r}; write full, lora-r<rank> "
                              "or qlora-r<rank>, e.g. methods=[full,lora-r8,lora-r16]")
 
 
 def _pretrain_cfg(cfg: ExperimentConfig, stage: str, tokenizer: str, **extra: Any) -> PretrainConfig:
-    base = deep_merge({"run": cfg.run, "stage": stage, "tokenizer": tokenizer, "optim": {"max_steps": cfg.steps},
-                       "eval_every": max(1, cfg.steps // 5)}, cfg.pretrain)
+    base = deep_merge({"run": cfg.run, "stage": stage, "tokenizer": tokenizer, "overwrite": cfg.overwrite,
+                       "train": {"max_steps": cfg.steps, "eval_every": max(1, cfg.steps // 5)}}, cfg.pretrain)
     base = deep_merge(base, extra)
     if cfg.runs_dir:
         base["runs_dir"] = cfg.runs_dir
     return load_config(PretrainConfig, "pretrain", cfg.preset, base=base)
 
 
-def _tokenizer(cfg: ExperimentConfig, stage: str, vocab_size: int | None = None) -> Artifact:
-    from shared.tokenizer.artifact import train_tokenizer_artifact
-    registry = Registry(cfg.runs_dir)
+def _existing(cfg: ExperimentConfig, stage: str) -> Artifact | None:
+    """The arm ``stage`` of an earlier, interrupted run of the experiment, unless ``overwrite`` asks to redo it."""
+    if cfg.overwrite:
+        return None
     try:
-        return registry.resolve(f"{cfg.run}/{stage}")  # reuse: experiments are resumable arm by arm
+        return Registry(cfg.runs_dir).resolve(f"{cfg.run}/{stage}")
     except LookupError:
-        pass
-    base = {"run": cfg.run, "stage": stage, **cfg.tokenizer}
+        return None
+
+
+def _tokenizer(cfg: ExperimentConfig, stage: str, vocab_size: int | None = None) -> Artifact:
+    existing = _existing(cfg, stage)
+    if existing is not None:
+        return existing
+    base = {"run": cfg.run, "stage": stage, "overwrite": cfg.overwrite, **cfg.tokenizer}
     if vocab_size:
         base["vocab_size"] = vocab_size
     if cfg.runs_dir:
@@ -88,12 +103,9 @@ def _tokenizer(cfg: ExperimentConfig, stage: str, vocab_size: int | None = None)
     return train_tokenizer_artifact(load_config(TokenizerConfig, "tokenizer", cfg.preset, base=base))
 
 
-def _train(pcfg: PretrainConfig) -> Artifact:
-    from shared.training.runner import run_pretraining
-    try:
-        return Registry(pcfg.runs_dir).resolve(f"{pcfg.run}/{pcfg.stage}")
-    except LookupError:
-        return run_pretraining(pcfg)
+def _train(cfg: ExperimentConfig, pcfg: PretrainConfig) -> Artifact:
+    existing = _existing(cfg, pcfg.stage)
+    return existing if existing is not None else run_pretraining(pcfg)
 
 
 def _history(art: Artifact) -> list[dict[str, Any]]:
@@ -109,7 +121,8 @@ def _cell(value: Any) -> str:
 
 def write_experiment(registry: Registry, cfg: ExperimentConfig, stage: str, rows: list[dict[str, Any]],
                      columns: list[str], parents: list[str], fig) -> Artifact:
-    """Save ``fig`` (PNG) and ``rows`` (Markdown over ``columns``, JSON in full); register the experiment."""
+    """Save ``fig`` (PNG) and ``rows`` (Markdown over ``columns``, JSON in full); register the experiment
+    as artifact ``<cfg.run>/<stage>``."""
     out = registry.stage_dir(cfg.run, stage, overwrite=True)
     fig.savefig(out / f"{stage}.png", dpi=110)
     plt.close(fig)
@@ -119,7 +132,7 @@ def write_experiment(registry: Registry, cfg: ExperimentConfig, stage: str, rows
     (out / f"{stage}.md").write_text("\n".join(lines) + "\n")
     (out / f"{stage}.json").write_text(json.dumps(rows, indent=2))
     print("\n".join(lines))
-    return registry.register(cfg.run, stage, "experiment", parents=parents, config=to_dict(cfg),
+    return registry.register(cfg.run, stage, "experiment", parents=parents, config=cfg,
                              metrics={"rows": rows})
 
 
@@ -128,7 +141,7 @@ def vocab_size_experiment(cfg: ExperimentConfig) -> Artifact:
     rows, arts = [], []
     for size in cfg.vocab_sizes:
         tok = _tokenizer(cfg, f"tokenizer-v{size}", size)
-        art = _train(_pretrain_cfg(cfg, f"pretrain-v{size}", tok.id))
+        art = _train(cfg, _pretrain_cfg(cfg, f"pretrain-v{size}", tok.id))
         m, model = art.metrics, art.extra["model"]
         embed = model["vocab_size"] * model["n_embd"] + model["block_size"] * model["n_embd"]
         rows.append({"vocab_size": size, "val_bpb": m["val_bpb"], "val_loss_per_token": m["val_loss"],
@@ -145,7 +158,8 @@ def vocab_size_experiment(cfg: ExperimentConfig) -> Artifact:
     fig.suptitle(f"vocab size at equal compute ({cfg.steps} steps)")
     fig.tight_layout()
     cols = ["vocab_size", "val_bpb", "val_loss_per_token", "tokens_per_s", "bytes_per_s", "embedding_share", "n_params"]
-    return write_experiment(Registry(cfg.runs_dir), cfg, "experiment-vocab-size", rows, cols, [a.id for a in arts], fig)
+    return write_experiment(Registry(cfg.runs_dir), cfg, f"{cfg.stage}-vocab-size", rows, cols,
+                            [a.id for a in arts], fig)
 
 
 def _bytes_per_token(art: Artifact) -> float:
@@ -158,11 +172,11 @@ def lr_schedule_experiment(cfg: ExperimentConfig) -> Artifact:
     tok = _tokenizer(cfg, "tokenizer")
     rows, arts, val_curves, lr_curves = [], [], {}, {}
     for schedule in cfg.schedules:
-        pcfg = _pretrain_cfg(cfg, f"pretrain-{schedule}", tok.id, optim={"schedule": schedule})
-        art = _train(pcfg)
+        pcfg = _pretrain_cfg(cfg, f"pretrain-{schedule}", tok.id, train={"schedule": schedule})
+        art = _train(cfg, pcfg)
         hist = _history(art)
         val_curves[schedule] = [(r["step"], r["val_loss"]) for r in hist if "val_loss" in r]
-        o = pcfg.optim
+        o = pcfg.train
         lr_curves[schedule] = [(s, lr_at(s, o.max_steps, o.lr, schedule, o.warmup, o.min_lr_ratio, o.decay_ratio))
                                for s in range(o.max_steps)]
         rows.append({"schedule": schedule, "final_val_loss": art.metrics["val_loss"],
@@ -180,7 +194,8 @@ def lr_schedule_experiment(cfg: ExperimentConfig) -> Artifact:
         ax.legend()
     fig.tight_layout()
     cols = ["schedule", "final_val_loss", "final_train_loss", "val_bpb"]
-    return write_experiment(Registry(cfg.runs_dir), cfg, "experiment-lr-schedules", rows, cols, [a.id for a in arts], fig)
+    return write_experiment(Registry(cfg.runs_dir), cfg, f"{cfg.stage}-lr-schedules", rows, cols,
+                            [a.id for a in arts], fig)
 
 
 __all__ = ["ExperimentConfig", "METHOD_ARM", "write_experiment", "vocab_size_experiment",

@@ -1,13 +1,16 @@
 """Config of the pretraining and continued-pretraining jobs (``configs/pretrain``, ``configs/cpt``).
 
 One dataclass per concern; every field says what it does. Loaded by ``shared.config.load_config``.
+``PretrainConfig`` takes the job fields (run, stage, workers, seed, precision) from
+``shared.config.TrainJobConfig`` and its ``train:`` section from ``TrainLoopConfig``, the names
+post-training uses too (docs/architecture.md, Configs).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
-from shared.config import ConfigError, help_field, require_positive
+from shared.config import ConfigError, TrainJobConfig, TrainLoopConfig, help_field, require_positive
 from shared.data.split import DOC_SPLIT_SEED, DOC_VAL_FRACTION
 from shared.model.presets import PRESETS
 from shared.training.schedules import SCHEDULES
@@ -35,27 +38,46 @@ class ModelConfig:
 
 
 @dataclass
-class OptimConfig:
-    max_steps: int = help_field(1000, "optimizer steps")
-    batch_size: int = help_field(16, "sequences per micro-batch per worker")
-    grad_accum: int = help_field(1, "micro-batches per optimizer step")
-    lr: float = help_field(1e-3, "peak learning rate")
+class PretrainLoopConfig(TrainLoopConfig):
+    """The pretraining ``train:`` section: the shared loop keys plus AdamW's betas, the schedule's
+    floor and decay share, and the cadence of validation, checkpoints and snapshots."""
+
+    SCHEDULES: ClassVar[tuple[str, ...]] = SCHEDULES
+
     schedule: str = help_field("cosine", f"learning-rate schedule: {list(SCHEDULES)}")
-    warmup: float = help_field(0.05, "warmup: steps if >= 1, else a ratio of max_steps")
+    weight_decay: float = help_field(0.1, "AdamW weight decay, applied to matrices only")
+    eval_every: int = help_field(100, "evaluate every N steps (and at step 0 and the end)")
+    log_every: int = help_field(10, "log train loss / tokens/s every N steps")
     min_lr_ratio: float = help_field(0.1, "final learning rate as a fraction of lr")
     decay_ratio: float = help_field(0.2, "wsd only: share of steps spent in the final decay")
-    weight_decay: float = help_field(0.1, "AdamW weight decay, applied to matrices only")
     beta1: float = help_field(0.9, "AdamW beta1")
     beta2: float = help_field(0.95, "AdamW beta2")
-    grad_clip: float = help_field(1.0, "clip the global gradient norm to this (0 = off)")
+    eval_batches: int = help_field(8, "batches per validation estimate")
+    ckpt_every: int = help_field(200, "report a Ray Train checkpoint every N steps")
+    snapshot_every: int = help_field(0, "also save the weights and the tokenizer as an HF checkpoint under "
+                                     "<artifact>/snapshots/step_<N>/ at step 0 and every N steps (0 = off); "
+                                     "the interpret stage reads them to show when induction heads form")
+
+    def validate(self) -> None:
+        super().validate()
+        require_positive(self, ("eval_batches", "ckpt_every"), "train.")
+        if self.snapshot_every < 0:
+            raise ConfigError(f"train.snapshot_every must be >= 0 (0 = no snapshots), got {self.snapshot_every}")
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(TrainJobConfig):
     """Pretraining from scratch (``init_from`` unset) or continued pretraining (``init_from`` set)."""
 
-    run: str = help_field("default", "run name: the artifact goes to <runs_dir>/<run>/<stage>")
+    # Keys of the pre-``train:`` layout, so an old preset or override names its new key.
+    RENAMED: ClassVar[dict[str, str]] = {
+        "optim": "train", "eval_every": "train.eval_every", "log_every": "train.log_every",
+        "eval_batches": "train.eval_batches", "ckpt_every": "train.ckpt_every",
+        "snapshot_every": "train.snapshot_every"}
+
     stage: str = help_field("pretrain", "stage name of the artifact this job writes")
+    num_workers: int = help_field(1, "Ray Train workers (DDP: gloo on CPU, NCCL on GPU)")
+    seed: int = help_field(1337, "seed of init and batch sampling")
     tokenizer: str = help_field("tokenizer", "tokenizer artifact name or HF tokenizer directory")
     init_from: Optional[str] = help_field(None, "artifact to continue from (continued pretraining)")
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "architecture (ignored with init_from)"})
@@ -63,43 +85,20 @@ class PretrainConfig:
     eval_data: dict = help_field({}, "extra validation sets {name: source}, e.g. {general: builtin:python-docs}; "
                                  "the training corpus' own val split is always evaluated as 'val'")
     eval_max_bytes: Optional[int] = help_field(None, "byte cap when reading the extra validation corpora")
-    optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "optimizer and schedule"})
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = help_field(
-        "auto", "auto = bf16 autocast where the hardware supports it (CUDA, CPUs with AVX512-BF16/AMX)")
+    train: PretrainLoopConfig = field(default_factory=PretrainLoopConfig,
+                                      metadata={"help": "optimizer, schedule and the eval/log/checkpoint cadence"})
     compile: Literal["auto", "on", "off"] = help_field("off", "torch.compile the model (auto = on CUDA only)")
-    num_workers: int = help_field(1, "Ray Train workers (DDP: gloo on CPU, NCCL on GPU)")
-    cpus_per_worker: int = help_field(2, "CPU cores per worker (sets torch threads)")
-    use_gpu: bool = help_field(False, "one GPU per worker")
-    eval_every: int = help_field(100, "evaluate every N steps (and at step 0 and the end)")
-    eval_batches: int = help_field(8, "batches per validation estimate")
-    ckpt_every: int = help_field(200, "report a Ray Train checkpoint every N steps")
-    snapshot_every: int = help_field(0, "also save the weights as an HF checkpoint (no tokenizer) under "
-                                     "<artifact>/snapshots/step_<N>/ at step 0 and every N steps (0 = off); "
-                                     "the interpret stage reads them to show when induction heads form")
-    log_every: int = help_field(10, "log train loss / tokens/s every N steps")
     max_failures: int = help_field(2, "Ray Train restarts from the last checkpoint after a worker failure")
-    seed: int = help_field(1337, "seed of init and batch sampling")
     fail_at_step: Optional[int] = help_field(None, "testing hook: raise once in rank 0 after this step")
     tensorboard: bool = help_field(False, "also write TensorBoard event files into the artifact")
-    runs_dir: Optional[str] = help_field(None, "artifact root (default $JOURNEY_RUNS or ./runs)")
-    overwrite: bool = help_field(False, "replace an existing artifact of the same run/stage")
 
     def validate(self) -> None:
-        o = self.optim
-        if o.schedule not in SCHEDULES:
-            raise ConfigError(f"optim.schedule: unknown schedule {o.schedule!r}; choose one of {list(SCHEDULES)}")
-        require_positive(o, ("max_steps", "batch_size", "grad_accum"), "optim.")
-        if o.lr <= 0:
-            raise ConfigError(f"optim.lr must be > 0, got {o.lr}")
+        super().validate()
+        self.train.validate()  # from_dict validated it already; a config built in code has not been
         if self.model.preset not in PRESETS:
             raise ConfigError(f"model.preset: unknown preset {self.model.preset!r}; choose one of {sorted(PRESETS)}")
-        if self.num_workers < 1 or self.cpus_per_worker < 1:
-            raise ConfigError("num_workers and cpus_per_worker must be >= 1")
         if not 0 < self.data.val_fraction < 1:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.data.val_fraction}")
-        require_positive(self, ("eval_every", "ckpt_every", "log_every", "eval_batches"))
-        if self.snapshot_every < 0:
-            raise ConfigError(f"snapshot_every must be >= 0 (0 = no snapshots), got {self.snapshot_every}")
 
 
 @dataclass

@@ -1,18 +1,20 @@
 """Our pretraining loop: the function every Ray Train worker runs.
 
 Contract of ``train_loop_per_worker(spec)``:
-- ``spec`` is a plain dict (``TrainSpec.to_dict``): the resolved ``PretrainConfig``, the model
-  config, token-shard directories and (for continued pretraining) an initial state dict path.
+- ``spec`` is ``TrainSpec.to_dict()``: the resolved ``PretrainConfig`` dataclass itself (it
+  pickles), the model config, token-shard directories and (for continued pretraining) an initial
+  state dict path.
 - Each step samples its micro-batches from a generator seeded by ``(seed, step, rank, micro)``,
   so a run resumed from a checkpoint sees exactly the batches an uninterrupted run would: with
   the model, optimizer and step restored, the loss curve continues identically.
-- Every ``ckpt_every`` steps and at the end, rank 0 reports a Ray Train checkpoint holding the
+- Every ``train.ckpt_every`` steps and at the end, rank 0 reports a Ray Train checkpoint holding the
   model, optimizer, step and metric history; other ranks report the same metrics without one
   (Ray Train v2 wants every rank to call ``report``).
-- Validation runs at step 0, every ``eval_every`` steps and at the end, on every named val set.
-- With ``snapshot_every`` set, rank 0 also saves the weights as an HF checkpoint under
-  ``snapshot_dir/step_<N>/`` at step 0 and every ``snapshot_every`` steps before the last (a resumed
-  run rewrites the ones it repeats), for looking at how the model changed during training (``shared.interp``).
+- Validation runs at step 0, every ``train.eval_every`` steps and at the end, on every named val set.
+- With ``train.snapshot_every`` set, rank 0 also saves the weights with the tokenizer files as an HF
+  checkpoint under ``snapshot_dir/step_<N>/`` at step 0 and every ``train.snapshot_every`` steps before
+  the last (a resumed run rewrites the ones it repeats), for looking at how the model changed during
+  training (``shared.interp``); ``AutoTokenizer.from_pretrained`` loads each as it loads the artifact.
 
 It does not write artifacts: the driver turns the final checkpoint into an HF artifact.
 """
@@ -23,7 +25,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +34,10 @@ import torch.distributed as dist
 
 from shared.data import TokenDataset
 from shared.model.gpt import GPT, GPTConfig
+from shared.model.hf import save_hf_checkpoint
 from shared.training.hardware import autocast, peak_flops, resolve_precision
 from shared.training.optim import build_adamw
+from shared.training.pretrain_config import PretrainConfig
 from shared.training.schedules import lr_at
 
 STATE_FILE = "train_state.pt"
@@ -41,18 +45,20 @@ STATE_FILE = "train_state.pt"
 
 @dataclass
 class TrainSpec:
-    """Everything a worker needs, as plain data so it crosses process boundaries."""
+    """Everything a worker needs; it crosses process boundaries by pickling."""
 
-    config: dict[str, Any]  # resolved PretrainConfig as a dict
+    config: PretrainConfig  # the resolved job config
     model: dict[str, Any]  # GPTConfig fields
     train_dir: str  # token shards of the training corpus
     val_dirs: dict[str, str] = field(default_factory=dict)  # name -> shard dir (its 'val' split)
     init_state: str | None = None  # state dict to start from (continued pretraining)
     fail_marker: str | None = None  # testing hook: file created when the injected failure fired
-    snapshot_dir: str | None = None  # where rank 0 writes the ``snapshot_every`` HF snapshots
+    snapshot_dir: str | None = None  # where rank 0 writes the ``train.snapshot_every`` HF snapshots
+    tokenizer_dir: str | None = None  # tokenizer files copied into every snapshot
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Ray Train's ``train_loop_config``: the fields as they are (the config stays a dataclass)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 class InjectedFailure(RuntimeError):
@@ -73,7 +79,7 @@ def _device(use_gpu: bool) -> torch.device:
 
 
 def _build_model(spec: TrainSpec, device: torch.device) -> GPT:
-    torch.manual_seed(spec.config["seed"])
+    torch.manual_seed(spec.config.seed)
     model = GPT(GPTConfig(**spec.model))
     if spec.init_state:
         model.load_state_dict(torch.load(spec.init_state, map_location="cpu", weights_only=True))
@@ -132,15 +138,14 @@ def _report(metrics: dict[str, Any], model, opt, step: int, history: list, rank:
 
 
 def _maybe_snapshot(spec: TrainSpec, model: GPT, step: int, rank: int) -> None:
-    every = spec.config.get("snapshot_every") or 0
+    every = spec.config.train.snapshot_every
     if rank != 0 or not every or not spec.snapshot_dir or step % every:
         return
-    from shared.model.hf import save_hf_checkpoint
-    save_hf_checkpoint(model, Path(spec.snapshot_dir) / f"step_{step:06d}")
+    save_hf_checkpoint(model, Path(spec.snapshot_dir) / f"step_{step:06d}", tokenizer_dir=spec.tokenizer_dir)
 
 
 def _maybe_fail(spec: TrainSpec, step: int, rank: int) -> None:
-    at = spec.config.get("fail_at_step")
+    at = spec.config.fail_at_step
     if at is None or step != at or rank != 0 or not spec.fail_marker:
         return
     marker = Path(spec.fail_marker)
@@ -165,71 +170,71 @@ def _restore(model: GPT, opt: torch.optim.Optimizer) -> tuple[int, list[dict[str
 def train_loop_per_worker(spec_dict: dict[str, Any]) -> None:
     """The Ray Train worker function (see module docstring)."""
     spec = TrainSpec(**spec_dict)
-    cfg, o = spec.config, spec.config["optim"]
-    torch.set_num_threads(cfg["cpus_per_worker"])
+    cfg, o = spec.config, spec.config.train
+    torch.set_num_threads(cfg.cpus_per_worker)
     rank, world = _rank_world()
-    device = _device(cfg["use_gpu"])
-    precision = resolve_precision(cfg["precision"], device)
+    device = _device(cfg.use_gpu)
+    precision = resolve_precision(cfg.precision, device)
     model = _build_model(spec, device)
-    opt = build_adamw(model, o["lr"], o["weight_decay"], (o["beta1"], o["beta2"]))
+    opt = build_adamw(model, o.lr, o.weight_decay, (o.beta1, o.beta2))
     start, history = _restore(model, opt)
     train_model = _wrap(model, cfg, device, world)
     train_ds = TokenDataset(spec.train_dir, "train")
     val_sets = {name: TokenDataset(d, "val") for name, d in spec.val_dirs.items()}
-    B, T = o["batch_size"], spec.model["block_size"]
-    tokens_per_step = B * T * o["grad_accum"] * world
+    B, T = o.batch_size, spec.model["block_size"]
+    tokens_per_step = B * T * o.grad_accum * world
     flops_per_token, peak = model.flops_per_token(), peak_flops(device)
     if start == 0:
-        metrics = {"step": 0, "tokens": 0, **evaluate(model, val_sets, cfg["eval_batches"], B, T, precision, device)}
+        metrics = {"step": 0, "tokens": 0, **evaluate(model, val_sets, o.eval_batches, B, T, precision, device)}
         history.append(metrics)
         _maybe_snapshot(spec, model, 0, rank)
-    progress = _progress(rank, start, o["max_steps"])
+    progress = _progress(rank, start, o.max_steps)
     t0, window_tokens = time.perf_counter(), 0
-    for step in range(start, o["max_steps"]):
-        lr = lr_at(step, o["max_steps"], o["lr"], o["schedule"], o["warmup"], o["min_lr_ratio"], o["decay_ratio"])
+    for step in range(start, o.max_steps):
+        lr = lr_at(step, o.max_steps, o.lr, o.schedule, o.warmup, o.min_lr_ratio, o.decay_ratio)
         for group in opt.param_groups:
             group["lr"] = lr
         loss = _train_step(train_model, opt, train_ds, cfg, step, rank, precision, device, T)
         done = step + 1
         window_tokens += tokens_per_step
         _maybe_fail(spec, done, rank)
-        if done < o["max_steps"]:  # the final weights are the artifact itself
+        if done < o.max_steps:  # the final weights are the artifact itself
             _maybe_snapshot(spec, model, done, rank)
         metrics = {"step": done, "tokens": done * tokens_per_step, "train_loss": loss, "lr": lr}
-        if done % cfg["log_every"] == 0 or done == o["max_steps"]:
+        if done % o.log_every == 0 or done == o.max_steps:
             dt = time.perf_counter() - t0
             metrics["tokens_per_s"] = window_tokens / dt
             if peak:
                 metrics["mfu"] = flops_per_token * metrics["tokens_per_s"] / (peak * world)
             t0, window_tokens = time.perf_counter(), 0
-        if done % cfg["eval_every"] == 0 or done == o["max_steps"]:
-            metrics.update(evaluate(model, val_sets, cfg["eval_batches"], B, T, precision, device))
+        if done % o.eval_every == 0 or done == o.max_steps:
+            metrics.update(evaluate(model, val_sets, o.eval_batches, B, T, precision, device))
         history.append(metrics)
         progress.update(1)
         progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
-        if done % cfg["ckpt_every"] == 0 or done == o["max_steps"]:
+        if done % o.ckpt_every == 0 or done == o.max_steps:
             _report(metrics, model, opt, done, history, rank, with_ckpt=True)
     progress.close()
 
 
-def _wrap(model: GPT, cfg: dict[str, Any], device: torch.device, world: int) -> torch.nn.Module:
+def _wrap(model: GPT, cfg: PretrainConfig, device: torch.device, world: int) -> torch.nn.Module:
     """DDP across workers (Ray Train set up the process group), then optionally torch.compile."""
     wrapped: torch.nn.Module = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
         wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    use_compile = cfg["compile"] == "on" or (cfg["compile"] == "auto" and device.type == "cuda")
+    use_compile = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
     return torch.compile(wrapped) if use_compile else wrapped
 
 
-def _train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, ds: TokenDataset, cfg: dict[str, Any],
+def _train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, ds: TokenDataset, cfg: PretrainConfig,
                 step: int, rank: int, precision: str, device: torch.device, block_size: int) -> float:
     """One optimizer step over ``grad_accum`` micro-batches; returns the mean micro-batch loss."""
-    o = cfg["optim"]
-    accum = o["grad_accum"]
+    o = cfg.train
+    accum = o.grad_accum
     total = 0.0
     for micro in range(accum):
-        x, y = ds.get_batch(o["batch_size"], block_size, _batch_generator(cfg["seed"], step, rank, micro))
+        x, y = ds.get_batch(o.batch_size, block_size, _batch_generator(cfg.seed, step, rank, micro))
         sync = micro == accum - 1 or not hasattr(model, "no_sync")
         # DDP: skip the gradient all-reduce on all but the last micro-batch.
         ctx = model.no_sync() if not sync else contextlib.nullcontext()
@@ -238,8 +243,8 @@ def _train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, ds: TokenDat
                 _, loss = model(x.to(device), y.to(device))
             (loss / accum).backward()
         total += loss.item()
-    if o["grad_clip"] > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), o["grad_clip"])
+    if o.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
     opt.step()
     opt.zero_grad(set_to_none=True)
     return total / accum

@@ -22,7 +22,6 @@ from typing import Any
 import torch
 
 from shared.cluster import ensure_ray
-from shared.config import to_dict
 from shared.data import DataError, TokenDataset, build_shards, iter_corpus
 from shared.model.gpt import GPT, GPTConfig
 from shared.model.hf import load_gpt, save_hf_checkpoint
@@ -110,9 +109,10 @@ def run_pretraining(cfg: PretrainConfig) -> Artifact:
         torch.save(init_model.state_dict(), init_state)
     storage = registry.root / cfg.run / "_ray"
     shutil.rmtree(out_dir / "snapshots", ignore_errors=True)  # an overwritten stage's old snapshots would mislead
-    spec = TrainSpec(config=to_dict(cfg), model=asdict(model_cfg), train_dir=str(train.out_dir), val_dirs=val_dirs,
+    spec = TrainSpec(config=cfg, model=asdict(model_cfg), train_dir=str(train.out_dir), val_dirs=val_dirs,
                      init_state=init_state, fail_marker=str(out_dir / "_failed_once"),
-                     snapshot_dir=str(out_dir / "snapshots") if cfg.snapshot_every else None)
+                     snapshot_dir=str(out_dir / "snapshots") if cfg.train.snapshot_every else None,
+                     tokenizer_dir=str(tok.dir))
     result = _fit(spec, cfg, storage)
     t_train = time.perf_counter() - t_start - t_data
     if result.checkpoint is None:
@@ -157,6 +157,6 @@ def _finish(registry: Registry, cfg: PretrainConfig, out_dir: Path, model_cfg: G
     if any("mfu" in r for r in history):
         metrics["mfu"] = max(r["mfu"] for r in history if "mfu" in r)
     parents = [tok.id] + ([init.id] if init else [])
-    return registry.register(cfg.run, cfg.stage, "hf-model", parents=parents, config=to_dict(cfg), metrics=metrics,
+    return registry.register(cfg.run, cfg.stage, "hf-model", parents=parents, config=cfg, metrics=metrics,
                              timings=timings, data_fingerprint=train.fingerprint,
                              extra={"model": asdict(model_cfg), "data_dir": str(train.out_dir)})

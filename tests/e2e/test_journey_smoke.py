@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from shared.stages import BY_NAME, DEFAULT_JOURNEY
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -24,6 +26,9 @@ def test_journey_run_smoke(tmp_path):
     variants = {f"quantize-{v}" for v in ("int8", "int4", "gguf-f16", "gguf-q8_0", "gguf-q4_0")}
     assert set(stages) == {"tokenizer", "pretrain", "cpt", "sft", "prefs", "dpo", "quantize", "index", "eval",
                            "interpret"} | variants
+    assert set(stages) - variants == set(DEFAULT_JOURNEY)
+    for name in DEFAULT_JOURNEY:  # each stage registered the kind of artifact the stage table says it produces
+        assert stages[name]["kind"] == BY_NAME[name].produces, name
     assert stages["cpt"]["parents"] == ["smoke/tokenizer", "smoke/pretrain"]
     assert stages["sft"]["parents"] == ["smoke/cpt"]
     assert stages["prefs"]["parents"] == ["smoke/sft"]
@@ -84,7 +89,8 @@ def test_journey_run_smoke(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["run", "preset=nope"], "unknown tokenizer preset 'nope'"),
     (["run", "stages=[tokenizer,sft9]"], "unknown stage 'sft9'"),
-    (["pretrain", "--config", "tiny", "optim.lr=fast"], "optim.lr: expected a number, got 'fast'"),
+    (["pretrain", "--config", "tiny", "train.lr=fast"], "train.lr: expected a number, got 'fast'"),
+    (["pretrain", "--config", "tiny", "optim.lr=0.1"], "config key optim was renamed: use train instead"),
     (["pretrain", "--config", "tiny", "run=nowhere"], "no artifact named 'tokenizer'"),
     (["import", "/nonexistent/ckpt.pt"], "checkpoint /nonexistent/ckpt.pt not found"),
     (["eval", "all", "tasks=perplexity,hellaswagg"], "unknown eval task 'hellaswagg'"),

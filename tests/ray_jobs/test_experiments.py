@@ -12,7 +12,7 @@ from shared.training.experiments import ExperimentConfig, lr_schedule_experiment
 def _cfg(runs, **extra):
     base = {"run": "exp", "preset": "smoke", "steps": 12, "runs_dir": str(runs),
             "tokenizer": {"max_bytes_per_source": 60_000},
-            "pretrain": {"data": {"max_bytes": 120_000, "engine": "local"}, "eval_batches": 2}}
+            "pretrain": {"data": {"max_bytes": 120_000, "engine": "local"}, "train": {"eval_batches": 2}}}
     return load_config(ExperimentConfig, "experiment", None, base={**base, **extra})
 
 
