@@ -30,10 +30,14 @@ from typing import Any
 
 import torch
 
-from shared.config import load_config, to_dict
-from shared.training.finetune_experiment import COLUMNS, _chart, _row, arm_method
+from shared.config import load_config
+from shared.model.gpt import GPT
+from shared.model.hf import gpt_to_hf
+from shared.model.presets import model_config
+from shared.training import sft
+from shared.training.finetune_experiment import COLUMNS, _chart, _row, arm_config, train_arm
 from shared.training.posttrain_config import SFTJobConfig
-from shared.training.sft import training_rows
+from shared.training.trl_worker import TrainRows, TrlSpec
 
 # Llama 3.1 8B's config.json values that shape the network (the rest are transformers' defaults).
 LLAMA31_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
@@ -48,9 +52,6 @@ def build_model(shape: str, tokenizer_dir: str, out: Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(0)
     if shape == "gpt2-124m":
-        from shared.model.gpt import GPT
-        from shared.model.hf import gpt_to_hf
-        from shared.model.presets import model_config
         model = gpt_to_hf(GPT(model_config("gpt2-124m", vocab_size=len(tokenizer))))
     elif shape == "llama3.1-8b":
         # Initialised on the GPU in bf16 (seconds, 16 GB) rather than in fp32 on the CPU (minutes, 32 GB).
@@ -73,26 +74,26 @@ def job_config(args, model_path: Path) -> SFTJobConfig:
     base = {"run": "bench", "stage": "finetune-methods", "init_from": str(model_path), "data": args.data,
             "eval_examples": args.eval_examples, "packing": args.packing, "use_gpu": use_gpu,
             "cpus_per_worker": args.threads, "max_examples": args.max_examples,
+            "precision": "bf16" if use_gpu else "fp32",
             "method": {"gradient_checkpointing": args.gradient_checkpointing},
             "train": {"max_steps": args.steps, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
-                      "max_length": args.max_length, "lr": args.lr, "optim": args.optim, "precision": "bf16" if use_gpu else "fp32",
+                      "max_length": args.max_length, "lr": args.lr, "optim": args.optim,
                       "eval_every": args.steps, "log_every": max(1, args.steps // 5)}}
     return load_config(SFTJobConfig, "sft", args.preset, base=base)
 
 
-def _arm_in_process(spec_dict: dict[str, Any], queue) -> None:
-    from shared.training.finetune_experiment import train_arm
+def _arm_in_process(spec: TrlSpec, queue) -> None:
     try:
-        queue.put(train_arm(spec_dict))
+        queue.put(train_arm(spec))
     except Exception as exc:  # an arm that fails (out of memory, say) is a row, not the end of the benchmark
         queue.put({"status": f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"})
 
 
-def run_arm(spec_dict: dict[str, Any]) -> dict[str, Any]:
+def run_arm(spec: TrlSpec) -> dict[str, Any]:
     """``train_arm`` in a fresh spawned process: each arm starts with clean memory and CUDA state."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_arm_in_process, args=(spec_dict, queue))
+    proc = ctx.Process(target=_arm_in_process, args=(spec, queue))
     proc.start()
     result = queue.get()
     proc.join()
@@ -133,13 +134,11 @@ def main() -> None:
             model_path = build_model(args.shape, args.tokenizer, Path(work) / "model")
         print(f"start model {model_path} ready in {time.perf_counter() - t0:.0f} s", flush=True)
         cfg = job_config(args, model_path)
-        job = to_dict(cfg)
-        train_rows, eval_rows, _ = training_rows(cfg)
+        train_rows, eval_rows, _ = sft.training_rows(cfg)
         rows = []
         for arm in args.arms.split(","):
-            method = {**job["method"], **arm_method(arm)}
-            spec = {"algo": "sft", "config": {**job, "method": method}, "model_path": str(model_path),
-                    "train_rows": train_rows, "eval_rows": eval_rows, "extra": {}}
+            spec = TrlSpec(algorithm=sft.ALGORITHM, config=arm_config(cfg, arm), model_path=str(model_path),
+                           rows=TrainRows(train_rows, eval_rows))
             t1 = time.perf_counter()
             result = run_arm(spec)
             rows.append(_row(arm, result))

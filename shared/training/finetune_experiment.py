@@ -21,11 +21,12 @@ How it measures:
 - QLoRA runs only where the arms run on CUDA (``use_gpu``, by default whether this machine has CUDA);
   otherwise its row says ``skipped: needs a CUDA GPU`` and carries no numbers. It is never emulated.
 
-Not here: the SFT trainer itself (``sft.build_trainer``), the method logic (``finetune_methods``),
+Not here: the SFT trainer itself (``sft.build_trainer``, on the model ``trl_worker.load_model`` loads), the method logic (``finetune_methods``),
 saving fine-tuned checkpoints (the arms are measured, not kept).
 """
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from typing import Any
@@ -36,12 +37,15 @@ matplotlib.use("Agg")  # the chart is written to a file, on machines without a d
 import matplotlib.pyplot as plt  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
+from shared.cluster import ensure_ray  # noqa: E402
 from shared.config import ConfigError, deep_merge, from_dict, load_config, to_dict  # noqa: E402
 from shared.registry import Artifact, Registry  # noqa: E402
+from shared.training import sft  # noqa: E402
 from shared.training.experiments import METHOD_ARM, ExperimentConfig, write_experiment  # noqa: E402
 from shared.training.finetune_config import MethodConfig  # noqa: E402
+from shared.training.posttrain import resolve_model  # noqa: E402
 from shared.training.posttrain_config import SFTJobConfig  # noqa: E402
-from shared.training.sft import training_rows  # noqa: E402
+from shared.training.trl_worker import TrainRows, TrlSpec, load_model, training_arguments  # noqa: E402
 
 STAGE = "experiment-finetune-methods"
 NO_GPU = "skipped: needs a CUDA GPU"
@@ -81,6 +85,11 @@ def sft_config(cfg: ExperimentConfig) -> SFTJobConfig:
     return job
 
 
+def arm_config(job: SFTJobConfig, arm: str) -> SFTJobConfig:
+    """``job`` with the method section of ``arm``; checked here, so a bad combination fails before any arm trains."""
+    return dataclasses.replace(job, method=from_dict(MethodConfig, {**to_dict(job.method), **arm_method(arm)}))
+
+
 def check_context(model_path: str, job: SFTJobConfig) -> None:
     """Refuse a ``max_length`` beyond the model's context: its position table has no rows for it."""
     from transformers import AutoConfig
@@ -113,30 +122,29 @@ class StepTimer(TrainerCallback):
         self.times.append(self._now() - self._start)
 
 
-def train_arm(spec_dict: dict[str, Any]) -> dict[str, Any]:
-    """Train one arm (a ``TrlSpec`` as a dict) in this process and measure it; see the module docstring."""
+def train_arm(spec: TrlSpec) -> dict[str, Any]:
+    """Train one arm (an SFT ``TrlSpec``) in this process and measure it; see the module docstring."""
     import torch
     import trl  # noqa: F401  (imported before the tracker starts: library code is not the method's memory)
 
+    # finetune_methods imports peft (seconds): only the arm's own process needs it.
     from shared.training.finetune_methods import MemoryTracker, require_qlora_runtime, trainable_parameters
-    from shared.training.trl_worker import TrlSpec, builder, training_arguments
 
-    spec = TrlSpec(**spec_dict)
     cfg = spec.config
-    device = torch.device("cuda" if cfg["use_gpu"] else "cpu")
-    if cfg["method"]["method"] == "qlora":
+    device = torch.device(cfg.device)
+    if cfg.method.method == "qlora":
         try:
             require_qlora_runtime(device)
         except ConfigError as exc:  # a missing runtime is a finding of the experiment, not a failure
             return {"status": f"skipped: {exc}"}
-    torch.set_num_threads(cfg["cpus_per_worker"])
-    torch.manual_seed(cfg["train"]["seed"])
+    torch.set_num_threads(cfg.cpus_per_worker)
     timer = StepTimer(device.type == "cuda")
     with tempfile.TemporaryDirectory() as work:
         # Evaluation during training is off (has_eval=False): it would only add time between the steps.
         args = training_arguments(cfg, work, has_eval=False)
         with MemoryTracker(device) as memory:
-            trainer = builder("sft")(spec, args)
+            model, tokenizer = load_model(spec.algorithm, spec.model_path, cfg)  # seeds with cfg.seed first
+            trainer = spec.algorithm.build_trainer(model, tokenizer, cfg, spec.rows, args)
             trainer.add_callback(timer)
             trainer.train()
         eval_loss = trainer.evaluate()["eval_loss"]
@@ -151,20 +159,19 @@ def _require_ray(use_gpu: bool) -> None:
     """Connect to Ray; with ``use_gpu`` check a GPU exists, since a task asking for one would wait forever."""
     import ray
 
-    from shared.cluster import ensure_ray
     ensure_ray()
     if use_gpu and ray.cluster_resources().get("GPU", 0) < 1:
         raise ConfigError("finetune.use_gpu=true but the Ray cluster has no GPU; drop the override to run the "
                           "CPU arms (QLoRA is then listed as skipped), or run where a GPU is")
 
 
-def _run_arm(spec_dict: dict[str, Any]) -> dict[str, Any]:
+def _run_arm(spec: TrlSpec) -> dict[str, Any]:
     """``train_arm`` in a fresh Ray worker process (``max_calls=1``: the worker exits afterwards)."""
     import ray
 
-    cfg = spec_dict["config"]
-    task = ray.remote(num_cpus=cfg["cpus_per_worker"], num_gpus=1 if cfg["use_gpu"] else 0, max_calls=1)(train_arm)
-    return ray.get(task.remote(spec_dict))
+    cfg = spec.config
+    task = ray.remote(num_cpus=cfg.cpus_per_worker, num_gpus=1 if cfg.use_gpu else 0, max_calls=1)(train_arm)
+    return ray.get(task.remote(spec))
 
 
 # ----------------------------------------------------------------------------- the experiment
@@ -204,29 +211,24 @@ def _chart(rows: list[dict[str, Any]], job: SFTJobConfig):
 
 def finetune_methods_experiment(cfg: ExperimentConfig) -> Artifact:
     """Run every arm of ``cfg.methods`` on the same model, data and steps; write and register the table."""
-    from shared.training.posttrain import resolve_model
-    from shared.training.trl_worker import TrlSpec
-
     registry = Registry(cfg.runs_dir)
     model = resolve_model(registry, cfg.init_from, cfg.run)
     job = sft_config(cfg)
     check_context(model.path, job)
-    base = to_dict(job)
-    # Every arm's method is checked before the first one trains, so a bad combination fails in seconds.
-    methods = {arm: to_dict(from_dict(MethodConfig, {**base["method"], **arm_method(arm)})) for arm in cfg.methods}
-    train_rows, eval_rows, _ = training_rows(job)
+    methods = {arm: arm_config(job, arm) for arm in cfg.methods}
+    train_rows, eval_rows, _ = sft.training_rows(job)
     _require_ray(job.use_gpu)
     rows = []
-    for arm, method in methods.items():
-        if method["method"] == "qlora" and not job.use_gpu:
+    for arm, arm_job in methods.items():
+        if arm_job.method.method == "qlora" and not job.use_gpu:
             result = {"status": NO_GPU}  # no worker started: there is nothing it could measure
         else:
-            spec = TrlSpec(algo="sft", config={**base, "method": method}, model_path=model.path,
-                           train_rows=train_rows, eval_rows=eval_rows)
-            result = _run_arm(spec.to_dict())
+            spec = TrlSpec(algorithm=sft.ALGORITHM, config=arm_job, model_path=model.path,
+                           rows=TrainRows(train_rows, eval_rows))
+            result = _run_arm(spec)
         rows.append(_row(arm, result))
     return write_experiment(registry, cfg, STAGE, rows, COLUMNS, model.parent_ids, _chart(rows, job))
 
 
-__all__ = ["finetune_methods_experiment", "arm_method", "sft_config", "check_context",
+__all__ = ["finetune_methods_experiment", "arm_config", "arm_method", "sft_config", "check_context",
            "train_arm", "StepTimer", "STAGE", "COLUMNS", "NO_GPU"]

@@ -1,15 +1,18 @@
 """Configs of the post-training jobs: fine-tune / SFT, preference pairs, DPO, reward model, RL.
 
-Every trainer job shares ``PostTrainConfig`` (what to start from, the data, the fine-tuning
-method, DeepSpeed, the loop) and adds its algorithm's knobs, TRL style (``<algo>`` config beside
-``<algo>`` trainer). Presets live in ``configs/{finetune,sft,prefs,dpo,reward,rl}/``.
+Every trainer job shares ``PostTrainConfig`` (a ``TrainJobConfig``: run, stage, workers, seed,
+precision; plus what to start from, the data, the fine-tuning method, DeepSpeed and the ``train:``
+loop) and adds its algorithm's knobs, TRL style (``<algo>`` config beside ``<algo>`` trainer). The
+prefs job samples rather than trains: ``PrefsJobConfig`` is a plain ``JobConfig``. Presets live in
+``configs/{finetune,sft,prefs,dpo,reward,rl}/``; the shared names are in docs/architecture.md, Configs.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
-from shared.config import ConfigError, help_field, require_positive
+from shared.config import (ConfigError, JobConfig, Precision, TrainJobConfig, TrainLoopConfig, help_field,
+                           require_positive)
 from shared.training.deepspeed_config import DeepSpeedConfig
 from shared.training.finetune_config import MethodConfig
 
@@ -20,39 +23,33 @@ REWARD_METHOD_ERROR = ("the reward model supports method=full or method=lora (4-
 
 
 @dataclass
-class LoopConfig:
+class PostTrainLoopConfig(TrainLoopConfig):
+    """The ``train:`` section of a post-training job: the shared loop names plus the HF optimizer and the
+    sequence length. The seed and the precision are the job's (top-level ``seed`` / ``precision``)."""
+
+    SCHEDULES: ClassVar[tuple[str, ...]] = HF_SCHEDULES
+    RENAMED: ClassVar[dict[str, str]] = {"seed": "seed", "precision": "precision"}
+
     max_steps: int = help_field(200, "optimizer steps")
-    batch_size: int = help_field(16, "sequences (or pairs) per micro-batch per worker")
-    grad_accum: int = help_field(1, "micro-batches per optimizer step")
-    lr: float = help_field(1e-3, "peak learning rate")
     schedule: str = help_field("cosine", f"HF lr schedule: {list(HF_SCHEDULES)}")
-    warmup: float = help_field(0.05, "warmup: steps if >= 1, else a ratio of max_steps")
-    weight_decay: float = help_field(0.0, "AdamW weight decay")
+    eval_every: int = help_field(50, "evaluate the held-out loss every N steps")
     optim: str = help_field("adamw_torch", "HF optimizer name (paged_adamw_8bit for QLoRA on a GPU); with "
                             "DeepSpeed the optimizer is DeepSpeed's AdamW")
-    grad_clip: float = help_field(1.0, "clip the global gradient norm (0 = off)")
     max_length: int = help_field(128, "tokens per sequence (prompt + response); longer ones are truncated")
-    eval_every: int = help_field(50, "evaluate the held-out loss every N steps")
-    log_every: int = help_field(10, "log every N steps")
-    precision: Literal["auto", "fp32", "bf16"] = help_field(
-        "fp32", "auto = bf16 where supported; fp32 keeps tiny CPU runs exact and comparable")
-    seed: int = help_field(1234, "seed of init, shuffling and sampling")
 
     def validate(self) -> None:
-        require_positive(self, ("max_steps", "batch_size", "grad_accum", "max_length", "eval_every", "log_every"),
-                         "train.")
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
-        if self.schedule not in HF_SCHEDULES:
-            raise ConfigError(f"train.schedule: unknown schedule {self.schedule!r}; choose one of {list(HF_SCHEDULES)}")
+        super().validate()
+        require_positive(self, ("max_length",), "train.")
 
 
 @dataclass
-class PostTrainConfig:
+class PostTrainConfig(TrainJobConfig):
     """What every post-training trainer job needs."""
 
-    run: str = help_field("default", "run name: the artifact goes to <runs_dir>/<run>/<stage>")
     stage: str = help_field("finetune", "stage name of the artifact this job writes")
+    seed: int = help_field(1234, "seed of init, shuffling and sampling")
+    precision: Precision = help_field(
+        "fp32", "auto = bf16 where supported; fp32 keeps tiny CPU runs exact and comparable; bf16; fp16 (GPU)")
     init_from: str = help_field("cpt", "model to start from: an artifact name, an HF checkpoint dir or a hub id")
     data: str = help_field("builtin:instructions", "training data: builtin:instructions, hf:<dataset>, a jsonl "
                            "file, a text corpus (builtin:python-code ...) or a prefs artifact")
@@ -60,20 +57,14 @@ class PostTrainConfig:
     eval_examples: int = help_field(200, "held-out examples for eval loss and the generation checks")
     method: MethodConfig = field(default_factory=MethodConfig, metadata={"help": "full / lora / qlora"})
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig, metadata={"help": "ZeRO stage, offload"})
-    train: LoopConfig = field(default_factory=LoopConfig, metadata={"help": "optimizer and loop"})
-    num_workers: int = help_field(1, "Ray Train workers (data parallel; ZeRO partitions across them)")
-    cpus_per_worker: int = help_field(2, "CPU cores per worker (sets torch threads)")
-    use_gpu: bool = help_field(False, "one GPU per worker")
+    train: PostTrainLoopConfig = field(default_factory=PostTrainLoopConfig, metadata={"help": "optimizer and loop"})
     max_new_tokens: int = help_field(48, "generation budget of the after-training checks")
-    runs_dir: Optional[str] = help_field(None, "artifact root (default $JOURNEY_RUNS or ./runs)")
-    overwrite: bool = help_field(False, "replace an existing artifact of the same run/stage")
 
     def validate(self) -> None:
+        super().validate()
         self.method.validate()
         self.deepspeed.validate()
         self.train.validate()
-        if self.num_workers < 1 or self.cpus_per_worker < 1:
-            raise ConfigError("num_workers and cpus_per_worker must be >= 1")
         if self.max_examples is not None and self.max_examples < 1:
             raise ConfigError(f"max_examples must be >= 1 or unset, got {self.max_examples}")
         if self.eval_examples < 0:
@@ -162,10 +153,9 @@ class RLJobConfig(PostTrainConfig):
 
 
 @dataclass
-class PrefsJobConfig:
+class PrefsJobConfig(JobConfig):
     """Preference pairs sampled from a model's own outputs and scored (checkers, rules, reward model)."""
 
-    run: str = help_field("default", "run name")
     stage: str = help_field("prefs", "stage name of the dataset artifact this job writes")
     init_from: str = help_field("sft", "the model whose outputs are sampled")
     data: str = help_field("builtin:instructions", "prompts: instruction examples whose checks score responses")
@@ -187,10 +177,9 @@ class PrefsJobConfig:
     num_workers: int = help_field(1, "Ray Data inference actors")
     cpus_per_worker: int = help_field(2, "CPU cores per inference actor")
     seed: int = help_field(1234, "seed of prompt choice and sampling")
-    runs_dir: Optional[str] = help_field(None, "artifact root (default $JOURNEY_RUNS or ./runs)")
-    overwrite: bool = help_field(False, "replace an existing artifact of the same run/stage")
 
     def validate(self) -> None:
+        super().validate()
         require_positive(self, ("num_prompts", "samples_per_prompt", "max_new_tokens", "batch_size", "num_workers",
                                "pairs_per_prompt"))
         if self.samples_per_prompt < 2 and not self.reference_fallback:

@@ -23,12 +23,19 @@ import json
 import random
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from shared.registry import Artifact
+from shared.cluster import ensure_ray
+from shared.data.instructions import check_nonempty, load_sft_dataset
+from shared.data.instructions.checks import parse_response
+from shared.eval.chat_eval import score_replies, summarize
+from shared.eval.generate import generate_replies, load_chat_model
+from shared.registry import Artifact, Registry
+from shared.tokenizer.chat import render_reply
+from shared.training.posttrain import resolve_model, score_with_reward_model
+from shared.training.posttrain_config import PrefsJobConfig
 
 PASSING_TASK_SCORE = 1.0  # the task part of chat_eval's score when the reply is right
 
@@ -40,14 +47,12 @@ class ReplySampler:
     def __init__(self, model_path: str, n: int, temperature: float, top_p: float, max_new_tokens: int,
                  threads: int, seed: int, greedy: bool = False):
         import torch
-        from shared.eval.generate import load_chat_model
         torch.set_num_threads(threads)
         self.model, self.tokenizer = load_chat_model(model_path)
         self.opts = dict(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
         self.seed, self.greedy = seed, greedy
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from shared.eval.generate import generate_replies
         conversations = [json.loads(p) for p in batch["prompt"]]
         replies = generate_replies(self.model, self.tokenizer, conversations, batch_size=len(conversations),
                                    seed=self.seed + int(batch["idx"][0]), **self.opts)
@@ -58,10 +63,9 @@ class ReplySampler:
         return {"idx": batch["idx"], "replies": np.array([json.dumps(r) for r in replies])}
 
 
-def sample_replies(model_path: str, examples: list[dict[str, Any]], cfg) -> list[list[str]]:
+def sample_replies(model_path: str, examples: list[dict[str, Any]], cfg: PrefsJobConfig) -> list[list[str]]:
     """``cfg.samples_per_prompt`` sampled replies per example, in example order (Ray Data)."""
     import ray
-    from shared.cluster import ensure_ray
 
     ensure_ray()
     items = [{"idx": i, "prompt": json.dumps(ex["messages"][:-1])} for i, ex in enumerate(examples)]
@@ -78,7 +82,6 @@ def sample_replies(model_path: str, examples: list[dict[str, Any]], cfg) -> list
 
 def reply_message(reply: str) -> dict[str, Any]:
     """A generated reply as an assistant message (a tool call when it parses as one)."""
-    from shared.data.instructions.checks import parse_response
     parsed = parse_response(reply)
     if parsed["tool_call"] is not None:
         return {"role": "assistant", "content": "", "tool_call": parsed["tool_call"]}
@@ -87,7 +90,6 @@ def reply_message(reply: str) -> dict[str, Any]:
 
 def score_candidates(examples: list[dict], replies: list[list[str]]) -> list[list[dict[str, Any]]]:
     """Each example's replies scored by its own check (``chat_eval.score_replies`` rows, reply included)."""
-    from shared.eval.chat_eval import score_replies
     return [score_replies([example] * len(candidates), candidates)
             for example, candidates in zip(examples, replies, strict=True)]
 
@@ -100,8 +102,6 @@ def make_pairs(examples: list[dict], scored_replies: list[list[dict[str, Any]]],
     Up to ``pairs_per_prompt`` pairs per prompt, each a distinct (chosen, rejected) couple of distinct
     replies; the first tried is the best reply against the worst (the greedy one among equals).
     """
-    from shared.eval.chat_eval import score_replies
-    from shared.tokenizer.chat import render_reply
     pairs = []
     for i, (example, scored) in enumerate(zip(examples, scored_replies, strict=True)):
         scores = [r["score"] + (rewards[i][j] if rewards else 0.0) for j, r in enumerate(scored)]
@@ -144,19 +144,13 @@ def make_pairs(examples: list[dict], scored_replies: list[list[dict[str, Any]]],
 
 
 def pick_examples(source: str, split: str, count: int, seed: int) -> list[dict[str, Any]]:
-    from shared.data.instructions import load_sft_dataset
     examples = load_sft_dataset(source, split=split)
     rng = random.Random(seed)
     return rng.sample(examples, min(count, len(examples)))
 
 
-def run_prefs(cfg) -> Artifact:
+def run_prefs(cfg: PrefsJobConfig) -> Artifact:
     """Sample, score and pair; write and register the preference dataset."""
-    from shared.config import to_dict
-    from shared.data.instructions import check_nonempty
-    from shared.registry import Registry
-    from shared.training.posttrain import resolve_model
-
     t0 = time.perf_counter()
     registry = Registry(cfg.runs_dir)
     model = resolve_model(registry, cfg.init_from, cfg.run)
@@ -175,12 +169,11 @@ def run_prefs(cfg) -> Artifact:
         stats.update(_stats(split, examples, scored, pairs))
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=1))
     parents = model.parent_ids + ([reward.id] if reward else [])
-    return registry.register(cfg.run, cfg.stage, "dataset", parents=parents, config=to_dict(cfg), metrics=stats,
+    return registry.register(cfg.run, cfg.stage, "dataset", parents=parents, config=cfg, metrics=stats,
                              timings={"sample_s": time.perf_counter() - t0})
 
 
 def _reward_scores(reward: Artifact, examples: list[dict], replies: list[list[str]]) -> list[list[float]]:
-    from shared.training.reward import score_with_reward_model
     flat_prompts = [ex["messages"][:-1] for ex, rs in zip(examples, replies) for _ in rs]
     flat = score_with_reward_model(str(reward.dir), flat_prompts, [r for rs in replies for r in rs])
     out, k = [], 0
@@ -191,7 +184,6 @@ def _reward_scores(reward: Artifact, examples: list[dict], replies: list[list[st
 
 
 def _stats(split: str, examples: list[dict], scored: list[list[dict]], pairs: list[dict]) -> dict[str, Any]:
-    from shared.eval.chat_eval import summarize
     sample = summarize([row for rows in scored for row in rows])
     return {f"{split}_prompts": len(examples), f"{split}_pairs": len(pairs),
             f"{split}_pairs_reference_chosen": sum(p["chosen_source"] == "reference" for p in pairs),

@@ -13,7 +13,7 @@ What the algorithms are (no value model in either, so neither is PPO):
 The reward of a completion is ``reward_model + checker_weight * checker``, two reward functions
 (TRL logs each as ``rewards/<name>/mean``, their weighted sum as ``reward``):
 
-- ``reward_model``: the reward model's score (``reward.RewardScorer``) of the reply;
+- ``reward_model``: the reward model's score (``posttrain.RewardScorer``) of the reply;
 - ``checker``: ``chat_eval.score_replies``'s score in [0, 2] by the example's own exact check
   (passed through the dataset's ``check`` column: TRL hands extra columns to reward functions).
 
@@ -27,17 +27,23 @@ template); rollouts are HF ``generate`` (no vLLM) and stop at ``<|end|>`` or ``<
 
 Driver side, ``run_rl``: prompts from the instruction train split, the fit under Ray Train, the
 first/last logged rewards, then the policy's registered ancestors vs the new policy on held-out
-instructions and the safety/helpfulness prompts (``dpo.compare_stages``).
+instructions and the safety/helpfulness prompts (``posttrain.compare_stages``).
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from shared.data.instructions import check_nonempty, load_sft_dataset
+from shared.eval.chat_eval import score_replies
+from shared.eval.generate import context_length, stop_token_ids
+from shared.registry import Artifact, Registry
 from shared.tokenizer.chat import CHAT_TEMPLATE, render_chat
-
-if TYPE_CHECKING:
-    from shared.registry import Artifact
+from shared.training.posttrain import (RewardScorer, arrow_safe, compare_stages, first_last, fit_trl, model_lineage,
+                                       resolve_model, resolve_reward_model, train_metrics)
+from shared.training.posttrain_config import RLJobConfig
+from shared.training.trl_worker import Algorithm, TrainRows
 
 TRAINERS = {"grpo": ("GRPOTrainer", "GRPOConfig"), "rloo": ("RLOOTrainer", "RLOOConfig")}
 LOGGED = ("reward", "reward_std", "rewards/reward_model/mean", "rewards/checker/mean", "kl",
@@ -48,7 +54,6 @@ LOGGED = ("reward", "reward_std", "rewards/reward_model/mean", "rewards/checker/
 
 def stop_at_end_of_turn(model, tokenizer) -> None:
     """Make ``generate`` (and TRL, which reads the eos ids from the generation config) stop at the turn's end."""
-    from shared.eval.generate import stop_token_ids
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     base.generation_config.eos_token_id = stop_token_ids(tokenizer, required=True)
     base.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -71,9 +76,6 @@ def decode_replies(tokenizer, completion_ids: Sequence[Sequence[int]]) -> list[s
 
 def reward_functions(reward_model_path: str, tokenizer, device: str = "cpu") -> list:
     """``[reward_model, checker]`` in TRL's reward-function form (keyword arguments, one float per completion)."""
-    from shared.eval.chat_eval import score_replies
-    from shared.training.reward import RewardScorer
-
     scorer = RewardScorer(reward_model_path, device)
 
     def reward_model(prompts, completion_ids, **_) -> list[float]:
@@ -86,52 +88,38 @@ def reward_functions(reward_model_path: str, tokenizer, device: str = "cpu") -> 
     return [reward_model, checker]
 
 
-def build_trainer(spec, args: dict[str, Any]):
-    """A ``GRPOTrainer`` or ``RLOOTrainer`` for ``spec`` (a ``TrlSpec``) with the common ``TrainingArguments``."""
+def build_trainer(model, tokenizer, cfg: RLJobConfig, rows: TrainRows, args: dict[str, Any]):
+    """A ``GRPOTrainer`` or ``RLOOTrainer`` over ``rows`` for the loaded policy with the common ``TrainingArguments``."""
     import trl
     from datasets import Dataset
 
-    from shared.config import from_dict
-    from shared.eval.generate import context_length
-    from shared.training.finetune_config import MethodConfig
-    from shared.training.finetune_methods import load_for_finetuning
-
-    cfg = spec.config
-    if "reward_model_path" not in spec.extra:
-        raise ValueError("the RL worker needs extra={'reward_model_path': ...}; run it through run_rl")
-    device = "cuda" if cfg["use_gpu"] else "cpu"
-    model, tokenizer = load_for_finetuning(spec.model_path, from_dict(MethodConfig, cfg["method"]), device)
+    if rows.reward_model_path is None:
+        raise ValueError("the RL worker needs rows.reward_model_path (the reward model); run it through run_rl")
     tokenizer.chat_template = CHAT_TEMPLATE
     stop_at_end_of_turn(model, tokenizer)
-    rows = fitting_prompts(spec.train_rows, tokenizer, context_length(model) - cfg["max_completion_length"])
-    trainer_name, config_name = TRAINERS[cfg["algorithm"]]
+    prompts = fitting_prompts(rows.train, tokenizer, context_length(model) - cfg.max_completion_length)
+    trainer_name, config_name = TRAINERS[cfg.algorithm]
     rl_args = getattr(trl, config_name)(
-        **args, num_generations=cfg["num_generations"], max_completion_length=cfg["max_completion_length"],
-        temperature=cfg["temperature"], beta=cfg["beta"], reward_weights=[1.0, cfg["checker_weight"]])
+        **args, num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
+        temperature=cfg.temperature, beta=cfg.beta, reward_weights=[1.0, cfg.checker_weight])
     return getattr(trl, trainer_name)(
-        model=model, reward_funcs=reward_functions(spec.extra["reward_model_path"], tokenizer, device), args=rl_args,
-        train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+        model=model, reward_funcs=reward_functions(rows.reward_model_path, tokenizer, cfg.device), args=rl_args,
+        train_dataset=Dataset.from_list(prompts), processing_class=tokenizer)
+
+
+ALGORITHM = Algorithm("rl", build_trainer)
 
 
 # ----------------------------------------------------------------------------- driver side
 
 def prompt_rows(examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """TRL prompt rows: the conversation up to the reply, the example's id and check (for the checker reward)."""
-    from shared.training.sft import arrow_safe
     return [{"prompt": arrow_safe(ex["messages"][:-1]), "id": ex["id"], "check": dict(ex["check"])}
             for ex in examples]
 
 
-def run_rl(cfg) -> Artifact:
+def run_rl(cfg: RLJobConfig) -> Artifact:
     """RL the policy against the reward model and the checkers; compare with its ancestors; register it."""
-    import time
-    from shared.config import to_dict
-    from shared.data.instructions import check_nonempty, load_sft_dataset
-    from shared.registry import Registry
-    from shared.training.dpo import compare_stages
-    from shared.training.posttrain import first_last, fit_trl, model_lineage, resolve_model, train_metrics
-    from shared.training.reward import resolve_reward_model
-
     t0 = time.perf_counter()
     registry = Registry(cfg.runs_dir)
     policy = resolve_model(registry, cfg.init_from, cfg.run)
@@ -140,7 +128,7 @@ def run_rl(cfg) -> Artifact:
     check_nonempty(rows, f"the prompt data {cfg.data!r}", noun="prompts")
     out_dir = registry.stage_dir(cfg.run, cfg.stage, overwrite=cfg.overwrite)
     t_data = time.perf_counter() - t0
-    fit = fit_trl(cfg, "rl", policy, out_dir, rows, [], extra={"reward_model_path": reward.path})
+    fit = fit_trl(cfg, ALGORITHM, policy, out_dir, TrainRows(rows, reward_model_path=reward.path))
     metrics = {**train_metrics(fit.history, fit.final_eval), **first_last(fit.history, LOGGED), "n_prompts": len(rows)}
     t1 = time.perf_counter()
     lineage = model_lineage(registry, policy)
@@ -150,5 +138,5 @@ def run_rl(cfg) -> Artifact:
     metrics.update(compare_stages(models, new, lineage[-1][0], out_dir, cfg))
     timings = {"data_s": t_data, "train_s": fit.train_s, "eval_s": time.perf_counter() - t1}
     return registry.register(cfg.run, cfg.stage, "hf-model", parents=policy.parent_ids + reward.parent_ids,
-                             config=to_dict(cfg), metrics=metrics, timings=timings,
+                             config=cfg, metrics=metrics, timings=timings,
                              extra={"algorithm": cfg.algorithm, "reward_model": reward.path, "data": cfg.data})

@@ -4,42 +4,47 @@ Rows are either conversations (``{"messages": [...]}``, rendered by the one chat
 with the tokenizer; loss on the assistant's tokens only when ``assistant_only_loss``) or text
 (``{"text": ...}``, every token trained: continued pretraining / domain fine-tuning through the same
 code path). The template's ``{% generation %}`` blocks tell TRL which tokens the assistant wrote.
+
+Worker side, ``build_trainer`` (``ALGORITHM``, run by ``trl_worker``); driver side, ``run_sft``:
+the rows, the fit (``posttrain.fit_trl``), base vs tuned on held-out instructions, the artifact.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import time
+from pathlib import Path
+from typing import Any
 
+from shared.data import is_heldout_doc, iter_corpus
+from shared.data.instructions import load_sft_dataset
+from shared.eval.chat_eval import evaluate_models
+from shared.registry import Artifact, Registry
 from shared.tokenizer.chat import CHAT_TEMPLATE
-
-if TYPE_CHECKING:
-    from shared.registry import Artifact
+from shared.training.posttrain import arrow_safe, fit_trl, resolve_model, train_metrics
+from shared.training.posttrain_config import SFTJobConfig
+from shared.training.trl_worker import Algorithm, TrainRows
 
 
 def conversational(rows: list[dict[str, Any]]) -> bool:
     return bool(rows) and "messages" in rows[0]
 
 
-def build_trainer(spec, args: dict[str, Any]):
-    """An ``SFTTrainer`` for ``spec`` (a ``TrlSpec``) with the common ``TrainingArguments`` ``args``."""
+def build_trainer(model, tokenizer, cfg: SFTJobConfig, rows: TrainRows, args: dict[str, Any]):
+    """An ``SFTTrainer`` over ``rows`` for the loaded ``model`` with the common ``TrainingArguments`` ``args``."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from shared.training.finetune_config import MethodConfig
-    from shared.training.finetune_methods import load_for_finetuning
-    from shared.config import from_dict
-
-    cfg = spec.config
-    chat = conversational(spec.train_rows)
-    model, tokenizer = load_for_finetuning(spec.model_path, from_dict(MethodConfig, cfg["method"]),
-                                           "cuda" if cfg["use_gpu"] else "cpu")
+    chat = conversational(rows.train)
     if chat:
         tokenizer.chat_template = CHAT_TEMPLATE  # checkpoints saved before the template had generation blocks
-    sft_args = SFTConfig(**args, max_length=cfg["train"]["max_length"], packing=cfg.get("packing", False),
-                         assistant_only_loss=chat and cfg.get("assistant_only_loss", True),
+    sft_args = SFTConfig(**args, max_length=cfg.train.max_length, packing=cfg.packing,
+                         assistant_only_loss=chat and cfg.assistant_only_loss,
                          dataset_text_field="text", dataset_num_proc=None)
-    eval_ds = Dataset.from_list(spec.eval_rows) if spec.eval_rows else None
-    return SFTTrainer(model=model, args=sft_args, train_dataset=Dataset.from_list(spec.train_rows),
+    eval_ds = Dataset.from_list(rows.eval) if rows.eval else None
+    return SFTTrainer(model=model, args=sft_args, train_dataset=Dataset.from_list(rows.train),
                       eval_dataset=eval_ds, processing_class=tokenizer)
+
+
+ALGORITHM = Algorithm("sft", build_trainer)
 
 
 # ----------------------------------------------------------------------------- driver side
@@ -49,27 +54,12 @@ TEXT_SOURCES = ("builtin:python-docs", "builtin:python-code")
 
 def is_text_corpus(source: str) -> bool:
     """A pretraining-style corpus (every token trained) rather than instruction data."""
-    from pathlib import Path
     return source in TEXT_SOURCES or Path(source.removeprefix("file:")).suffix in (".txt", ".md") or (
         Path(source.removeprefix("file:")).is_dir())
 
 
-def arrow_safe(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Messages with tool calls as compact JSON strings (see ``shared.tokenizer.chat``)."""
-    import json
-    out = []
-    for m in messages:
-        m = dict(m)
-        if isinstance(m.get("tool_call"), dict):
-            m["tool_call"] = json.dumps(m["tool_call"], ensure_ascii=False, separators=(",", ":"))
-        m.setdefault("content", "")
-        out.append(m)
-    return out
-
-
 def text_rows(source: str, max_examples: int | None, eval_examples: int) -> tuple[list[dict], list[dict]]:
     """Documents of a text corpus split into train / held-out rows by the corpus' own hash split."""
-    from shared.data import is_heldout_doc, iter_corpus
     train, heldout = [], []
     for doc in iter_corpus(source):
         (heldout if is_heldout_doc(doc.id) else train).append({"text": doc.text})
@@ -79,11 +69,10 @@ def text_rows(source: str, max_examples: int | None, eval_examples: int) -> tupl
 
 
 def chat_examples(source: str, split: str, limit: int | None) -> list[dict[str, Any]]:
-    from shared.data.instructions import load_sft_dataset
     return load_sft_dataset(source, split=split, max_examples=limit)
 
 
-def training_rows(cfg) -> tuple[list[dict], list[dict], list[dict]]:
+def training_rows(cfg: SFTJobConfig) -> tuple[list[dict], list[dict], list[dict]]:
     """Trainer rows (train, eval) of ``cfg.data``, chat messages or plain text, and the held-out
     chat examples with their checks (empty for text) for the after-training comparison."""
     if is_text_corpus(cfg.data):
@@ -94,13 +83,8 @@ def training_rows(cfg) -> tuple[list[dict], list[dict], list[dict]]:
             [{"messages": arrow_safe(e["messages"])} for e in heldout], heldout)
 
 
-def run_sft(cfg) -> Artifact:
+def run_sft(cfg: SFTJobConfig) -> Artifact:
     """Fine-tune ``cfg.init_from`` on ``cfg.data`` (chat or text) and register the checkpoint."""
-    import time
-    from shared.config import to_dict
-    from shared.registry import Registry
-    from shared.training.posttrain import fit_trl, resolve_model, train_metrics
-
     t0 = time.perf_counter()
     registry = Registry(cfg.runs_dir)
     model = resolve_model(registry, cfg.init_from, cfg.run)
@@ -108,20 +92,19 @@ def run_sft(cfg) -> Artifact:
     train_rows, eval_rows, heldout_ex = training_rows(cfg)
     out_dir = registry.stage_dir(cfg.run, cfg.stage, overwrite=cfg.overwrite)
     t_data = time.perf_counter() - t0
-    fit = fit_trl(cfg, "sft", model, out_dir, train_rows, eval_rows)
+    fit = fit_trl(cfg, ALGORITHM, model, out_dir, TrainRows(train_rows, eval_rows))
     metrics = train_metrics(fit.history, fit.final_eval)
     metrics.update(n_train=len(train_rows), n_eval=len(eval_rows))
     t1 = time.perf_counter()
     if chat and heldout_ex:
         metrics.update(heldout_comparison(model.path, str(out_dir), heldout_ex, out_dir, cfg.max_new_tokens))
     timings = {"data_s": t_data, "train_s": fit.train_s, "eval_s": time.perf_counter() - t1}
-    return registry.register(cfg.run, cfg.stage, "hf-model", parents=model.parent_ids, config=to_dict(cfg),
+    return registry.register(cfg.run, cfg.stage, "hf-model", parents=model.parent_ids, config=cfg,
                              metrics=metrics, timings=timings, extra={"data": cfg.data, "chat": chat})
 
 
 def heldout_comparison(base_path: str, tuned_path: str, examples: list[dict], out_dir, max_new_tokens: int):
     """Base vs tuned on held-out examples: ``base_<metric>`` and ``<metric>`` for the artifact."""
-    from shared.eval.chat_eval import evaluate_models
     result = evaluate_models({"base": base_path, "tuned": tuned_path}, examples, out_dir, "heldout_eval",
                              max_new_tokens=max_new_tokens)
     metrics = {f"base_{k}": v for k, v in result["base"]["summary"].items() if k != "n"}

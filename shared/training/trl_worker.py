@@ -1,75 +1,95 @@
 """The Ray Train worker that runs one TRL trainer (SFT, DPO, reward, GRPO/RLOO) on any HF model.
 
-``TrlSpec`` is everything a worker needs, plain data so Ray can ship it. ``trl_train_worker``:
+``TrlSpec`` is everything a worker needs: the algorithm (``Algorithm``: its ``build_trainer``
+function itself, no lookup by name), the job's config dataclass (``PostTrainConfig`` subclass; it
+pickles, so Ray ships it as is), the start model and the rows (``TrainRows``). ``trl_train_worker``:
 
-1. loads the model with the configured method (full / LoRA / QLoRA, ``finetune_methods``),
-2. asks the algorithm's builder (``BUILDERS[algo]``, one module per algorithm) for a TRL trainer
-   over the rows it was given, with the common ``TrainingArguments`` built here (DeepSpeed ZeRO
-   when ``deepspeed.zero_stage`` > 0: the HF Trainer owns the engine, Ray Train owns the
-   processes and the process group),
+1. seeds, then loads the model and its tokenizer once (``load_model``): a causal LM prepared with
+   the configured method (full / LoRA / QLoRA, ``finetune_methods``), or for the reward model a
+   one-score sequence classifier (full, or LoRA which TRL applies from the trainer's ``peft_config``),
+2. asks the algorithm for a TRL trainer over that model, ``build_trainer(model, tokenizer, cfg,
+   rows, args)``; ``args`` are the common ``TrainingArguments`` keywords built here
+   (``training_arguments``; DeepSpeed ZeRO when ``deepspeed.zero_stage`` > 0: the HF Trainer owns
+   the engine, Ray Train owns the processes and the process group), to which the algorithm's TRL
+   config adds its own keys,
 3. trains, evaluates, saves on every rank (ZeRO-3 gathers the partitioned weights while saving),
 4. on rank 0 turns what was saved into a plain HF checkpoint (LoRA adapters merged, the adapter
    kept in ``adapter/``) plus ``log_history.json``, and reports it as the Ray Train checkpoint.
 
-Not here: resolving artifacts, reading datasets, registering (the driver, ``posttrain``).
+Not here: resolving artifacts, reading datasets, registering (the drivers; ``posttrain`` runs this
+worker). This module imports no algorithm: each algorithm module hands its ``Algorithm`` in.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Optional
+
+from shared.config import ConfigError
+from shared.training.deepspeed_config import deepspeed_dict
+from shared.training.hardware import resolve_precision
+from shared.training.posttrain_config import REWARD_METHOD_ERROR, REWARD_METHODS, PostTrainConfig
 
 LOG_HISTORY = "log_history.json"
 
 
 @dataclass
+class TrainRows:
+    """What an algorithm trains on: its rows (TRL's dataset rows) and the other models it reads."""
+
+    train: list[dict[str, Any]]
+    eval: list[dict[str, Any]] = field(default_factory=list)
+    reference_path: Optional[str] = None  # DPO: the frozen reference when it is not the start model itself
+    reward_model_path: Optional[str] = None  # RL: the reward model scoring each completion
+
+
+#: ``build_trainer(model, tokenizer, cfg, rows, args)`` -> a TRL trainer over the loaded model; its TRL
+#: config takes ``args`` (``training_arguments``) plus the algorithm's own keys. Loading is the worker's.
+BuildTrainer = Callable[[Any, Any, PostTrainConfig, TrainRows, dict[str, Any]], Any]
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One post-training algorithm as the worker runs it (each algorithm module defines its own)."""
+
+    name: str  # sft | dpo | reward | rl: names the run in messages
+    build_trainer: BuildTrainer
+    sequence_classifier: bool = False  # the model is a one-score sequence classifier (the reward model)
+
+
+@dataclass
 class TrlSpec:
-    algo: str  # sft | dpo | reward | rl
-    config: dict[str, Any]  # the job config as a dict (PostTrainConfig subclass)
-    model_path: str  # HF checkpoint to start from
-    train_rows: list[dict[str, Any]]
-    eval_rows: list[dict[str, Any]] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)  # algorithm inputs: reference / reward model paths
+    """Everything one Ray Train worker needs; pickled to the workers as is."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    algorithm: Algorithm
+    config: PostTrainConfig
+    model_path: str  # HF checkpoint (or hub id) to start from
+    rows: TrainRows
 
 
-ALGORITHMS = ("sft", "dpo", "reward", "rl")  # each a module shared.training.<algo> with build_trainer()
-
-
-def builder(algo: str) -> Callable:
-    """``build_trainer(spec, args)`` of one algorithm, imported only when used."""
-    import importlib
-    if algo not in ALGORITHMS:
-        raise ValueError(f"unknown post-training algorithm {algo!r}; choose one of {list(ALGORITHMS)}")
-    return importlib.import_module(f"shared.training.{algo}").build_trainer
-
-
-def training_arguments(cfg: dict[str, Any], output_dir: str, has_eval: bool) -> dict[str, Any]:
+def training_arguments(cfg: PostTrainConfig, output_dir: str, has_eval: bool) -> dict[str, Any]:
     """Keyword arguments every TRL config takes (it subclasses ``TrainingArguments``)."""
-    from shared.training.deepspeed_config import DeepSpeedConfig, deepspeed_dict
-    from shared.training.hardware import resolve_precision
     import torch
 
-    loop, use_gpu = cfg["train"], cfg["use_gpu"]
-    device = torch.device("cuda" if use_gpu else "cpu")
-    precision = resolve_precision(loop["precision"], device)
+    loop = cfg.train
+    precision = resolve_precision(cfg.precision, torch.device(cfg.device))
     return dict(
-        output_dir=output_dir, max_steps=loop["max_steps"], per_device_train_batch_size=loop["batch_size"],
-        per_device_eval_batch_size=loop["batch_size"], gradient_accumulation_steps=loop["grad_accum"],
-        learning_rate=loop["lr"], lr_scheduler_type=loop["schedule"],
-        warmup_steps=loop["warmup"],  # transformers reads < 1 as a ratio of max_steps, like our config
-        weight_decay=loop["weight_decay"], max_grad_norm=loop["grad_clip"] or 1e9, optim=loop["optim"],
-        logging_steps=loop["log_every"], eval_strategy="steps" if has_eval else "no",
-        eval_steps=loop["eval_every"] if has_eval else None, eval_on_start=has_eval, save_strategy="no",
+        output_dir=output_dir, max_steps=loop.max_steps, per_device_train_batch_size=loop.batch_size,
+        per_device_eval_batch_size=loop.batch_size, gradient_accumulation_steps=loop.grad_accum,
+        learning_rate=loop.lr, lr_scheduler_type=loop.schedule,
+        warmup_steps=loop.warmup,  # transformers reads < 1 as a ratio of max_steps, like our config
+        weight_decay=loop.weight_decay, max_grad_norm=loop.grad_clip or 1e9, optim=loop.optim,
+        logging_steps=loop.log_every, eval_strategy="steps" if has_eval else "no",
+        eval_steps=loop.eval_every if has_eval else None, eval_on_start=has_eval, save_strategy="no",
         report_to=[],
-        seed=loop["seed"], data_seed=loop["seed"], bf16=precision == "bf16", fp16=precision == "fp16",
-        use_cpu=not use_gpu, dataloader_num_workers=0, disable_tqdm=_rank() != 0,
-        deepspeed=deepspeed_dict(DeepSpeedConfig(**cfg["deepspeed"]), on_cpu=not use_gpu),
+        seed=cfg.seed, data_seed=cfg.seed, bf16=precision == "bf16", fp16=precision == "fp16",
+        use_cpu=not cfg.use_gpu, dataloader_num_workers=0, disable_tqdm=_rank() != 0,
+        deepspeed=deepspeed_dict(cfg.deepspeed, on_cpu=not cfg.use_gpu),
         gradient_checkpointing=False,  # the method config enables it on the model itself
         ddp_find_unused_parameters=False,  # every parameter that trains gets a gradient each step
     )
@@ -83,23 +103,63 @@ def _rank() -> int:
         return int(os.environ.get("RANK", 0))
 
 
-def trl_train_worker(spec_dict: dict[str, Any]) -> None:
-    """Ray Train entry point (see the module docstring)."""
-    spec = TrlSpec(**spec_dict)
+# ----------------------------------------------------------------------------- loading the model
+
+def load_model(algorithm: Algorithm, model_path: str, cfg: PostTrainConfig):
+    """``(model, tokenizer)`` the algorithm trains, seeded by ``cfg.seed`` first (a fresh head or
+    fresh adapters are random): a causal LM prepared with ``cfg.method``, or a sequence classifier."""
+    from transformers import set_seed
+
+    set_seed(cfg.seed)
+    if algorithm.sequence_classifier:
+        return load_sequence_classifier(model_path, cfg.method, cfg.device)
+    # finetune_methods imports peft (seconds): only workers and preflight pay for it, not every import of a stage.
+    from shared.training.finetune_methods import load_for_finetuning
+    return load_for_finetuning(model_path, cfg.method, cfg.device)
+
+
+def load_sequence_classifier(path: str, method, device: str = "cpu"):
+    """``(model, tokenizer)``: a one-output sequence classifier over the checkpoint at ``path``.
+
+    Full fine-tuning trains every weight; for LoRA the caller's trainer wraps the model (TRL's
+    ``peft_config``), so here the model stays plain. QLoRA is refused (4-bit loading is for causal LMs).
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from shared.training.finetune_methods import enable_gradient_checkpointing  # peft: see load_model
+
+    method.validate()
+    if method.method not in REWARD_METHODS:
+        raise ConfigError(f"{REWARD_METHOD_ERROR}, not {method.method!r}")
+    # transformers reports score.weight as MISSING here: expected, the head is new and trains from scratch.
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model.config.pad_token_id = tokenizer.pad_token_id  # the classifier reads the last non-pad token
+    model = model.to(device)
+    if method.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    return model, tokenizer
+
+
+# ----------------------------------------------------------------------------- the worker
+
+def trl_train_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train entry point: ``loop_config["spec"]`` is the ``TrlSpec`` (see the module docstring)."""
+    spec: TrlSpec = loop_config["spec"]
     cfg = spec.config
-    if not cfg["use_gpu"]:
+    if not cfg.use_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before DeepSpeed is first imported
-    import torch
-    torch.set_num_threads(cfg["cpus_per_worker"])
-    torch.manual_seed(cfg["train"]["seed"])
     import ray.train
+    import torch
+    torch.set_num_threads(cfg.cpus_per_worker)
 
     rank = _rank()
     with tempfile.TemporaryDirectory() as work:
-        args = training_arguments(cfg, str(Path(work) / "trainer"), has_eval=bool(spec.eval_rows))
-        trainer = builder(spec.algo)(spec, args)
+        args = training_arguments(cfg, str(Path(work) / "trainer"), has_eval=bool(spec.rows.eval))
+        model, tokenizer = load_model(spec.algorithm, spec.model_path, cfg)
+        trainer = spec.algorithm.build_trainer(model, tokenizer, cfg, spec.rows, args)
         trainer.train()
-        final = trainer.evaluate() if spec.eval_rows else {}
+        final = trainer.evaluate() if spec.rows.eval else {}
         saved = Path(work) / "saved"
         trainer.save_model(str(saved))  # every rank: ZeRO-3 gathers the shards here
         checkpoint, metrics = None, {k: v for k, v in final.items() if isinstance(v, (int, float))}
@@ -113,8 +173,6 @@ def trl_train_worker(spec_dict: dict[str, Any]) -> None:
 
 def finalize_checkpoint(trainer, saved: Path, out: Path, spec: TrlSpec) -> None:
     """A plain HF checkpoint in ``out``: copied as saved, or the LoRA adapter merged into its base."""
-    import shutil
-
     tokenizer = trainer.processing_class
     if not (saved / "adapter_config.json").exists():
         shutil.copytree(saved, out, ignore=shutil.ignore_patterns("training_args.bin"))
@@ -122,13 +180,18 @@ def finalize_checkpoint(trainer, saved: Path, out: Path, spec: TrlSpec) -> None:
         return
     # Merge from disk, not from the live model: under ZeRO-3 the live weights are partitioned.
     from peft import PeftModel
-    from shared.training.finetune_methods import merge_and_save
+
+    from shared.training.finetune_methods import merge_and_save  # peft: see load_model
     base = _load_base(spec)
     merge_and_save(PeftModel.from_pretrained(base, str(saved)), out, tokenizer, adapter_dir=out / "adapter")
 
 
 def _load_base(spec: TrlSpec):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-    cls = AutoModelForSequenceClassification if spec.algo == "reward" else AutoModelForCausalLM
-    kwargs = {"num_labels": 1} if spec.algo == "reward" else {}
-    return cls.from_pretrained(spec.model_path, **kwargs)
+    if spec.algorithm.sequence_classifier:
+        return AutoModelForSequenceClassification.from_pretrained(spec.model_path, num_labels=1)
+    return AutoModelForCausalLM.from_pretrained(spec.model_path)
+
+
+__all__ = ["Algorithm", "BuildTrainer", "LOG_HISTORY", "TrainRows", "TrlSpec", "finalize_checkpoint",
+           "load_model", "load_sequence_classifier", "training_arguments", "trl_train_worker"]

@@ -2,8 +2,9 @@
 
 Fixtures: a 400-token tokenizer of ours and a 2-layer GPT-2 saved as an HF checkpoint with it;
 hand-written arithmetic preference pairs whose chosen reply is the right number and whose
-rejected reply is punctuation noise. The workers' ``build_trainer`` is called directly (outside
-Ray Train, where ``trl_worker._rank`` falls back to 0); the drivers under Ray are ``slow``.
+rejected reply is punctuation noise. The worker's steps (``load_model``, then the algorithm's
+``build_trainer``) are called directly (outside Ray Train, where ``trl_worker._rank`` falls back
+to 0); the drivers under Ray are ``slow``.
 """
 from __future__ import annotations
 
@@ -13,11 +14,17 @@ import random
 import pytest
 import torch
 
-from shared.config import ConfigError, load_config, to_dict
+from shared.config import ConfigError, load_config
 from shared.data.documents import DataError
+from shared.training import reward, rl
 from shared.training.finetune_config import MethodConfig
-from shared.training.posttrain_config import LoopConfig, RewardJobConfig, RLJobConfig
-from shared.training.trl_worker import TrlSpec, finalize_checkpoint, training_arguments
+from shared.training.posttrain import (ModelRef, RewardScorer, model_lineage, pair_row, resolve_reward_model,
+                                       score_with_reward_model)
+from shared.training.reward import pair_accuracy, run_reward
+from shared.training.rl import fitting_prompts, prompt_rows, reward_functions, run_rl
+from shared.training.posttrain_config import PostTrainLoopConfig, RewardJobConfig, RLJobConfig
+from shared.training.trl_worker import (TrainRows, TrlSpec, finalize_checkpoint, load_model, load_sequence_classifier,
+                                        training_arguments)
 
 VOCAB = 400
 NOISE = "#%&*@!?~^"
@@ -55,27 +62,29 @@ def pairs():
     return train, heldout
 
 
-def job_config(cls, **kw) -> dict:
-    """A job config as the worker receives it (a dict), CPU, one thread."""
-    return to_dict(cls(cpus_per_worker=1, method=MethodConfig(method=kw.pop("method", "full")), **kw))
+def job_config(cls, **kw):
+    """A job config as the worker receives it (the dataclass itself), CPU, one thread."""
+    return cls(cpus_per_worker=1, method=MethodConfig(method=kw.pop("method", "full")), **kw)
 
 
-def build(algo: str, cfg: dict, model_path: str, out, train_rows, eval_rows=(), extra=None):
-    from shared.training.trl_worker import builder
-    spec = TrlSpec(algo=algo, config=cfg, model_path=model_path, train_rows=list(train_rows),
-                   eval_rows=list(eval_rows), extra=extra or {})
-    return builder(algo)(spec, training_arguments(cfg, str(out), has_eval=bool(eval_rows))), spec
+def build(algorithm, cfg, model_path: str, out, train_rows, eval_rows=(), reward_model_path=None):
+    """What ``trl_train_worker`` does before training: load the model once, then the algorithm's trainer."""
+    rows = TrainRows(list(train_rows), list(eval_rows), reward_model_path=reward_model_path)
+    spec = TrlSpec(algorithm=algorithm, config=cfg, model_path=model_path, rows=rows)
+    model, tokenizer = load_model(algorithm, model_path, cfg)
+    args = training_arguments(cfg, str(out), has_eval=bool(rows.eval))
+    return algorithm.build_trainer(model, tokenizer, cfg, rows, args), spec
 
 
 @pytest.fixture(scope="module")
 def trained_reward(tiny_ckpt, pairs, tmp_path_factory):
     """The reward model trained 40 steps; its untrained and trained copies saved as HF checkpoints."""
-    from shared.training.dpo import pair_row
     root = tmp_path_factory.mktemp("reward")
     train, heldout = pairs
-    cfg = job_config(RewardJobConfig, train=LoopConfig(max_steps=40, batch_size=8, lr=2e-3, warmup=0, max_length=64,
+    cfg = job_config(RewardJobConfig, train=PostTrainLoopConfig(max_steps=40, batch_size=8, lr=2e-3, warmup=0, max_length=64,
                                                        eval_every=40, log_every=10))
-    trainer, _ = build("reward", cfg, tiny_ckpt, root / "trainer", map(pair_row, train), map(pair_row, heldout))
+    trainer, _ = build(reward.ALGORITHM, cfg, tiny_ckpt, root / "trainer", map(pair_row, train),
+                       map(pair_row, heldout))
     trainer.save_model(str(root / "before"))
     trainer.train()
     trainer.save_model(str(root / "after"))
@@ -85,7 +94,6 @@ def trained_reward(tiny_ckpt, pairs, tmp_path_factory):
 # ----------------------------------------------------------------------------- reward model
 
 def test_reward_model_learns_to_rank_heldout_pairs(trained_reward, pairs):
-    from shared.training.reward import pair_accuracy
     _, before_dir, after_dir = trained_reward
     before, after = pair_accuracy(before_dir, pairs[1]), pair_accuracy(after_dir, pairs[1])
     assert after["accuracy"] >= 0.9, (before, after)
@@ -95,7 +103,6 @@ def test_reward_model_learns_to_rank_heldout_pairs(trained_reward, pairs):
 
 def test_scoring_matches_the_trainers_tokens_and_forward(trained_reward, pairs):
     from shared.tokenizer.chat import render_reply
-    from shared.training.reward import RewardScorer, score_with_reward_model
     trainer, _, after_dir = trained_reward
     pair, row = pairs[1][0], trainer.eval_dataset[0]
     scorer = RewardScorer(after_dir)
@@ -110,11 +117,9 @@ def test_scoring_matches_the_trainers_tokens_and_forward(trained_reward, pairs):
 
 
 def test_lora_reward_model_trains_the_head_and_merges(tiny_ckpt, pairs, tmp_path):
-    from shared.training.dpo import pair_row
-    from shared.training.reward import RewardScorer
-    cfg = job_config(RewardJobConfig, method="lora", train=LoopConfig(max_steps=2, batch_size=4, lr=1e-2, warmup=0,
-                                                                      max_length=64, log_every=1))
-    trainer, spec = build("reward", cfg, tiny_ckpt, tmp_path / "trainer", map(pair_row, pairs[0][:8]))
+    cfg = job_config(RewardJobConfig, method="lora", train=PostTrainLoopConfig(max_steps=2, batch_size=4, lr=1e-2,
+                                                                               warmup=0, max_length=64, log_every=1))
+    trainer, spec = build(reward.ALGORITHM, cfg, tiny_ckpt, tmp_path / "trainer", map(pair_row, pairs[0][:8]))
     trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
     assert any("score" in n and "lora" not in n for n in trainable) and any("lora_A" in n for n in trainable)
     assert not any("score" in n and "lora" in n for n in trainable)
@@ -131,16 +136,14 @@ def test_lora_reward_model_trains_the_head_and_merges(tiny_ckpt, pairs, tmp_path
 
 
 def test_qlora_reward_model_is_refused(tiny_ckpt):
-    from shared.training.reward import load_reward_backbone
     with pytest.raises(ConfigError, match="method=full or method=lora"):
-        load_reward_backbone(tiny_ckpt, MethodConfig(method="qlora"))
+        load_sequence_classifier(tiny_ckpt, MethodConfig(method="qlora"))
     with pytest.raises(ConfigError, match="method=full or method=lora"):
         load_config(RewardJobConfig, "reward", "smoke", ["method.method=qlora"])
 
 
 def test_empty_preference_pairs_fail_before_training(tiny_ckpt, tmp_path):
     from shared.registry import Registry
-    from shared.training.reward import run_reward
     registry = Registry(tmp_path)
     (registry.stage_dir("t", "prefs") / "train.jsonl").write_text("")
     registry.register("t", "prefs", "dataset")
@@ -151,7 +154,6 @@ def test_empty_preference_pairs_fail_before_training(tiny_ckpt, tmp_path):
 
 def test_a_causal_lm_is_not_taken_for_a_reward_model(tiny_ckpt, trained_reward, tmp_path):
     from shared.registry import Registry
-    from shared.training.reward import resolve_reward_model
     with pytest.raises(ConfigError, match="not a reward model"):
         resolve_reward_model(Registry(tmp_path), tiny_ckpt, "t")
     # A saved RewardTrainer model is a sequence classifier (tokenizer files come with finalize_checkpoint).
@@ -162,14 +164,11 @@ def test_a_causal_lm_is_not_taken_for_a_reward_model(tiny_ckpt, trained_reward, 
 
 def rl_rows(n: int = 8):
     from shared.data.instructions import load_sft_dataset
-    from shared.training.rl import prompt_rows
     return prompt_rows(load_sft_dataset("builtin:instructions", split="train", max_examples=n))
 
 
 def test_reward_functions_read_the_raw_completion(tiny_ckpt, trained_reward):
     from transformers import AutoTokenizer
-    from shared.training.reward import RewardScorer
-    from shared.training.rl import reward_functions
     tokenizer = AutoTokenizer.from_pretrained(tiny_ckpt)
     reward_model, checker = reward_functions(trained_reward[2], tokenizer)
     replies = ["7<|end|>", "7", "zz<|end|>"]
@@ -186,9 +185,9 @@ def test_reward_functions_read_the_raw_completion(tiny_ckpt, trained_reward):
 def test_rl_runs_and_logs_both_rewards(tiny_ckpt, trained_reward, tmp_path, algorithm):
     from shared.tokenizer.chat import END
     cfg = job_config(RLJobConfig, algorithm=algorithm, num_generations=2, max_completion_length=8,
-                     train=LoopConfig(max_steps=2, batch_size=4, lr=1e-3, warmup=0, log_every=1))
-    trainer, _ = build("rl", cfg, tiny_ckpt, tmp_path / "trainer", rl_rows(),
-                       extra={"reward_model_path": trained_reward[2]})
+                     train=PostTrainLoopConfig(max_steps=2, batch_size=4, lr=1e-3, warmup=0, log_every=1))
+    trainer, _ = build(rl.ALGORITHM, cfg, tiny_ckpt, tmp_path / "trainer", rl_rows(),
+                       reward_model_path=trained_reward[2])
     end_id = trainer.processing_class.convert_tokens_to_ids(END)
     assert end_id in trainer.eos_token_ids and end_id in trainer.generation_config.eos_token_id
     trainer.train()
@@ -202,7 +201,6 @@ def test_rl_runs_and_logs_both_rewards(tiny_ckpt, trained_reward, tmp_path, algo
 
 def test_prompts_that_leave_no_room_for_the_rollout_are_dropped(tiny_ckpt):
     from transformers import AutoTokenizer
-    from shared.training.rl import fitting_prompts
     tokenizer = AutoTokenizer.from_pretrained(tiny_ckpt)
     rows = [{"prompt": [{"role": "user", "content": "hi"}]}, {"prompt": [{"role": "user", "content": "word " * 200}]}]
     assert fitting_prompts(rows, tokenizer, budget=100) == rows[:1]
@@ -217,8 +215,6 @@ def test_rl_config_needs_whole_groups():
 
 def test_model_lineage_follows_model_parents(tmp_path):
     from shared.registry import Registry
-    from shared.training.posttrain import ModelRef
-    from shared.training.posttrain import model_lineage
     registry = Registry(tmp_path)
     for stage, kind, parents in (("cpt", "hf-model", []), ("sft", "hf-model", ["cpt"]), ("prefs", "dataset", ["sft"]),
                                  ("reward", "reward-model", ["sft", "prefs"]), ("dpo", "hf-model", ["prefs", "sft"])):
@@ -246,8 +242,6 @@ def test_presets_validate(stage):
 def test_reward_then_rl_through_ray(ray_session, tiny_ckpt, pairs, tmp_path):
     """run_reward and run_rl end to end on registered artifacts (prefs, an SFT stand-in), with the tables."""
     from shared.registry import Registry
-    from shared.training.reward import run_reward
-    from shared.training.rl import run_rl
     import shutil
     registry = Registry(tmp_path)
     shutil.copytree(tiny_ckpt, registry.stage_dir("t", "sft"), dirs_exist_ok=True)
