@@ -147,9 +147,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     from shared.bus import RedisServer, free_port
-    from shared.engine.pool import default_model
-    from shared.engine.serving import load_backend
     from shared.registry import Registry
+    from shared.serving.backends import load_backend
+    from shared.serving.pool import default_model
     registry = Registry(args.runs_dir)
     model = registry.resolve(args.model).id if args.model else default_model(registry).id
     result: dict = {"model": model, "max_tokens": args.max_tokens, "gateway": [], "direct": []}
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"gateway, {clients} clients: {result['gateway'][-1]}", flush=True)
         from ray import serve
         serve.shutdown()  # free the CPU for the peer
-        backend = load_backend(registry.resolve(model).path, name=model)
+        backend = load_backend(registry.resolve(model), name=model)
         direct_level(backend, 1, 4, args.max_tokens)
         for clients in LEVELS:
             result["direct"].append(direct_level(backend, clients, args.requests, args.max_tokens))

@@ -21,10 +21,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from shared.bus import Bus, BusError, RedisServer
+from shared.bus.chat_client import make_request, stream_chat
 from shared.config import help_field, load_config, parse_overrides
 from shared.registry import Registry
 
@@ -66,7 +69,6 @@ def _wait_http(url: str, timeout_s: float, what: str) -> None:
 
 
 def _start_redis(cfg: UpConfig, stack_dir: Path, state: dict) -> str:
-    from shared.bus import Bus, BusError, RedisServer
     url = cfg.redis_url or os.environ.get("REDIS_URL")
     if url:
         Bus(url).ping()  # BusError names the URL and the fix
@@ -118,7 +120,7 @@ def up(cfg: UpConfig) -> dict:
     """Start the stack (see the module docstring); returns the state written for ``down``."""
     from ray import serve
 
-    from services.app import build_app
+    from services.app import build_app  # the Serve graph pulls in every deployment (torch, the engine): only for `up`
     runs_root = Registry(cfg.runs_dir).root.resolve()
     stack_dir = runs_root / "_stack"
     stack_dir.mkdir(parents=True, exist_ok=True)
@@ -225,10 +227,6 @@ def down(runs_dir: str | None = None) -> None:
 
 def chat(argv: list[str]) -> int:
     """A terminal chat over the bus; ``redis_url=`` and ``model=`` as overrides, ``/quit`` to leave."""
-    import uuid
-
-    from shared.bus import Bus
-    from shared.bus.chat_client import make_request, stream_chat
     opts = parse_overrides(argv)
     bus = Bus(opts.get("redis_url"))
     bus.ping()

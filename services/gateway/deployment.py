@@ -35,7 +35,7 @@ from shared.chat import openai_api as oai
 from shared.chat.memory import ConversationMemory
 from shared.chat.service import ChatService, bus_tool_caller
 from shared.chat.turn import DEFAULT_TOOLS, TurnOptions
-from shared.engine.serving import ServingError
+from shared.serving.errors import ServingError
 from shared.tools import ToolError
 
 MODEL_ALIAS = "journey"  # "the generator's default model", for clients that need a fixed model name

@@ -3,7 +3,7 @@
 ``generate(messages, params, model=None)`` is a streaming method (call it through
 ``handle.options(stream=True).generate.remote(...)``; ``complete`` returns the same events as one
 list, for callers that do not stream): it yields ``GenerationEvent`` dicts
-(``token`` ... ``done``) from ``shared.engine.serving``, or one ``error`` dict with an HTTP-style
+(``token`` ... ``done``) from ``shared.serving.backends``, or one ``error`` dict with an HTTP-style
 ``status`` (404 unknown model, 400 bad request, 503 unloaded) instead of raising, so a bad request
 never looks like a crashed replica. Concurrent requests to one model share the engine's continuous
 batch. ``models()`` lists what is loaded; ``reload(artifact)`` (or a ``ModelReload`` message on the
@@ -21,10 +21,12 @@ import threading
 from ray import serve
 from ray.serve import metrics
 
+from shared.bus import MODEL_EVENTS, Bus
+from shared.bus.messages import ModelReload
 from shared.engine import EngineError, SamplingParams
-from shared.engine.pool import ModelPool, default_model
-from shared.engine.serving import ServingError
 from shared.registry import Registry
+from shared.serving.errors import ServingError
+from shared.serving.pool import ModelPool, default_model
 
 log = logging.getLogger("ray.serve")
 LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
@@ -61,8 +63,6 @@ class Generator:
 
     def _listen(self, redis_url: str) -> None:
         """Reload on ``ModelReload`` broadcasts; a failed load is logged and the old model stays."""
-        from shared.bus import MODEL_EVENTS, Bus
-        from shared.bus.messages import ModelReload
         bus = Bus(redis_url)
         for _, message in bus.listen(MODEL_EVENTS, stop=self._stop):
             if isinstance(message, ModelReload):

@@ -17,7 +17,7 @@ from shared.bus import TOOL_REQUESTS, TOOL_RESULTS, Bus, BusError
 from shared.bus.messages import ChatEvent, ChatRequest, ToolRequest, new_id
 from shared.chat.memory import ConversationMemory
 from shared.chat.turn import GenerateFn, RetrieveFn, ToolFn, TurnEvent, TurnOptions, run_turn
-from shared.engine.serving import ServingError
+from shared.serving.errors import ServingError
 
 REPLY_TTL_S = 600
 

@@ -5,10 +5,15 @@
 - ``scheduler``: continuous batching with a token budget and chunked prefill; slot management.
 - ``cache``: the preallocated ``KVCache`` and the ``StepBatch`` one forward pass computes.
 - ``model``: ``EngineModel``, GPT-2's forward over a step batch; ``linear``: the linear layers and
-  the seam for quantized ones.
+  the seam for quantized ones; ``native`` (our C++ built at first use, the fused decode step) and
+  ``kernels`` (the GEMVs the fp32 and quantized layers run).
 - ``sampling``: penalties, greedy, temperature, top-k, top-p, seeded draws.
 - ``request``: one request's state, stop/tool-call handling, outputs and metrics; ``text``:
   incremental detokenization and stop strings.
+
+The engine generates; it does not decide which runtime opens a saved artifact or serve it over the
+network (``shared.serving``), nor quantize (``shared.quant``): it imports neither, nor the registry,
+eval or rag (docs/architecture.md, Layers).
 """
 from shared.engine.cache import KVCache, StepBatch
 from shared.engine.engine import Engine, EngineStats, RequestHandle

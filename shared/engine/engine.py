@@ -41,7 +41,9 @@ from shared.engine.request import Request, RequestMetrics, RequestOutput, Specia
 from shared.engine.sampling import sample
 from shared.engine.scheduler import Scheduler
 from shared.model.gpt import GPT
+from shared.model.hf import load_gpt
 from shared.tokenizer.chat import END, EOT, TOOL_CALL, render_chat
+from shared.tokenizer.hf_format import TOKENIZER_FILE, load_tokenizer
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -124,9 +126,6 @@ class Engine:
     @classmethod
     def from_checkpoint(cls, path: str | Path, config: EngineConfig | None = None) -> Engine:
         """An engine over the HF checkpoint directory ``path`` (its tokenizer too, when it has one)."""
-        from shared.model.hf import load_gpt
-        from shared.tokenizer.hf_format import TOKENIZER_FILE, load_tokenizer
-
         tokenizer = load_tokenizer(path) if (Path(path) / TOKENIZER_FILE).is_file() else None
         return cls(load_gpt(path), tokenizer, config)
 

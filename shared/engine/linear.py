@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from shared.engine import kernels
 from shared.engine.errors import EngineError
 
 
@@ -69,7 +70,7 @@ class GemvLinear(nn.Module):
     """``x @ W.T + b`` with ``W`` (out, in): 1..4 rows through our fp32 GEMV kernel, more rows through oneDNN.
 
     Why: at batch 1 a decode step streams every weight from DRAM once, and oneDNN's GEMV pulls ~27 GB/s
-    where our kernel, prefetching into L2 far ahead (``shared.quant.kernels``, built at first use), reads
+    where our kernel, prefetching into L2 far ahead (``shared.engine.kernels``, built at first use), reads
     as fast as ``torch.sum`` over the same weights (~30-50 GB/s, the VM's bandwidth moves). Prefill and
     larger batches are matrix-matrix work: a ``OneDNNLinear`` holds a second, prepacked copy of the weight
     for them (torch's ``F.linear`` when oneDNN is missing), so the layer costs twice the fp32 weight
@@ -81,7 +82,6 @@ class GemvLinear(nn.Module):
         self.out_features, self.in_features = weight.shape
         self.register_buffer("weight", weight.detach().contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().contiguous())
-        from shared.quant import kernels  # the GEMV kernels' Python side lives with the quantized layers'
         self._fits = kernels.fits
         self.native_op = (kernels.linear_op("f32", self.weight, bias=self.bias)
                           if self.weight.dtype == torch.float32 else None)
@@ -116,7 +116,6 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "auto":
         if device.type != "cpu":
             return "dense"
-        from shared.quant import kernels
         return "gemv" if kernels.available() else "onednn" if onednn_available() else "dense"
     if backend == "gemv" and device.type != "cpu":
         raise EngineError(f"linear_backend='gemv' runs our CPU GEMV kernel; this is {device.type}: use 'auto' or 'dense'")

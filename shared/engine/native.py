@@ -7,7 +7,7 @@ the module; the name carries a hash of every file in ``kernels_src`` (torch's ca
 listed source, not the headers), so an edit rebuilds once (~40 s on the 2-core dev machine; a cached
 load ~0.1 s). It returns None, with one warning, when the build fails (no compiler) or when
 ``GPT_JOURNEY_NO_KERNELS=1`` (for A/B timing): every caller then keeps its torch path.
-``shared.quant.kernels`` (the GEMVs, their contract and tests) reads the same module.
+``shared.engine.kernels`` (the GEMVs, their contract and tests) reads the same module.
 
 ``decode_attention(qkv, k_cache, v_cache, positions, scale)``: for decode tokens ``r = 0..n-1`` (slot
 ``r`` of the cache, ``n = len(positions)``), writes token ``r``'s key and value, taken from row ``r``

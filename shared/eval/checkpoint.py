@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from shared.config import ConfigError
+from shared.quant.llama_cpp import check_gguf, gguf_file
 
 
 class EvalError(ConfigError):
@@ -27,9 +28,7 @@ def require_causal_lm(path: str | Path) -> Path:
     """``path`` as a ``Path`` if it holds a causal-LM checkpoint; ``EvalError`` otherwise."""
     root = Path(path)
     config_file = root / "config.json"
-    from shared.eval.engine_backend import gguf_file
     if gguf_file(root) is not None:  # a GGUF variant: llama.cpp runs it (shared.eval.engine_backend)
-        from shared.quant.llama_cpp import check_gguf
         check_gguf(gguf_file(root))
         return root
     if not root.is_dir():

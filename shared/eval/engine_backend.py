@@ -1,19 +1,22 @@
 """Evaluating quantized variants: the same tasks, run by our engine or llama.cpp instead of transformers.
 
-A quantized artifact (``quantization.json`` + ``quantized.safetensors``, written by
-``shared.quant.quantized_checkpoint``, run by our engine) or a GGUF artifact (a ``*.gguf`` file,
-run by llama.cpp) has no HF weights, so ``transformers`` cannot load it. The scorecard still
-measures it with the same tasks, through these adapters (each dispatching on the artifact's runtime):
+A quantized artifact (kind ``quantized``: ``quantization.json`` + ``quantized.safetensors``, run by our
+engine) or a GGUF artifact (kind ``gguf``: a ``*.gguf`` file, run by llama.cpp) has no HF weights, so
+``transformers`` cannot load it. The scorecard still measures it with the same tasks, through these
+adapters; ``shared.serving.runtime.open_model`` opens the artifact on the runtime its kind names, and
+each adapter works with whichever runtime that is:
 
 - ``engine_replies(path)``: a ``reply_fn`` for the suite (``shared.eval.tasks.EvalContext``):
   greedy replies from the engine with continuous batching, as text with special tokens kept
   (stop token and tool-call markers included, like ``shared.eval.generate``), prompts cut from the
   left to leave room for the reply;
-- ``engine_window_loss(path)``: summed next-token cross-entropy of token windows, for perplexity;
+- ``engine_sequence_logits(path, ids)``: logits at every position, for perplexity;
 - ``EngineLM``: an lm-eval ``LM`` whose ``loglikelihood`` scores continuations with the engine, so
   lm-eval's multiple-choice tasks run unchanged.
 
-Why our own lm-eval model class: lm-eval's ``HFLM`` needs an HF model; the engine is ours.
+``is_quantized(path)`` says whether an artifact goes through here (its kind is ``quantized`` or
+``gguf``); an ``hf-model`` is evaluated with transformers. Why our own lm-eval model class: lm-eval's
+``HFLM`` needs an HF model; the engine is ours.
 """
 from __future__ import annotations
 
@@ -24,98 +27,66 @@ from typing import Any
 
 import torch
 
-QUANT_META = "quantization.json"
+from shared.engine import EngineConfig, SamplingParams
+from shared.quant.llama_cpp import llama_generate, llama_logits
+from shared.quant.quality import sequence_logits
+from shared.serving.runtime import OpenModel, artifact_kind, open_model
+from shared.tokenizer.chat import render_chat
 
-
-def gguf_file(path: str | Path) -> Path | None:
-    """The model file of a GGUF artifact directory (or ``path`` itself when it is a .gguf file)."""
-    path = Path(path)
-    if path.is_file() and path.suffix == ".gguf":
-        return path
-    files = sorted(path.glob("*.gguf")) if path.is_dir() else []
-    return files[0] if files else None
+ENGINE_EVAL_KINDS = ("quantized", "gguf")  # kinds transformers cannot load: evaluated through open_model
 
 
 def is_quantized(path: str | Path) -> bool:
     """True for artifacts our engine or llama.cpp runs instead of transformers."""
-    return (Path(path) / QUANT_META).is_file() or gguf_file(path) is not None
+    return artifact_kind(path) in ENGINE_EVAL_KINDS
 
 
 @lru_cache(maxsize=2)
-def _llama(path: str):
-    """``(llama, tokenizer)`` for a GGUF artifact: llama.cpp keeping every position's logits, and an HF
-    tokenizer rebuilt from the file's own vocabulary (the same ids llama.cpp uses)."""
-    from shared.quant.llama_cpp import load_llama
-    from shared.tokenizer.gguf_vocab import hf_tokenizer_from_gguf
-    file = gguf_file(path)
-    return load_llama(file, logits_all=True), hf_tokenizer_from_gguf(file)
-
-
-@lru_cache(maxsize=2)
-def _engine(path: str):
-    """``(engine, tokenizer)`` for a quantized artifact, loaded once per process."""
-    from shared.engine import EngineConfig
-    from shared.quant.quantized_checkpoint import load_quantized_engine
-    engine = load_quantized_engine(path, EngineConfig(max_batch_size=16))
-    return engine, engine.tokenizer
+def _opened(path: str) -> OpenModel:
+    """The artifact at ``path`` on its runtime, opened once per process: llama.cpp keeps every position's
+    logits (for scoring); the engine batches up to 16 requests."""
+    return open_model(path, config=EngineConfig(max_batch_size=16), logits_all=True)
 
 
 def engine_replies(path: str | Path, max_new_tokens: int) -> Callable[[Sequence[Sequence[dict]]], list[str]]:
     """A ``reply_fn``: one greedy reply per conversation (engine: all submitted at once, continuous batching)."""
-    from shared.engine import SamplingParams
-    from shared.tokenizer.chat import render_chat
-
-    def llama_replies(conversations: Sequence[Sequence[dict]]) -> list[str]:
-        from shared.quant.llama_cpp import llama_generate
-        llama, tokenizer = _llama(str(path))
-        limit = engine_context(path)
-        out = []
-        for conversation in conversations:
-            ids = tokenizer(render_chat(conversation, add_generation_prompt=True), add_special_tokens=False).input_ids
-            out.append(llama_generate(llama, ids[-(limit - max_new_tokens):], max_new_tokens=max_new_tokens).text)
-        return out
-
-    if gguf_file(path) is not None:
-        return llama_replies
 
     def replies(conversations: Sequence[Sequence[dict]]) -> list[str]:
-        engine, tokenizer = _engine(str(path))
-        limit = engine.model.config.block_size
+        model = _opened(str(path))
+        tokenizer, limit = model.tokenizer, engine_context(path)
+        prompts = [tokenizer(render_chat(c, add_generation_prompt=True), add_special_tokens=False).input_ids
+                   [-(limit - max_new_tokens):] for c in conversations]
+        if model.llama is not None:
+            return [llama_generate(model.llama, ids, max_new_tokens=max_new_tokens).text for ids in prompts]
         params = SamplingParams(max_tokens=max_new_tokens, temperature=0)
-        handles = []
-        for conversation in conversations:
-            ids = tokenizer(render_chat(conversation, add_generation_prompt=True), add_special_tokens=False).input_ids
-            handles.append(engine.submit(ids[-(limit - max_new_tokens):], params, stream=False))
+        handles = [model.engine.submit(ids, params, stream=False) for ids in prompts]
         while not all(h.finished for h in handles):
-            engine.step()
+            model.engine.step()
         return [tokenizer.decode(h.result().token_ids, skip_special_tokens=False) for h in handles]
     return replies
 
 
 def engine_sequence_logits(path: str | Path, ids: Sequence[int]) -> torch.Tensor:
     """Float32 logits ``[len(ids), vocab]`` at every position, from our engine or llama.cpp."""
-    if gguf_file(path) is not None:
-        from shared.quant.llama_cpp import llama_logits
-        return torch.from_numpy(llama_logits(_llama(str(path))[0], ids))
-    from shared.quant.quality import sequence_logits
-    engine, _ = _engine(str(path))
-    return sequence_logits(engine.model, ids)
+    model = _opened(str(path))
+    if model.llama is not None:
+        return torch.from_numpy(llama_logits(model.llama, ids))
+    return sequence_logits(model.engine.model, ids)
 
 
 def engine_tokenizer(path: str | Path):
-    return (_llama if gguf_file(path) is not None else _engine)(str(path))[1]
+    return _opened(str(path)).tokenizer
 
 
 def engine_context(path: str | Path) -> int:
-    if gguf_file(path) is not None:
-        from shared.quant.llama_cpp import context_limit
-        return context_limit(_llama(str(path))[0])  # n_ctx() may be padded past the trained context
-    return _engine(str(path))[0].model.config.block_size
+    """Positions a sequence may use: the model's trained context (llama.cpp may pad its ``n_ctx`` past it)."""
+    model = _opened(str(path))
+    return model.context if model.llama is not None else model.engine.model.config.block_size
 
 
 def make_engine_lm(path: str | Path):
     """An lm-eval ``LM`` over the quantized artifact at ``path`` (multiple-choice tasks only)."""
-    from lm_eval.api.model import LM
+    from lm_eval.api.model import LM  # lm-eval is heavy to import: only when an lm-eval task runs
 
     class EngineLM(LM):
         def __init__(self):

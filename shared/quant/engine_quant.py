@@ -47,7 +47,7 @@ class QuantSpec:
     - ``include_lm_head``: quantize the tied output projection too (False keeps it float).
     - ``compute_dtype``: activations' dtype inside the aten weight-only kernels, "bfloat16" (fast) or
       "float32" (exact, ~10-30x slower on CPU); see ``shared.quant.weight_only``. Batch-1 decode
-      (<= 4 rows) runs our fp32 GEMV (``shared.quant.kernels``) whichever is chosen.
+      (<= 4 rows) runs our fp32 GEMV (``shared.engine.kernels``) whichever is chosen.
     - ``reduce_range``: int8-dynamic only: 7-bit activations (safe on CPUs without VNNI).
     """
 

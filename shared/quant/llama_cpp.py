@@ -1,5 +1,7 @@
 """Run and quantize GGUF files with llama.cpp, through llama-cpp-python.
 
+* ``gguf_file(path)``: the model file of a GGUF artifact directory (``*.gguf`` in it), or ``path``
+  itself when it is a ``.gguf`` file; None when there is none.
 * ``load_llama(path, n_ctx, n_threads, logits_all)``: a ``llama_cpp.Llama`` on CPU, quiet. ``n_ctx``
   defaults to the model's trained context and may not exceed it (GPT-2 has learned positions: a
   position past them has no embedding).
@@ -22,8 +24,8 @@ an architecture), so bad user input raises ``GGUFError`` instead of reaching C c
 still refuses raises ``LlamaCppError`` carrying llama.cpp's own log lines. Without llama-cpp-python,
 every call raises ``LlamaCppUnavailable`` (an ImportError) naming ``scripts/install_llama_cpp.sh``.
 
-What this module does not do: write GGUF from a checkpoint (``shared.quant.gguf_export``), serve
-(``shared.engine`` / ``services/generator``), or sample with anything but temperature.
+What this module does not do: write GGUF from a checkpoint (``shared.quant.gguf_export``), choose
+which runtime opens an artifact or serve it (``shared.serving``), or sample with anything but temperature.
 """
 from __future__ import annotations
 
@@ -83,6 +85,16 @@ def llama_cpp_module():
     except (ImportError, OSError) as err:  # OSError: the package is there but its shared library is not loadable
         raise LlamaCppUnavailable(f"llama-cpp-python is not usable ({err}); {INSTALL_HINT}") from err
     return llama_cpp
+
+
+def gguf_file(path: str | Path) -> Path | None:
+    """The model file of a GGUF artifact directory (its first ``*.gguf``), or ``path`` itself when it is a
+    .gguf file; None when there is none."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".gguf":
+        return path
+    files = sorted(path.glob("*.gguf")) if path.is_dir() else []
+    return files[0] if files else None
 
 
 def check_gguf(path: str | Path) -> dict[str, Any]:

@@ -15,11 +15,12 @@ The directory (format "gpt-journey-quantized", version 1):
 ``save_quantized(gpt, parent_dir, out_dir, scheme=...)`` quantizes and saves in one call (the quantize
 stage); ``save_quantized_checkpoint(model, out_dir, parent_dir=...)`` saves an already quantized model.
 ``load_quantized_engine_model(dir)`` rebuilds the engine model without the fp32 checkpoint (the int4
-kernel layout is rebuilt for the loading CPU); ``load_quantized_engine(dir, EngineConfig)`` adds the
-tokenizer and returns an ``Engine``. Every problem (missing file, unknown format or scheme, a tensor
+kernel layout is rebuilt for the loading CPU); ``shared.serving.runtime.open_model`` serves it (an
+``Engine`` with the directory's tokenizer) for an artifact of kind ``quantized``. Every problem (missing file, unknown format or scheme, a tensor
 missing, of the wrong shape or dtype, a damaged file) raises ``QuantError`` naming the fix.
 
-This module does not choose schemes or measure quality; ``journey.json`` is the stage's to write.
+This module does not choose schemes, measure quality or decide which runtime opens an artifact
+(``shared.serving.runtime``); ``journey.json`` is the stage's to write.
 """
 from __future__ import annotations
 
@@ -274,13 +275,3 @@ def load_quantized_engine_model(path: str | Path, *, dtype: str = "float32", bac
                          "not describe; the files do not belong together: re-run the quantize stage")
     return EngineModel(cfg, wte, wpe, blocks, ln_f, lm_head).eval()
 
-
-def load_quantized_engine(path: str | Path, config=None):
-    """An ``Engine`` serving the quantized model in ``path``, with its tokenizer when it has one."""
-    from shared.engine import Engine, EngineConfig
-    from shared.tokenizer.hf_format import TOKENIZER_FILE, load_tokenizer
-
-    config = config or EngineConfig()
-    model = load_quantized_engine_model(path, dtype=config.dtype, backend=config.linear_backend)
-    tokenizer = load_tokenizer(path) if (Path(path) / TOKENIZER_FILE).is_file() else None
-    return Engine(model, tokenizer, config)

@@ -17,6 +17,11 @@
 
 Then it registers the report artifact ``<stage>`` (``quantize.md`` / ``.json``, ``variants.png``,
 ``prefill_vs_decode.png``, ``throughput_vs_batch.png``), with the variants and the parent as parents.
+
+The parent must be an ``hf-model`` artifact (its registry kind says so). Each saved variant is measured
+as loaded back from disk by its format's loader (``load_quantized_engine_model``, ``load_llama``), the
+ones ``shared.serving.runtime.open_model`` uses for those kinds; the stage knows each variant's kind, and
+cannot import ``shared.serving`` (serving imports quant: docs/architecture.md, Layers).
 """
 from __future__ import annotations
 
@@ -28,7 +33,21 @@ from typing import Any, Callable
 
 import torch
 
+from shared.config import ConfigError, to_dict
+from shared.data.heldout import HELDOUT_SETS, heldout_text
+from shared.data.instructions.builtin import load_instructions
+from shared.engine import Engine, EngineConfig, EngineModel
+from shared.engine.measure import engine_concurrent, engine_single, hf_single, request_timeline
+from shared.model.hf import gpt_to_hf, load_gpt
+from shared.quant.gguf_export import export_gguf
+from shared.quant.llama_cpp import llama_generate, llama_logits, load_llama, quantize_gguf
+from shared.quant.quality import decode_logits, sequence_logits
 from shared.quant.quantize_config import GGUF_VARIANTS, QuantizeConfig
+from shared.quant.quantized_checkpoint import load_quantized_engine_model, save_quantized
+from shared.quant.report import write_report
+from shared.registry import Registry
+from shared.tokenizer.chat import render_chat
+from shared.tokenizer.hf_format import load_tokenizer
 
 LogitsFn = Callable[[list[int]], torch.Tensor]  # token ids -> [T, vocab] logits (float32)
 
@@ -38,8 +57,6 @@ def quality_text(kind: str, max_bytes: int) -> str:
     """Held-out text the variants are scored on: ``chat`` (held-out builtin conversations in the chat format,
     what an assistant model is for), or the ``general`` / ``domain`` perplexity sets."""
     if kind == "chat":
-        from shared.data.instructions.builtin import load_instructions
-        from shared.tokenizer.chat import render_chat
         parts, size = [], 0
         for example in load_instructions(split="heldout"):
             parts.append(render_chat(example["messages"]))
@@ -47,8 +64,7 @@ def quality_text(kind: str, max_bytes: int) -> str:
             if size >= max_bytes:
                 break
         return "".join(parts)
-    from shared.eval.perplexity import DEFAULT_SETS, heldout_text
-    return heldout_text(DEFAULT_SETS[kind], max_bytes)
+    return heldout_text(HELDOUT_SETS[kind], max_bytes)
 
 
 def heldout_windows(tokenizer, kind: str, width: int, max_tokens: int) -> list[list[int]]:
@@ -84,8 +100,6 @@ def gguf_variant(variant: str, parent_dir: Path, out_dir: Path, scratch: Path) -
     Quantized types are made by llama.cpp from one F32 export kept in ``scratch`` (a temporary
     directory of the stage, so no stray file is left in the run) and shared by every type.
     """
-    from shared.quant.gguf_export import export_gguf
-    from shared.quant.llama_cpp import quantize_gguf
     qtype = variant.split("-", 1)[1]
     target = out_dir / f"model-{qtype}.gguf"
     if qtype in ("f32", "f16"):
@@ -98,11 +112,9 @@ def gguf_variant(variant: str, parent_dir: Path, out_dir: Path, scratch: Path) -
 
 def engine_model(variant: str, gpt, cfg: QuantizeConfig, out_dir: Path | None, parent_dir: Path):
     """``(EngineModel, dtype name, saved-files report)`` for an engine variant."""
-    from shared.engine import EngineModel
     if variant in ("fp32", "bf16"):
         dtype = torch.float32 if variant == "fp32" else torch.bfloat16
         return EngineModel.from_gpt(gpt, dtype=dtype), ("float32" if variant == "fp32" else "bfloat16"), None
-    from shared.quant.quantized_checkpoint import load_quantized_engine_model, save_quantized
     report = save_quantized(gpt, parent_dir, out_dir, scheme=variant, group_size=cfg.group_size,
                             include_lm_head=cfg.include_lm_head)
     # Served from what was saved, not from memory: the artifact is what a user deploys.
@@ -113,7 +125,6 @@ def decode_agreement(model, windows: list[list[int]], reference_top1: list[torch
                      max_tokens: int) -> float | None:
     """Top-1 agreement with FP32 over the first ``max_tokens`` held-out tokens read through decode steps
     (``shared.quant.quality.decode_logits``); None when ``max_tokens`` is 0."""
-    from shared.quant.quality import decode_logits
     same = total = 0
     for ids, ref in zip(windows, reference_top1):
         ids = ids[:max_tokens - total]
@@ -125,14 +136,11 @@ def decode_agreement(model, windows: list[list[int]], reference_top1: list[torch
 
 
 def engine_logits_fn(model) -> LogitsFn:
-    from shared.quant.quality import sequence_logits
     return lambda ids: sequence_logits(model, ids).float()
 
 
 # ---------------------------------------------------------------- speed
 def engine_speed(model, dtype: str, prompt: list[int], cfg: QuantizeConfig, block_size: int) -> dict:
-    from shared.engine import Engine, EngineConfig
-    from shared.engine.measure import engine_concurrent, engine_single
     levels = sorted(set(cfg.concurrency))
     engine = Engine(model, None, EngineConfig(max_batch_size=max(levels), dtype=dtype,
                                               max_seq_len=min(block_size, len(prompt) + cfg.new_tokens)))
@@ -143,7 +151,6 @@ def engine_speed(model, dtype: str, prompt: list[int], cfg: QuantizeConfig, bloc
 
 
 def llama_speed(llama, prompt: list[int], cfg: QuantizeConfig) -> dict:
-    from shared.quant.llama_cpp import llama_generate
     runs = [llama_generate(llama, prompt, max_new_tokens=cfg.new_tokens, ignore_eog=True, n_threads=cfg.threads)
             for _ in range(cfg.repeats + 1)][1:]  # the first run warms up
     best = max(runs, key=lambda r: r.decode_tokens_per_s)
@@ -159,16 +166,12 @@ def file_bytes(path: Path) -> int:
 
 # ---------------------------------------------------------------- the stage
 def run_quantize(cfg: QuantizeConfig):
-    from shared.config import to_dict
-    from shared.eval.checkpoint import require_causal_lm
-    from shared.model.hf import load_gpt
-    from shared.registry import Registry
-    from shared.tokenizer.hf_format import load_tokenizer
-
     torch.set_num_threads(cfg.threads)
     registry = Registry(cfg.runs_dir)
     parent = registry.resolve(cfg.init_from, cfg.run)
-    require_causal_lm(parent.dir)
+    if parent.kind != "hf-model":  # the registry's kind says what the artifact is: quantize the HF weights
+        raise ConfigError(f"init_from={cfg.init_from!r} is {parent.id}, a {parent.kind} artifact; the quantize stage "
+                          "starts from an hf-model artifact (pretrain, cpt, sft, dpo, rl)")
     report_dir = registry.stage_dir(cfg.run, cfg.stage, overwrite=cfg.overwrite)
     t0 = time.perf_counter()
     gpt = load_gpt(parent.dir).eval()
@@ -177,7 +180,6 @@ def run_quantize(cfg: QuantizeConfig):
     windows = heldout_windows(tokenizer, cfg.quality_text, block, cfg.ppl_tokens)
     prompt = [t for w in windows for t in w][-cfg.prompt_tokens:]
     if len(prompt) + cfg.new_tokens > block:
-        from shared.config import ConfigError
         raise ConfigError(f"prompt_tokens + new_tokens = {len(prompt) + cfg.new_tokens} exceeds the model's context "
                           f"of {block}; lower new_tokens")
 
@@ -187,8 +189,6 @@ def run_quantize(cfg: QuantizeConfig):
     variant_artifacts = []
     timeline = None
     if cfg.hf_baseline:
-        from shared.engine.measure import hf_single
-        from shared.model.hf import gpt_to_hf
         hf = gpt_to_hf(gpt).eval()
         rows["hf-generate-fp32"] = {"runtime": "HF generate()", "bytes": file_bytes(parent.dir / "model.safetensors"),
                                     **hf_single(hf, prompt, cfg.new_tokens, cfg.repeats)[0],
@@ -198,7 +198,6 @@ def run_quantize(cfg: QuantizeConfig):
     for variant in cfg.variants:
         print(f"quantize: {variant}", flush=True)
         if variant in GGUF_VARIANTS:
-            from shared.quant.llama_cpp import llama_logits, load_llama
             stage = f"{cfg.stage}-{variant}"
             out_dir = registry.stage_dir(cfg.run, stage, overwrite=cfg.overwrite)
             path = gguf_variant(variant, parent.dir, out_dir, Path(scratch.name))
@@ -220,8 +219,6 @@ def run_quantize(cfg: QuantizeConfig):
             size = file_bytes(out_dir / "quantized.safetensors") if out_dir else model.decode_bytes_per_token()
             row = {"runtime": "engine", "bytes": size, **speed}
             if variant == "fp32":
-                from shared.engine import Engine, EngineConfig
-                from shared.engine.measure import request_timeline
                 timeline = request_timeline(Engine(model, None, EngineConfig(
                     max_batch_size=1, max_seq_len=min(block, len(prompt) + cfg.new_tokens))), prompt, cfg.new_tokens)
         row.update(loss=q["loss"], ppl=q["ppl"], ppl_delta=q["ppl"] - reference["ppl"],
@@ -239,7 +236,6 @@ def run_quantize(cfg: QuantizeConfig):
               "reference": {"loss": reference["loss"], "ppl": reference["ppl"]},
               "prompt_tokens": len(prompt), "new_tokens": cfg.new_tokens, "threads": cfg.threads, "rows": rows,
               "timeline": timeline}
-    from shared.quant.report import write_report
     write_report(result, report_dir)
     headline = {f"{v}/{k}": r[k] for v, r in rows.items() for k in ("decode_tokens_per_s", "ppl_delta")
                 if isinstance(r.get(k), (int, float))}

@@ -28,7 +28,7 @@ Scales and zeros are rounded to bfloat16 *before* the weights are quantized agai
 dequantized weight is the same in both compute dtypes and a checkpoint loads into either.
 
 Batch-1 decode (1..4 fp32 rows on CPU) goes through our own GEMV kernels instead
-(``shared.quant.kernels``), since the aten kernels reach only ~12-20 GB/s there. int8, and int4
+(``shared.engine.kernels``), since the aten kernels reach only ~12-20 GB/s there. int8, and int4
 with ``compute_dtype="float32"``, keep fp32 activations and accumulate in fp32 (more exact than the
 bf16 path). int4 with ``compute_dtype="bfloat16"`` on CPUs with AVX512-VNNI rounds the activations
 to int8 per 32 inputs and multiplies in integers, as llama.cpp's Q4_0 does (the counterpart of the
@@ -55,7 +55,7 @@ import warnings
 import torch
 import torch.nn as nn
 
-from shared.quant import kernels
+from shared.engine import kernels
 
 SCHEMES = ("int8", "int4", "int8-dynamic")
 INT4_GROUP_SIZES = (32, 64, 128, 256)
@@ -197,7 +197,7 @@ class Int8WeightOnlyLinear(nn.Module):
         self.register_buffer("qweight", _aligned(qweight))
         self.register_buffer("scales", _aligned(scales.to(dtype)))
         self.register_buffer("bias", _bias(bias))
-        # Our batch-1 GEMV (shared.quant.kernels) with fp32 scales: the same values (bf16-exact), 4 B per row.
+        # Our batch-1 GEMV (shared.engine.kernels) with fp32 scales: the same values (bf16-exact), 4 B per row.
         self.native_op = (kernels.linear_op("int8", self.qweight, self.scales.to(torch.float32).contiguous(),
                                             bias=self.bias) if _f32_or_none(self.bias) else None)
 
@@ -265,7 +265,7 @@ class Int4WeightOnlyLinear(nn.Module):
         self.register_buffer("bias", _bias(bias))
         self.native_op = None
         if kernels.available() and _f32_or_none(self.bias):
-            # Our batch-1 GEMV reads its own copy in its own layout (shared.quant.kernels.repack_int4): the torch
+            # Our batch-1 GEMV reads its own copy in its own layout (shared.engine.kernels.repack_int4): the torch
             # kernel's packed layout is private, and that kernel stays for prefill and large batches. Costs a
             # second copy of the int4 weights in memory (not in bytes read).
             # compute_dtype "bfloat16" already rounds activations to 8 significant bits in the aten kernel; the

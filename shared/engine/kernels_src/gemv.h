@@ -1,6 +1,6 @@
 // Batch-1 (and few-row) matrix-vector kernels for the engine's decode: fp32 weights, and int8 / int4
 // weights dequantized in registers, fp32 accumulation (int4 also with int8 activations). See
-// shared/quant/kernels.py for the contract and why these exist (torch's fused kernels vectorize
+// shared/engine/kernels.py for the contract and why these exist (torch's fused kernels vectorize
 // only bf16 activations and reach ~12-20 GB/s on batch-1 decode). Included once, by kernels.cpp.
 //
 // Parallel over output rows with at::parallel_for (torch's OpenMP pool and thread count).

@@ -105,8 +105,8 @@ def scripted(byte_tokenizer):
 
 @pytest.fixture(params=["dense", "onednn", "gemv"])
 def backend(request) -> str:
+    from shared.engine import kernels
     from shared.engine.linear import onednn_available
-    from shared.quant import kernels
 
     if request.param == "onednn" and not onednn_available():
         pytest.skip("this PyTorch build has no oneDNN")

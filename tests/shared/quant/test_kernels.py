@@ -1,4 +1,4 @@
-"""Our batch-1 GEMV kernels (shared.quant.kernels) against the dequantized float64 reference, and the layers' dispatch.
+"""Our batch-1 GEMV kernels (shared.engine.kernels) against the dequantized float64 reference, and the layers' dispatch.
 
 Tolerance: the kernels multiply exactly and sum in fp32, so the error is fp32 summation error,
 bounded here by ``1e-5 * sum_i |x_i * W_hat[o, i]|`` per output (measured errors are ~10x smaller).
@@ -6,7 +6,7 @@ bounded here by ``1e-5 * sum_i |x_i * W_hat[o, i]|`` per output (measured errors
 import pytest
 import torch
 
-from shared.quant import kernels
+from shared.engine import kernels
 from shared.quant.weight_only import (
     Int4WeightOnlyLinear, Int8WeightOnlyLinear, dequantize_int4, quantize_int4, quantize_int8,
 )

@@ -37,13 +37,13 @@ from shared.quant.engine_quant import (
 )
 from shared.quant.quality import compare_models, sequence_logits, windows
 from shared.quant.quantized_checkpoint import (
-    QUANT_FILE, WEIGHTS_FILE, load_quantized_engine, load_quantized_engine_model, save_quantized,
-    save_quantized_checkpoint,
+    QUANT_FILE, WEIGHTS_FILE, load_quantized_engine_model, save_quantized, save_quantized_checkpoint,
 )
 from shared.quant.weight_only import (
     DynamicInt8Linear, Int4WeightOnlyLinear, Int8WeightOnlyLinear, QuantError, dequantize_int4,
     dynamic_int8_available, pack_nibbles, quantize_int4, quantize_int8, unpack_nibbles,
 )
+from shared.serving.runtime import open_model
 
 TINY = dict(vocab_size=263, block_size=64, n_layer=2, n_head=2, n_embd=64)
 needs_dynamic = pytest.mark.skipif(not dynamic_int8_available(), reason="no fbgemm/x86 quantized engine")
@@ -339,8 +339,8 @@ def test_save_load_round_trip(tiny_gpt, parent_dir, text_windows, tmp_path, sche
     loaded = load_quantized_engine_model(out)
     ids = text_windows[2]
     assert torch.equal(sequence_logits(loaded, ids), sequence_logits(model, ids))
-    # it serves text through its own tokenizer
-    engine = load_quantized_engine(out, EngineConfig(max_batch_size=1))
+    # it serves text through its own tokenizer (open_model: the directory's files say "quantized")
+    engine = open_model(out, config=EngineConfig(max_batch_size=1)).engine
     reply = engine.submit("Hello", SamplingParams(max_tokens=5, temperature=0, ignore_eos=True)).result()
     assert len(reply.token_ids) == 5 and engine.tokenizer is not None
     # and owns its memory: the file rewritten in place (safetensors maps it shared) changes nothing

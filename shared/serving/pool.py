@@ -5,7 +5,8 @@
   the INT8 variant of the last post-training stage when the quantize stage made one (the
   "quantized generator"), else the last of rl / dpo / sft / cpt / pretrain.
 - ``ModelPool.get(name)`` returns the loaded backend for an artifact name (``None``: the default),
-  loading it on first use and unloading the least recently used idle model beyond ``max_loaded``.
+  loading it on first use (``load_backend``: the artifact's kind picks the runtime) and unloading
+  the least recently used idle model beyond ``max_loaded``.
   ``set_default(name)`` loads a model and makes it the default (a reload event): requests already
   streaming from the old model finish on it, which closes only when its last request is done.
 
@@ -17,11 +18,10 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from pathlib import Path
 
-from shared.engine.serving import Backend, ServingError, load_backend
-from shared.registry import MODEL_KINDS, Registry
-from shared.registry.registry import Artifact, ArtifactNotFound
+from shared.registry import MODEL_KINDS, Artifact, ArtifactNotFound, Registry
+from shared.serving.backends import Backend, load_backend
+from shared.serving.errors import ServingError
 
 FINAL_STAGES = ("quantize-int8", "rl", "dpo", "sft", "cpt", "pretrain")
 
@@ -74,8 +74,8 @@ class ModelPool:
         with self._lock:
             backend = self._loaded.get(model_id)
             if backend is None:
-                artifact = self.registry.resolve(model_id)
-                backend = self._loader(Path(artifact.path), name=model_id, max_batch_size=self._max_batch)
+                # The artifact itself, not its path: its kind picks the runtime (shared.serving.runtime).
+                backend = self._loader(self.registry.resolve(model_id), name=model_id, max_batch_size=self._max_batch)
                 self._loaded[model_id] = backend
             self._loaded.move_to_end(model_id)
             self._evict(keep=model_id)

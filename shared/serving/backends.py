@@ -1,8 +1,8 @@
 """Serving one model artifact to many concurrent asyncio callers: the generator service's core.
 
-``load_backend(path)`` picks the runtime by what the artifact holds: an HF checkpoint or a quantized
-checkpoint (``quantization.json``) runs on our ``Engine`` (continuous batching, KV cache); a GGUF
-file runs on llama.cpp. Both give the same contract:
+``load_backend(artifact_or_path)`` opens the model with ``shared.serving.runtime.open_model`` (the
+artifact's kind picks the runtime: hf-model and quantized run on our ``Engine``, continuous batching
+and KV cache; gguf on llama.cpp) and wraps it in that runtime's backend. Both give the same contract:
 
 - ``await backend.stream(messages, params)`` is an async iterator of ``GenerationEvent``: ``token``
   events as the text grows, then one ``done`` event with the finish reason, the tool call when the
@@ -32,18 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.engine.engine import Engine
-from shared.engine.errors import EngineError
-from shared.engine.params import EngineConfig, SamplingParams
+from shared.engine import Engine, EngineConfig, EngineError, SamplingParams
+from shared.engine.request import parse_tool_call
+from shared.quant.llama_cpp import context_limit, llama_generate
+from shared.registry import Artifact
+from shared.serving.errors import ServingError
+from shared.serving.runtime import open_model
 from shared.tokenizer.chat import render_chat
-
-
-class ServingError(RuntimeError):
-    """A request that cannot be served; ``status`` is the HTTP status it maps to."""
-
-    def __init__(self, message: str, status: int = 500):
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass
@@ -221,16 +216,13 @@ class LlamaCppBackend(_Served):
 
     runtime = "llama.cpp"
 
-    def __init__(self, gguf: Path, name: str = ""):
-        from shared.quant.llama_cpp import context_limit, load_llama
-        from shared.tokenizer.gguf_vocab import hf_tokenizer_from_gguf
-        self.path, self.llama = gguf, load_llama(gguf)
-        super().__init__(name, hf_tokenizer_from_gguf(gguf), context_limit(self.llama))
+    def __init__(self, llama, tokenizer, name: str = ""):
+        """``llama``: a loaded ``llama_cpp.Llama``; ``tokenizer``: the HF tokenizer of its vocabulary."""
+        self.llama = llama
+        super().__init__(name, tokenizer, context_limit(llama))
         self._lock = asyncio.Lock()
 
     async def stream(self, messages: Sequence[dict], params: SamplingParams) -> AsyncIterator[GenerationEvent]:
-        from shared.engine.request import parse_tool_call
-        from shared.quant.llama_cpp import llama_generate
         fitted, n_prompt, max_tokens = _fit(messages, self.count_tokens, self.context, params.max_tokens)
         ids = self.tokenizer.encode(render_chat(fitted, add_generation_prompt=True), add_special_tokens=False)
         self._active += 1
@@ -264,21 +256,9 @@ class LlamaCppBackend(_Served):
 Backend = EngineBackend | LlamaCppBackend
 
 
-def load_backend(path: str | Path, *, name: str = "", max_batch_size: int = 16) -> Backend:
-    """The runtime for an artifact directory: HF or quantized checkpoint -> engine; GGUF -> llama.cpp."""
-    from shared.eval.engine_backend import QUANT_META, gguf_file
-    path = Path(path)
-    if not path.exists():
-        raise ServingError(f"no artifact at {path}: name a registered artifact (`journey artifacts`) or a path",
-                           status=404)
-    gguf = gguf_file(path)
-    if gguf is not None:
-        return LlamaCppBackend(gguf, name=name)
-    config = EngineConfig(max_batch_size=max_batch_size)
-    if (path / QUANT_META).is_file():
-        from shared.quant.quantized_checkpoint import load_quantized_engine
-        return EngineBackend(load_quantized_engine(path, config), name=name)
-    if (path / "config.json").is_file():
-        return EngineBackend(Engine.from_checkpoint(path, config), name=name)
-    raise ServingError(f"{path} holds no model the generator can run (config.json + weights, quantization.json, "
-                       "or a .gguf file); serve a model artifact, not a dataset, index or report", status=400)
+def load_backend(model: Artifact | str | Path, *, name: str = "", max_batch_size: int = 16) -> Backend:
+    """The backend serving ``model`` (an artifact or a path; ``open_model`` picks the runtime by its kind)."""
+    opened = open_model(model, config=EngineConfig(max_batch_size=max_batch_size))
+    if opened.engine is not None:
+        return EngineBackend(opened.engine, name=name)
+    return LlamaCppBackend(opened.llama, opened.tokenizer, name=name)

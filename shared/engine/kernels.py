@@ -1,4 +1,4 @@
-"""Our batch-1 (up to ``MAX_ROWS`` rows) GEMV kernels for the weight-only layers: fp32 in, fp32 out.
+"""Our batch-1 (up to ``MAX_ROWS`` rows) GEMV kernels for the engine's linear layers: fp32 in, fp32 out.
 
 Contract: ``int8_gemv(x, q, scale, bias)`` = ``x @ (q * scale[:, None]).T + bias`` and
 ``int4_gemv(x, blocks, scales, zz, group_size, bias)`` = ``x @ W_hat.T + bias`` with
@@ -26,19 +26,22 @@ torch's extension cache, once per source change (~40 s cold on the 2-core dev ma
 ``available()`` is False, with one warning, when the build fails (no compiler): the layers then
 keep their torch kernels. ``GPT_JOURNEY_NO_KERNELS=1`` turns the kernels off (for A/B timing).
 
-This module does not choose when to use the kernels (the layers in ``shared.quant.weight_only``
-do: fp32 CPU activations with at most ``MAX_ROWS`` rows) and does not quantize.
+This module does not choose when to use the kernels (the layers do: ``shared.engine.linear``'s
+``gemv`` backend for fp32 weights and ``shared.quant.weight_only``'s INT8/INT4 layers, for fp32 CPU
+activations with at most ``MAX_ROWS`` rows) and does not quantize. It lives in the engine, beside the
+C++ it loads, because the engine's own layers call it; ``shared.quant`` imports it from here.
 """
 from __future__ import annotations
 
 import torch
 
+from shared.engine import native
+
 MAX_ROWS = 4  # must match kMaxRows in gemv.h; more rows (prefill, batches) keep the aten kernels
 
 
 def _load():
-    from shared.engine.native import kernels
-    return kernels()
+    return native.kernels()
 
 
 def available() -> bool:

@@ -7,10 +7,11 @@ import time
 import pytest
 
 from shared.engine import Engine, EngineConfig, SamplingParams
-from shared.engine.pool import ModelPool, default_model
-from shared.engine.serving import EngineBackend, ServingError, fit_messages
 from shared.model.hf import save_hf_checkpoint
 from shared.registry import Registry
+from shared.serving.backends import EngineBackend, fit_messages
+from shared.serving.errors import ServingError
+from shared.serving.pool import ModelPool, default_model
 from tests.shared.engine.conftest import random_gpt
 
 
@@ -167,3 +168,22 @@ def test_a_caller_that_keeps_up_gets_each_token_as_it_comes_and_a_lagging_one_ge
     assert len(kept_up) >= 12, kept_up
     # At most the first token(s), then everything made while the caller slept, as one event.
     assert len(lagged) <= 2, lagged
+
+
+class _Loaded:
+    active_requests = 0
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_pool_hands_the_loader_the_artifact_itself_so_its_kind_picks_the_runtime(registry):
+    seen = []
+
+    def loader(artifact, *, name, max_batch_size):
+        seen.append((artifact.id, artifact.kind, name, max_batch_size))
+        return _Loaded()
+
+    pool = ModelPool(registry, "sft", loader=loader, max_batch_size=3)
+    assert seen == [("r/sft", "hf-model", "r/sft", 3)]
+    pool.close()
