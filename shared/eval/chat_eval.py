@@ -17,12 +17,17 @@ but honest attempt.
 """
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from shared.data.instructions.checks import reference_overlap, score_response
+from shared.eval.generate import context_length, generate_replies, load_chat_model
+from shared.tokenizer.chat import render_chat, render_reply
 
 
 CHECKABLE = ("exact", "exact_case", "tool_call")
@@ -86,7 +91,6 @@ def win_rate(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> dict[s
 def evaluate_model(path: str, examples: Sequence[dict[str, Any]], max_new_tokens: int = 48,
                    batch_size: int = 32) -> list[dict[str, Any]]:
     """Greedy replies of the checkpoint at ``path`` to each example's prompt, scored."""
-    from shared.eval.generate import generate_replies, load_chat_model
     model, tokenizer = load_chat_model(path)
     prompts = [ex["messages"][:-1] for ex in examples]
     replies = generate_replies(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
@@ -108,7 +112,6 @@ def comparison_table(summaries: dict[str, dict[str, Any]], columns: Sequence[str
 def evaluate_models(models: dict[str, str], examples: Sequence[dict[str, Any]], out_dir: Path,
                     name: str = "comparison", max_new_tokens: int = 48) -> dict[str, dict[str, Any]]:
     """Score each model on ``examples``; write ``<name>.md`` and ``<name>.json`` (summaries + replies)."""
-    import json
     scored = {label: evaluate_model(path, examples, max_new_tokens) for label, path in models.items()}
     summaries = {label: summarize(rows) for label, rows in scored.items()}
     (out_dir / f"{name}.md").write_text(comparison_table(summaries) + "\n")
@@ -118,9 +121,6 @@ def evaluate_models(models: dict[str, str], examples: Sequence[dict[str, Any]], 
 
 def reply_logprob(model, tokenizer, prompt: Sequence[dict[str, Any]], reply: str) -> float:
     """Sum of log p(reply tokens | prompt) under ``model`` (the prompt cut from the left to fit)."""
-    import torch
-    from shared.eval.generate import context_length
-    from shared.tokenizer.chat import render_chat
     p_ids = tokenizer(render_chat(prompt, add_generation_prompt=True), add_special_tokens=False).input_ids
     r_ids = tokenizer(reply, add_special_tokens=False).input_ids
     limit = context_length(model)
@@ -138,8 +138,6 @@ def pair_preference_accuracy(path: str, pairs: Sequence[dict[str, Any]]) -> floa
     This is the model's own ranking, comparable across models (unlike DPO's implicit-reward accuracy,
     which is relative to the reference and 0.5 for the reference itself by construction).
     """
-    from shared.eval.generate import load_chat_model
-    from shared.tokenizer.chat import render_reply
     model, tokenizer = load_chat_model(path)
     wins = sum(reply_logprob(model, tokenizer, p["prompt"], render_reply(p["chosen"]))
                > reply_logprob(model, tokenizer, p["prompt"], render_reply(p["rejected"])) for p in pairs)

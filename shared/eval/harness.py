@@ -47,6 +47,7 @@ from typing import Any
 import yaml
 
 from shared.eval.checkpoint import EvalError, require_causal_lm
+from shared.eval.engine_backend import lm_or_none
 from shared.eval.journey_tasks import JOURNEY_TASKS, task_data_file
 
 __all__ = ["JOURNEY_TASKS", "LOCAL_LAYOUT", "SOURCES", "STANDARD_TASKS", "build_task_specs", "run_lm_eval",
@@ -116,7 +117,6 @@ def run_lm_eval(model_path: str | Path, tasks: Sequence[str], *, source: str = "
         # Only hub tasks need lm-eval's index of its ~15k registered tasks (seconds to build);
         # ours are passed by path.
         needs_index = source == "hub" and any(t in STANDARD_TASKS for t in tasks)
-        from shared.eval.engine_backend import lm_or_none
         lm = lm_or_none(root) or HFLM(pretrained=str(root), device=device, batch_size=batch_size)
         results = lm_eval.simple_evaluate(
             model=lm, tasks=specs, task_manager=TaskManager(include_defaults=needs_index), limit=limit,

@@ -25,27 +25,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from shared.data.sources import iter_documents
-from shared.data.split import is_heldout_doc
+from shared.data.heldout import HELDOUT_SETS, heldout_text
+from shared.eval.checkpoint import require_causal_lm
+from shared.eval.engine_backend import engine_context, engine_sequence_logits, engine_tokenizer, is_quantized
+from shared.eval.generate import context_length, load_chat_model
 
-DEFAULT_SETS = {"general": "builtin:python-docs", "domain": "builtin:python-code"}
-
-
-def heldout_text(source: str, max_bytes: int) -> str:
-    """Held-out documents of ``source`` joined by blank lines, up to about ``max_bytes`` of text."""
-    parts, size = [], 0
-    for doc in iter_documents(source):
-        if not is_heldout_doc(doc.id) or not doc.text.strip():
-            continue
-        parts.append(doc.text)
-        size += len(doc.text.encode("utf-8"))
-        if size >= max_bytes:
-            break
-    if not parts:
-        from shared.eval.checkpoint import EvalError
-        raise EvalError(f"{source} has no held-out documents (the held-out split put none of them aside); "
-                        "use a larger corpus for perplexity")
-    return "\n\n".join(parts)
+DEFAULT_SETS = HELDOUT_SETS  # scored by default: the journey's general and domain corpora
 
 
 def _windows(ids: list[int], width: int, max_tokens: int) -> list[list[int]]:
@@ -102,9 +87,6 @@ def text_loss(score: WindowScorer, context: int, tokenizer, text: str, max_token
 def heldout_perplexity(model_path: str | Path, sets: Mapping[str, str] | None = None, max_tokens: int = 16384,
                        batch_size: int = 8, device: str = "cpu") -> dict[str, float]:
     """``{<set>_loss, <set>_ppl, <set>_bpb}`` for each held-out set (see the module docstring)."""
-    from shared.eval.checkpoint import require_causal_lm
-    from shared.eval.engine_backend import engine_context, engine_sequence_logits, engine_tokenizer, is_quantized
-    from shared.eval.generate import context_length, load_chat_model
     require_causal_lm(model_path)
     if is_quantized(model_path):  # no HF weights: our engine or llama.cpp computes the logits
         def score(windows):

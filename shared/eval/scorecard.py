@@ -16,13 +16,20 @@ against the parent artifact) and ``scorecard.png`` (one small bar chart per metr
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from shared.cluster import ensure_ray
+from shared.config import to_dict
 from shared.eval.checkpoint import EvalError, require_causal_lm
 from shared.eval.eval_config import PERPLEXITY, EvalConfig
+from shared.eval.harness import JOURNEY_TASKS, STANDARD_TASKS, run_lm_eval
+from shared.eval.perplexity import heldout_perplexity, training_curves
+from shared.eval.tasks import TASKS, run_suite
+from shared.registry import ArtifactNotFound, Registry
 
 LOWER_IS_BETTER = ("loss", "ppl", "bpb", "stray_role")
 
@@ -30,14 +37,11 @@ LOWER_IS_BETTER = ("loss", "ppl", "bpb", "stray_role")
 # ---------------------------------------------------------------- tasks
 def known_tasks() -> dict[str, tuple[str, ...]]:
     """Task names by group: perplexity, our suite, lm-eval."""
-    from shared.eval.harness import JOURNEY_TASKS, STANDARD_TASKS
-    from shared.eval.tasks import TASKS
     return {"perplexity": (PERPLEXITY,), "suite": tuple(TASKS), "lm_eval": tuple(JOURNEY_TASKS) + tuple(STANDARD_TASKS)}
 
 
 def split_tasks(tasks: Sequence[str], source: str = "local", data_dir: str | None = None) -> dict[str, list[str]]:
     """``{"perplexity": [...], "suite": [...], "lm_eval": [...]}``; an unknown name or a missing data dir raises."""
-    from shared.eval.harness import STANDARD_TASKS
     groups = known_tasks()
     out: dict[str, list[str]] = {group: [] for group in groups}
     for task in tasks:
@@ -63,13 +67,11 @@ def evaluate_artifact(path: str | Path, cfg: EvalConfig) -> dict[str, Any]:
     skipped: dict[str, str] = {}
     seconds: dict[str, float] = {}
     if groups["perplexity"]:
-        from shared.eval.perplexity import heldout_perplexity
         t0 = time.perf_counter()
         ppl = heldout_perplexity(root, max_tokens=cfg.ppl_tokens, batch_size=cfg.batch_size, device=cfg.device)
         metrics.update({f"{PERPLEXITY}/{k}": v for k, v in ppl.items()})
         seconds[PERPLEXITY] = time.perf_counter() - t0
     if groups["suite"]:
-        from shared.eval.tasks import run_suite
         t0 = time.perf_counter()
         suite = run_suite(root, groups["suite"], limit=cfg.suite_limit, max_new_tokens=cfg.max_new_tokens,
                           seed=cfg.seed, out_dir=out_dir)
@@ -77,7 +79,6 @@ def evaluate_artifact(path: str | Path, cfg: EvalConfig) -> dict[str, Any]:
         metrics.update({k: float(v) for k, v in suite.items() if isinstance(v, (int, float))})
         seconds["suite"] = time.perf_counter() - t0
     if groups["lm_eval"]:
-        from shared.eval.harness import run_lm_eval
         t0 = time.perf_counter()
         results = run_lm_eval(root, groups["lm_eval"], source=cfg.source, data_dir=cfg.data_dir, limit=cfg.limit,
                               num_fewshot=cfg.num_fewshot, batch_size=cfg.batch_size, device=cfg.device,
@@ -209,14 +210,10 @@ def _evaluate_in_ray(paths: dict[str, str], cfg: EvalConfig) -> dict[str, dict[s
     """Evaluate each artifact in its own Ray task, at most ``cfg.parallel`` at once; results by artifact id."""
     import ray
     from tqdm import tqdm
-
-    from shared.cluster import ensure_ray
     ensure_ray()
 
     @ray.remote(num_cpus=cfg.cpus_per_task)
     def evaluate(path: str) -> dict[str, Any]:
-        import os
-
         import torch
         os.environ["TQDM_DISABLE"] = "1"  # lm-eval's per-request bars from every task; the driver shows one
         torch.set_num_threads(cfg.cpus_per_task)
@@ -240,12 +237,9 @@ def _evaluate_in_ray(paths: dict[str, str], cfg: EvalConfig) -> dict[str, dict[s
 
 def run_eval(cfg: EvalConfig):
     """``journey eval``: one artifact (returns its result dict) or a run's scorecard (returns the artifact)."""
-    from shared.config import to_dict
-    from shared.registry import Registry
     registry = Registry(cfg.runs_dir)
     split_tasks(cfg.tasks, cfg.source, cfg.data_dir)  # unknown tasks fail before any model loads
     if cfg.artifact:
-        from shared.registry import ArtifactNotFound
         try:
             artifact = registry.resolve(cfg.artifact, cfg.run)
         except ArtifactNotFound:
@@ -274,7 +268,6 @@ def run_eval(cfg: EvalConfig):
     (out_dir / "scorecard.json").write_text(json.dumps(card, indent=1) + "\n")
     (out_dir / "scorecard.md").write_text(f"# Scorecard: run {run}\n\n" + scorecard_markdown(card))
     scorecard_png(card, out_dir / "scorecard.png")
-    from shared.eval.perplexity import training_curves
     training_curves(models, out_dir / "training_curves.png")
     for a in models:
         registry.update_metrics(a, **{f"eval/{k}": v for k, v in results[a.id]["metrics"].items()})

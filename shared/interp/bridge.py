@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from shared.model.hf import gpt_to_hf, load_gpt
+
 
 class InterpError(ValueError):
     """An interpretability request cannot be served. The message names the problem and the fix."""
@@ -53,8 +55,6 @@ class Loaded:
 def load_bridge(path: str | Path, name: str | None = None) -> Loaded:
     """The GPT-2 checkpoint directory ``path`` as a TransformerLens bridge (see module docstring)."""
     from transformer_lens.model_bridge.sources import build_bridge_from_module
-
-    from shared.model.hf import gpt_to_hf, load_gpt
     path = Path(path)
     hf = gpt_to_hf(load_gpt(path))  # CheckpointError for anything that is not a GPT-2 checkpoint
     hf.set_attn_implementation("eager")  # fused attention kernels never materialise the pattern

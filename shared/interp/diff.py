@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from shared.interp.bridge import InterpError, Loaded, attention_stack, run_cached
+from shared.model.hf import load_gpt
 
 _RESID = ("hook_resid_pre", "hook_resid_post", "hook_pattern")
 
@@ -75,7 +76,6 @@ def compare(a: Loaded, b: Loaded, prompts: list[list[int]]) -> StageDiff:
 
 def weight_change(a: Loaded, b: Loaded) -> dict[str, float]:
     """``||W_b - W_a|| / ||W_a||`` for every weight matrix and embedding (biases and LayerNorms left out)."""
-    from shared.model.hf import load_gpt
     wa, wb = load_gpt(a.path).state_dict(), load_gpt(b.path).state_dict()
     out = {}
     for name, pa in wa.items():

@@ -18,12 +18,15 @@ from pathlib import Path
 
 import torch
 
+from shared.config import to_dict
 from shared.interp import plots, report
 from shared.interp.attention import write_attention
 from shared.interp.bridge import InterpError, Loaded, encode, load_bridge
 from shared.interp.diff import StageDiff, compare, logit_lens
 from shared.interp.induction import InductionResult, PhaseChange, measure, phase_change, snapshots
 from shared.interp.interpret_config import InterpretConfig
+from shared.registry import Registry
+from shared.tokenizer.chat import render_chat
 
 
 def _measure(model: Loaded, cfg: InterpretConfig) -> InductionResult:
@@ -58,7 +61,6 @@ def measure_phase(model: Loaded, final_step: int, cfg: InterpretConfig, out: Pat
 
 def diff_prompts(model: Loaded, cfg: InterpretConfig) -> dict[str, list[int]]:
     """The fixed prompt set: chat prompts (rendered in the chat format) first, then the plain ones."""
-    from shared.tokenizer.chat import render_chat
     texts = [render_chat([{"role": "user", "content": m}], add_generation_prompt=True) for m in cfg.chat_prompts]
     return {text: encode(model, text) for text in texts + list(cfg.prompts)}
 
@@ -116,8 +118,6 @@ def _present(registry, run: str, names: list[str]):
 
 def run_interpret(cfg: InterpretConfig):
     """The interpret stage (see module docstring); returns the registered report artifact."""
-    from shared.config import to_dict
-    from shared.registry import Registry
     torch.set_num_threads(cfg.threads)
     registry = Registry(cfg.runs_dir)
     t0 = time.perf_counter()
@@ -172,7 +172,6 @@ def _metrics(results: dict[str, InductionResult], phase: PhaseChange | None, dif
 
 # ---------------------------------------------------------------- the commands
 def _out(cfg: InterpretConfig, command: str, *names: str) -> Path:
-    from shared.registry import Registry
     if cfg.out:
         return Path(cfg.out)
     slug = "-".join(n.replace("/", "_").replace(":", "_").strip("._") for n in names)
@@ -180,7 +179,6 @@ def _out(cfg: InterpretConfig, command: str, *names: str) -> Path:
 
 
 def _load(name: str, cfg: InterpretConfig) -> Loaded:
-    from shared.registry import Registry
     art = Registry(cfg.runs_dir).resolve(name, run=cfg.run)
     return load_bridge(art.dir, art.stage)
 
@@ -194,7 +192,6 @@ def attention_command(cfg: InterpretConfig, artifact: str) -> dict:
 
 def induction_command(cfg: InterpretConfig, artifact: str) -> dict:
     """``journey interpret induction <artifact>``: scores, heatmap, and the phase change if it has snapshots."""
-    from shared.registry import Registry
     art = Registry(cfg.runs_dir).resolve(artifact, run=cfg.run)
     model, out = load_bridge(art.dir, art.stage), _out(cfg, "induction", artifact)
     out.mkdir(parents=True, exist_ok=True)

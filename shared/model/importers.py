@@ -312,6 +312,8 @@ def _tokenizer_from(path: Path):
     """A tokenizer object from a .gguf vocabulary file or, for a name that is no local path, the HF hub."""
     if path.suffix == ".gguf" and path.is_file():
         try:
+            # Imported here: shared.tokenizer pulls in transformers and gguf (~0.9 s CPU) for this one rare
+            # input, and this module is otherwise torch-only (``journey import --help`` loads it for ImportConfig).
             from shared.tokenizer.gguf_vocab import hf_tokenizer_from_gguf
         except ImportError as e:
             raise CheckpointError(f"reading the GGUF vocabulary {path} needs shared.tokenizer.gguf_vocab, which "

@@ -27,10 +27,13 @@ from typing import Any
 
 import numpy as np
 
+from shared.cluster import ensure_ray
 from shared.data.documents import DataError
 from shared.rag.chunking import Chunk, chunk_document
+from shared.rag.embedder import EmbedderError, load_embedder
 from shared.rag.index_config import IndexConfig
 from shared.rag.sources import check_source, read_source
+from shared.rag.store import VectorStore, disconnect
 
 CHUNKS = "chunks.jsonl"
 METADATA = "index.json"
@@ -42,7 +45,6 @@ class Embed:
 
     def __init__(self, embedder: str, threads: int, batch_size: int) -> None:
         import torch
-        from shared.rag.embedder import load_embedder
         torch.set_num_threads(threads)
         self.embedder, self.batch_size = load_embedder(embedder), batch_size
 
@@ -77,9 +79,6 @@ def chunk_dataset(cfg: IndexConfig, out_dir: Path):
 def build_index(cfg: IndexConfig, out_dir: str | Path) -> dict[str, Any]:
     """Run the pipeline into ``out_dir``; returns the metadata written to ``index.json`` (with counts)."""
     import ray
-    from shared.rag.embedder import load_embedder
-    from shared.rag.store import VectorStore, disconnect
-    from shared.cluster import ensure_ray
 
     if not cfg.rebuild:
         for spec in cfg.sources:
@@ -172,7 +171,6 @@ def _upsert_all(dataset, store, cfg: IndexConfig, out_dir: Path) -> tuple[list[s
 def _unwrap_ray_errors(batches):
     """Re-raise a user error from inside a Ray task as itself (one line for the CLI), not as a Ray traceback."""
     import ray
-    from shared.rag.embedder import EmbedderError
     try:
         yield from batches
     except ray.exceptions.RayTaskError as exc:

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import time
 
+from shared.config import to_dict
 from shared.rag.index_config import IndexConfig
+from shared.rag.ingest import build_index
+from shared.registry import Registry
 
 METRICS = ("documents", "chunks", "points", "pruned", "chunks_per_s")
 
 
 def run_index(cfg: IndexConfig):
     """Build and register the index artifact ``<cfg.run>/<cfg.stage>``; returns the ``Artifact``."""
-    from shared.config import to_dict
-    from shared.rag.ingest import build_index
-    from shared.registry import Registry
-
     registry = Registry(cfg.runs_dir)
     out_dir = registry.stage_dir(cfg.run, cfg.stage, overwrite=cfg.overwrite or cfg.rebuild)
     t0 = time.perf_counter()

@@ -7,15 +7,15 @@ from __future__ import annotations
 import time
 
 from shared.config import to_dict
+from shared.data import iter_corpus
 from shared.registry import Artifact, Registry
+from shared.tokenizer.compare import compare_tokenizers, write_comparison
 from shared.tokenizer.tokenizer_config import TokenizerConfig
+from shared.tokenizer.train import train_tokenizer
 
 
 def train_tokenizer_artifact(cfg: TokenizerConfig) -> Artifact:
     """Train ``cfg``'s tokenizer into ``<runs>/<run>/<stage>``, write the comparison, register it."""
-    from shared.data import iter_corpus
-    from shared.tokenizer import compare_tokenizers, train_tokenizer, write_comparison
-
     registry = Registry(cfg.runs_dir)
     out = registry.stage_dir(cfg.run, cfg.stage, overwrite=cfg.overwrite)
     t0 = time.perf_counter()

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.eval.checkpoint import EvalError, require_causal_lm
+from shared.eval.engine_backend import engine_replies, is_quantized
 from shared.eval.tasks.base import EvalContext, EvalTask
 from shared.eval.tasks.chat_format import ChatFormat
 from shared.eval.tasks.instructions import Instructions
@@ -40,7 +41,6 @@ def run_suite(model_path: str | Path, tasks: Sequence[str] | None = None, *, lim
     """
     names = check_task_names(tasks)
     root = require_causal_lm(model_path)
-    from shared.eval.engine_backend import engine_replies, is_quantized
     # A quantized variant has no HF weights: our engine generates its replies.
     reply_fn = engine_replies(root, max_new_tokens) if is_quantized(root) else None
     ctx = EvalContext(root, limit=limit, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,

@@ -26,7 +26,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
+
+from shared.data.instructions import load_instructions, safety_prompts
 from shared.eval.checkpoint import EvalError
+from shared.eval.generate import generate_replies, load_chat_model
 from shared.tokenizer.chat import render_chat
 
 Conversation = Sequence[Mapping[str, Any]]
@@ -39,14 +43,12 @@ def heldout_examples() -> tuple[dict, ...]:
 
     Shared between callers: treat the examples as read-only.
     """
-    from shared.data.instructions import load_instructions
     return tuple(load_instructions(split="heldout"))
 
 
 @lru_cache(maxsize=1)
 def heldout_safety_prompts() -> dict[str, tuple[dict, ...]]:
     """``safety_prompts("heldout")`` as tuples, computed once per process; read-only like the above."""
-    from shared.data.instructions import safety_prompts
     return {side: tuple(examples) for side, examples in safety_prompts("heldout").items()}
 
 
@@ -77,9 +79,6 @@ class EvalContext:
     def model_and_tokenizer(self) -> tuple[Any, Any]:
         """``(model, tokenizer)``, loaded on first use (a suite of skipped tasks loads nothing)."""
         if self._model is None:
-            import torch
-
-            from shared.eval.generate import load_chat_model
             device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
             self._model = load_chat_model(str(self.model_path), device=device)
         return self._model
@@ -110,7 +109,6 @@ class EvalContext:
     def _generate(self, conversations: list[Conversation]) -> list[str]:
         if self.reply_fn is not None:
             return list(self.reply_fn(conversations))
-        from shared.eval.generate import generate_replies
         model, tokenizer = self.model_and_tokenizer()
         replies = generate_replies(model, tokenizer, conversations, max_new_tokens=self.max_new_tokens,
                                    batch_size=self.batch_size, seed=self.seed)

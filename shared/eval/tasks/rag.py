@@ -22,8 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from shared.data.builtin import module_name
+from shared.data.instructions.families import DOCS_TEMPLATES
 from shared.eval.checkpoint import EvalError
 from shared.eval.tasks.base import EvalContext, EvalTask, present, share
+from shared.rag.retriever import Retriever, read_metadata
+from shared.rag.store import StoreLocked
+from shared.registry import MANIFEST, Registry
 
 TOP_K = 4
 LOCK_WAIT_S = 120.0
@@ -34,7 +39,6 @@ REASON = ("no index artifact in this model's run for the retriever to search; bu
 
 def run_index_dir(model_path: str | Path) -> Path | None:
     """The newest ``index`` artifact of the run that holds the artifact ``model_path``, if any."""
-    from shared.registry import MANIFEST, Registry
     if not (Path(model_path) / MANIFEST).exists():
         return None  # not a registered artifact: it has no run to look in
     model = Registry.load(model_path)
@@ -44,9 +48,6 @@ def run_index_dir(model_path: str | Path) -> Path | None:
 
 def questions(index_dir: Path) -> list[dict[str, str]]:
     """One question per indexed builtin docs document (sorted by source), with that source as the answer."""
-    from shared.data.builtin import module_name
-    from shared.data.instructions.families import DOCS_TEMPLATES
-    from shared.rag.retriever import read_metadata
     chunks = index_dir / read_metadata(index_dir)["chunks_file"]
     sources = sorted({json.loads(line)["source"] for line in chunks.read_text(encoding="utf-8").splitlines()
                       if line.strip()})
@@ -63,8 +64,6 @@ def questions(index_dir: Path) -> list[dict[str, str]]:
 
 def search_all(index_dir: Path, queries: list[str]) -> list[list[str]]:
     """The top-``TOP_K`` sources for each query; waits while another process holds a local index (module doc)."""
-    from shared.rag.retriever import Retriever
-    from shared.rag.store import StoreLocked
     deadline = time.monotonic() + LOCK_WAIT_S
     while True:
         try:
