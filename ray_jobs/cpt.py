@@ -4,28 +4,25 @@
 
 Evaluates on the domain validation set (``val``) and the general one (``eval_data.general``) before
 and after, so the gain on code and the forgetting on prose are both in the artifact's metrics.
+``init_from`` is required (``CPTConfig.validate``, the same check ``journey run`` makes).
 """
 from __future__ import annotations
 
 import sys
 
-from ray_jobs._args import parse_job_args, run_main
-from shared.config import ConfigError
-from shared.training.pretrain_config import PretrainConfig
+from ray_jobs._args import stage_main
+
+
+def before_after(art) -> dict:
+    """Each metric measured before and after training, side by side."""
+    m = art.metrics
+    return {"artifact": art.id, "path": art.path,
+            "before_after": {k: (m.get(f"initial_{k}"), m.get(k)) for k in m if not k.startswith("initial_")
+                             and f"initial_{k}" in m}}
 
 
 def main(argv: list[str] | None = None) -> int:
-    def job():
-        cfg = parse_job_args(PretrainConfig, "cpt", argv, __doc__.splitlines()[0])
-        if not cfg.init_from:
-            raise ConfigError("continued pretraining needs init_from=<artifact> (e.g. init_from=pretrain)")
-        from shared.training.runner import run_pretraining
-        art = run_pretraining(cfg)
-        m = art.metrics
-        return {"artifact": art.id, "path": art.path,
-                "before_after": {k: (m.get(f"initial_{k}"), m.get(k)) for k in m if not k.startswith("initial_")
-                                 and f"initial_{k}" in m}}
-    return run_main(job)
+    return stage_main("cpt", argv, __doc__, result=before_after)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,10 @@ from __future__ import annotations
 import sys
 
 from ray_jobs._args import stage_main
-from shared.training.posttrain_config import DPOJobConfig
 
 
 def main(argv: list[str] | None = None) -> int:
-    return stage_main(DPOJobConfig, "dpo", argv, __doc__, "shared.training.dpo:run_dpo")
+    return stage_main("dpo", argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -17,27 +17,26 @@ from __future__ import annotations
 
 import sys
 
-from ray_jobs._args import run_main
+from ray_jobs._args import parse_stage_args, run_main
+from shared import stages
+
+STAGE = stages.get("eval")
 
 
 def parse(argv: list[str]):
-    """``[all | ARTIFACT] [--config PRESET] key=value ...`` into an ``EvalConfig``."""
-    from ray_jobs._args import parse_job_args
-    from shared.eval.eval_config import EvalConfig
+    """``[all | ARTIFACT] [--config PRESET] key=value ...`` into the stage's config (``EvalConfig``)."""
     rest = list(argv)
     target = rest.pop(0) if rest and "=" not in rest[0] and not rest[0].startswith("-") else None
     if target and target != "all":
         rest.append(f"artifact={target}")
-    return parse_job_args(EvalConfig, "eval", rest, __doc__.splitlines()[0], module="evaluate")
+    return parse_stage_args(STAGE, rest, __doc__.splitlines()[0])
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
 
     def job():
-        from shared.eval.scorecard import run_eval
-        cfg = parse(argv)
-        result = run_eval(cfg)
+        result = STAGE.run(parse(argv))
         if isinstance(result, dict):
             return result
         print((result.dir / "scorecard.md").read_text())

@@ -11,17 +11,14 @@ and a PNG chart, registered as an artifact of kind ``experiment``.
 """
 from __future__ import annotations
 
-import importlib
 import sys
 
-from ray_jobs._args import parse_job_args, run_main
+from ray_jobs._args import parse_stage_args, run_main
+from shared import stages
 
-#: experiment name -> (module, function) in shared.training, imported only when that experiment runs
-EXPERIMENTS = {
-    "vocab-size": ("experiments", "vocab_size_experiment"),
-    "lr-schedules": ("experiments", "lr_schedule_experiment"),
-    "finetune-methods": ("finetune_experiment", "finetune_methods_experiment"),
-}
+STAGE = stages.get("experiment")
+#: experiment name -> the function that runs it (the stage table's commands)
+EXPERIMENTS = STAGE.commands
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,10 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     name, rest = argv[0], argv[1:]
 
     def job():
-        from shared.training.experiments import ExperimentConfig
-        cfg = parse_job_args(ExperimentConfig, "experiment", rest, f"journey experiment {name}", default_preset=None)
-        module, function = EXPERIMENTS[name]
-        art = getattr(importlib.import_module(f"shared.training.{module}"), function)(cfg)
+        cfg = parse_stage_args(STAGE, rest, f"journey experiment {name}", default_preset=None)
+        art = EXPERIMENTS[name](cfg)
         return {"artifact": art.id, "path": art.path}
     return run_main(job)
 

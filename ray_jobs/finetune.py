@@ -12,11 +12,10 @@ from __future__ import annotations
 import sys
 
 from ray_jobs._args import stage_main
-from shared.training.posttrain_config import SFTJobConfig
 
 
 def main(argv: list[str] | None = None) -> int:
-    return stage_main(SFTJobConfig, "finetune", argv, __doc__, "shared.training.sft:run_sft")
+    return stage_main("finetune", argv, __doc__)
 
 
 if __name__ == "__main__":

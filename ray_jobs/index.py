@@ -14,11 +14,10 @@ from __future__ import annotations
 import sys
 
 from ray_jobs._args import stage_main
-from shared.rag.index_config import IndexConfig
 
 
 def main(argv: list[str] | None = None) -> int:
-    return stage_main(IndexConfig, "index", argv, __doc__, "shared.rag.stage:run_index")
+    return stage_main("index", argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -13,16 +13,23 @@ from __future__ import annotations
 
 import sys
 
-from ray_jobs._args import parse_job_args, run_main, stage_main
-from shared.interp.interpret_config import InterpretConfig
+from ray_jobs._args import parse_stage_args, run_main, stage_main
+from shared import stages
 
 COMMANDS = {"attention": 1, "induction": 1, "diff": 2}  # command -> number of artifact arguments
+
+
+def _command(name: str):
+    """The ``shared.interp.stage`` function behind a command (torch and TransformerLens: imported once parsed)."""
+    from shared.interp import stage
+    return {"attention": stage.attention_command, "induction": stage.induction_command,
+            "diff": stage.diff_command}[name]
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
-        return stage_main(InterpretConfig, "interpret", argv, __doc__, "shared.interp.stage:run_interpret")
+        return stage_main("interpret", argv, __doc__)
     command, rest = argv[0], argv[1:]
     # Artifact names are the positional words; --config and key=value go to the config parser.
     names = [a for i, a in enumerate(rest) if "=" not in a and not a.startswith("-")
@@ -33,9 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         if len(names) != COMMANDS[command]:
             raise ValueError(f"journey interpret {command} takes {COMMANDS[command]} artifact name(s), got {names}; "
                              f"e.g. journey interpret {command} {' '.join(['sft', 'dpo'][:COMMANDS[command]])} run=myrun")
-        cfg = parse_job_args(InterpretConfig, "interpret", options, f"journey interpret {command}", default_preset=None)
-        from shared.interp import stage
-        return getattr(stage, f"{command}_command")(cfg, *names)
+        cfg = parse_stage_args(stages.get("interpret"), options, f"journey interpret {command}", default_preset=None)
+        return _command(command)(cfg, *names)
     return run_main(job)
 
 

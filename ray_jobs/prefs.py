@@ -10,11 +10,10 @@ from __future__ import annotations
 import sys
 
 from ray_jobs._args import stage_main
-from shared.training.posttrain_config import PrefsJobConfig
 
 
 def main(argv: list[str] | None = None) -> int:
-    return stage_main(PrefsJobConfig, "prefs", argv, __doc__, "shared.training.prefs:run_prefs")
+    return stage_main("prefs", argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Pretrain a GPT-2 from scratch under Ray Train.
 
-    python -m ray_jobs.pretrain --config tiny run=myrun optim.max_steps=500
+    python -m ray_jobs.pretrain --config tiny run=myrun train.max_steps=500
     ray job submit --working-dir . -- python -m ray_jobs.pretrain --config configs/pretrain/tiny.yaml
 
 Reads the run's ``tokenizer`` artifact, writes ``<runs>/<run>/pretrain`` (an HF checkpoint).
@@ -10,11 +10,10 @@ from __future__ import annotations
 import sys
 
 from ray_jobs._args import stage_main
-from shared.training.pretrain_config import PretrainConfig
 
 
 def main(argv: list[str] | None = None) -> int:
-    return stage_main(PretrainConfig, "pretrain", argv, __doc__, "shared.training.runner:run_pretraining")
+    return stage_main("pretrain", argv, __doc__)
 
 
 if __name__ == "__main__":

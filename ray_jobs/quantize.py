@@ -13,11 +13,10 @@ from __future__ import annotations
 import sys
 
 from ray_jobs._args import stage_main
-from shared.quant.quantize_config import QuantizeConfig
 
 
 def main(argv: list[str] | None = None) -> int:
-    return stage_main(QuantizeConfig, "quantize", argv, __doc__, "shared.quant.stage:run_quantize")
+    return stage_main("quantize", argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,10 @@ from __future__ import annotations
 import sys
 
 from ray_jobs._args import stage_main
-from shared.training.posttrain_config import RewardJobConfig
 
 
 def main(argv: list[str] | None = None) -> int:
-    return stage_main(RewardJobConfig, "reward", argv, __doc__, "shared.training.reward:run_reward")
+    return stage_main("reward", argv, __doc__)
 
 
 if __name__ == "__main__":

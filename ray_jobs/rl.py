@@ -12,11 +12,10 @@ from __future__ import annotations
 import sys
 
 from ray_jobs._args import stage_main
-from shared.training.posttrain_config import RLJobConfig
 
 
 def main(argv: list[str] | None = None) -> int:
-    return stage_main(RLJobConfig, "rl", argv, __doc__, "shared.training.rl:run_rl")
+    return stage_main("rl", argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -9,31 +9,37 @@ is, exactly (``--dry-run`` prints it):
     ray job submit --address URL --submission-id journey-<stage>-<time> --working-dir <repo root>
         --runtime-env-json '{"excludes": [runs/, .venv/, ...], ...}' -- python -m ray_jobs.<module> ARGS...
 
-``<stage>`` is a ``journey`` command (``run``, ``eval``, ``import``, ``experiment``) or a
-``ray_jobs`` module name. The working dir is uploaded to the cluster (without runs/, the venv and
-caches), so the job runs the code you have, not the image's; dependencies come from the image, and
-more per job through ``--runtime-env-json '{"pip": ["pkg==1.2"]}'`` (merged over ours). With
-``RAY_AUTH_TOKEN`` set (Ray >= 2.52 clusters with token auth: compose's .env, the k8s Secret),
-``RAY_AUTH_MODE=token`` is set for the submission. Waits for the job and streams its log unless
-``--no-wait``; the exit code is the job's (0: SUCCEEDED). It does not run anything locally: a
-config error is reported by the job, except a ``--config`` file or preset that does not exist.
+``<stage>`` is ``run`` (the whole journey), a stage of the stage table (``shared.stages``, the
+list ``journey --help`` prints) or its ``ray_jobs`` module's name. The working dir is uploaded to
+the cluster (without runs/, the venv and caches), so the job runs the code you have, not the
+image's; dependencies come from the image, and more per job through
+``--runtime-env-json '{"pip": ["pkg==1.2"]}'`` (merged over ours). With ``RAY_AUTH_TOKEN`` set
+(Ray >= 2.52 clusters with token auth: compose's .env, the k8s Secret), ``RAY_AUTH_MODE=token`` is
+set for the submission. Waits for the job and streams its log unless ``--no-wait``; the exit code
+is the job's (0: SUCCEEDED). It does not run anything locally: a config error is reported by the
+job, except a ``--config`` file or preset that does not exist.
 """
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import secrets
+import shlex
 import subprocess
 import sys
 import time
 from collections import deque
 from pathlib import Path
 
+from shared import stages
+
 ROOT = Path(__file__).resolve().parents[1]
-ALIASES = {"run": "journey", "eval": "evaluate", "import": "import_ckpt", "experiment": "experiments"}
-# configs/<dir>/ of a module whose presets live under another name; None: it takes no --config.
-CONFIG_DIRS = {"evaluate": "eval", "experiments": "experiment", "journey": None, "import_ckpt": None}
+# A stage (or `run`, the whole journey) -> the ray_jobs module that runs it, from the stage table.
+ALIASES = {"run": "journey", **{s.name: s.entry for s in stages.STAGES}}
+# The configs/<dir>/ of each module's presets; None: it takes no --config.
+CONFIG_DIRS = {"journey": None, **{s.entry: s.presets for s in stages.STAGES}}
 # Never uploaded: artifacts, environments, caches. Ray also skips what .gitignore lists, but the image has none.
 EXCLUDES = ["runs/", ".venv/", ".git/", "**/__pycache__/", "*.egg-info/", ".pytest_cache/", ".hypothesis/",
             ".env", "tests/", "benchmarks/", "docs/", "k8s/"]
@@ -47,13 +53,23 @@ def entry_points(root: Path = ROOT) -> list[str]:
                   if p.stem not in ("cli", "submit") and '__name__ == "__main__"' in p.read_text(encoding="utf-8"))
 
 
+def stage_names() -> list[str]:
+    """What ``journey submit`` takes: ``run`` and every stage of the table, in its order."""
+    return list(ALIASES)
+
+
 def resolve_stage(stage: str, root: Path = ROOT) -> str:
-    """The ``ray_jobs`` module a stage name means; ValueError naming the valid ones otherwise."""
+    """The ``ray_jobs`` module a stage name (or a module name) means; ValueError naming the valid ones otherwise.
+
+    The module must also be in ``root``, the working dir that is uploaded.
+    """
     module = ALIASES.get(stage, stage)
-    known = entry_points(root)
-    if module not in known:
-        names = sorted(set(known) | set(ALIASES))
-        raise ValueError(f"unknown stage {stage!r}; submit one of {names} (see `journey --help`)")
+    if module not in CONFIG_DIRS:
+        close = difflib.get_close_matches(stage, stage_names(), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"unknown stage {stage!r}; {hint}submit one of {stage_names()} (see `journey --help`)")
+    if not (root / "ray_jobs" / f"{module}.py").is_file():
+        raise ValueError(f"the working dir {root} has no ray_jobs/{module}.py; submit from a checkout of this project")
     return module
 
 
@@ -139,8 +155,8 @@ def run_submit(cmd: list[str], env: dict[str, str], retry_s: float = 180.0) -> i
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(prog="journey submit", description=__doc__.splitlines()[0],
-                                     epilog=f"stages: {', '.join(sorted(set(entry_points()) | set(ALIASES)))}")
-    parser.add_argument("stage", help="journey command or ray_jobs module: pretrain, sft, run, eval, ...")
+                                     epilog=f"stages: {', '.join(stage_names())}")
+    parser.add_argument("stage", help="run (the whole journey), a stage (listed below) or its ray_jobs module")
     parser.add_argument("--config", default=None, help="preset name or YAML path (relative to the working dir)")
     parser.add_argument("--address", default=None, help=f"Ray dashboard URL (default $RAY_ADDRESS or {DEFAULT_ADDRESS})")
     parser.add_argument("--no-wait", action="store_true", help="return after submitting; follow with `ray job logs -f ID`")
@@ -166,14 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     cmd = submit_command(module, args, address=address, working_dir=working_dir, env=env, wait=not opts.no_wait,
                          submission_id=opts.submission_id)
     if opts.dry_run:
-        import shlex
         print(shlex.join(cmd))
         return 0
     return run_submit(cmd, submit_env())
 
 
-__all__ = ["entry_points", "resolve_stage", "check_config", "runtime_env", "submit_command", "submit_env",
-           "run_submit", "main"]
+__all__ = ["entry_points", "stage_names", "resolve_stage", "check_config", "runtime_env", "submit_command",
+           "submit_env", "run_submit", "main"]
 
 
 if __name__ == "__main__":

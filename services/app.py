@@ -6,7 +6,7 @@
 
 ``build_app(args)`` is Serve's application builder: ``args`` is the Serve config's ``args`` (or the
 ``key=value`` pairs of ``serve run``), validated by ``StackConfig``. Replica counts, resources and
-autoscaling live in the Serve config file, not here (DESIGN.md section 1).
+autoscaling live in the Serve config file, not here (docs/architecture.md, Picture).
 """
 from __future__ import annotations
 

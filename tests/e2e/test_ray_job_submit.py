@@ -104,7 +104,7 @@ def test_pretrain_via_ray_job_submit(ray_head, tmp_path):
     submit_env = {**env, "RAY_AUTH_TOKEN": token, "HOME": str(tmp_path)}
     submit_env.pop("RAY_AUTH_MODE")
     proc = _journey_submit(submit_env, "pretrain", "--config", "smoke", "--address", address,
-                           "run=submitted", f"runs_dir={runs}", "optim.max_steps=20")
+                           "run=submitted", f"runs_dir={runs}", "train.max_steps=20")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in proc.stdout.lower(), proc.stdout[-3000:]
     manifest = json.loads((runs / "submitted" / "pretrain" / "journey.json").read_text())
@@ -114,6 +114,6 @@ def test_pretrain_via_ray_job_submit(ray_head, tmp_path):
 
     # A job that fails on the cluster (the finished artifact is not replaced) fails the command too.
     proc = _journey_submit(submit_env, "pretrain", "--config", "smoke", "--address", address,
-                           "run=submitted", f"runs_dir={runs}", "optim.max_steps=20")
+                           "run=submitted", f"runs_dir={runs}", "train.max_steps=20")
     assert proc.returncode != 0, proc.stdout[-3000:]
     assert "failed" in (proc.stdout + proc.stderr).lower()

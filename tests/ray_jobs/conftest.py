@@ -20,7 +20,7 @@ def smoke_tokenizer(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pretrain_config():
-    """Factory: ``pretrain_config(runs, stage, optim__max_steps=10, ...)`` (``__`` nests keys)."""
+    """Factory: ``pretrain_config(runs, stage, train__max_steps=10, ...)`` (``__`` nests keys)."""
     return _pretrain_config
 
 

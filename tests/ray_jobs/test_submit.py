@@ -16,7 +16,7 @@ def _dry_run(capsys, *argv) -> list[str]:
 
 def test_dry_run_is_ray_job_submit_of_the_stage_module(capsys, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    cmd = _dry_run(capsys, "pretrain", "--config", "tiny", "run=demo", "optim.max_steps=5")
+    cmd = _dry_run(capsys, "pretrain", "--config", "tiny", "run=demo", "train.max_steps=5")
     assert cmd[0].endswith("ray") and cmd[1:3] == ["job", "submit"]
     assert cmd[cmd.index("--address") + 1] == submit.DEFAULT_ADDRESS
     assert cmd[cmd.index("--working-dir") + 1] == str(submit.ROOT)
@@ -24,7 +24,7 @@ def test_dry_run_is_ray_job_submit_of_the_stage_module(capsys, monkeypatch):
     assert {"runs/", ".venv/", ".git/", ".env"} <= set(env["excludes"])
     assert cmd[cmd.index("--submission-id") + 1].startswith("journey-pretrain-")
     assert cmd[cmd.index("--") + 1:] == ["python", "-m", "ray_jobs.pretrain", "--config", "tiny", "run=demo",
-                                         "optim.max_steps=5"]
+                                         "train.max_steps=5"]
     assert "--no-wait" not in cmd
 
 
@@ -43,7 +43,7 @@ def test_aliases_address_no_wait_and_runtime_env_merge(capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["pretrian"], "unknown stage 'pretrian'; submit one of"),
+    (["pretrian"], "unknown stage 'pretrian'; did you mean 'pretrain'? submit one of"),
     (["pretrain", "--config", "huge"], "no preset configs/pretrain/huge.yaml; presets: ["),
     (["pretrain", "--config", "/etc/passwd.yaml"], "not a file inside the working dir"),
     (["run", "--config", "tiny"], "takes no --config"),
@@ -55,10 +55,16 @@ def test_bad_input_fails_before_submitting(argv, message, capsys):
 
 
 def test_every_stage_of_the_journey_can_be_submitted():
-    from ray_jobs.journey import STAGES
-    modules = {submit.resolve_stage(stage) for stage in STAGES}
+    from shared.stages import JOURNEY
+    modules = {submit.resolve_stage(stage) for stage in JOURNEY}
     assert "evaluate" in modules and all((submit.ROOT / "ray_jobs" / f"{m}.py").is_file() for m in modules)
     assert "submit" not in submit.entry_points() and "cli" not in submit.entry_points()
+
+
+def test_a_module_missing_from_the_working_dir_fails_before_submitting(tmp_path):
+    (tmp_path / "ray_jobs").mkdir()
+    with pytest.raises(ValueError, match="has no ray_jobs/evaluate.py"):
+        submit.resolve_stage("eval", tmp_path)
 
 
 def test_the_token_turns_token_auth_on():

@@ -63,13 +63,8 @@ def test_resolved_config_round_trips():
 
 
 def _job_classes():
-    from ray_jobs.journey import STAGES, _config_class  # journey has no presets of its own
-    from shared.training.experiments import ExperimentConfig
-    from shared.training.posttrain_config import SFTJobConfig
-    classes = {stage: _config_class(stage) for stage in STAGES}
-    classes["finetune"] = SFTJobConfig  # ray_jobs.finetune: the SFT trainer on any data and method
-    classes["experiment"] = ExperimentConfig
-    return classes
+    from shared.stages import STAGES  # each stage's presets dir and config class
+    return {s.presets: s.config for s in STAGES if s.presets}
 
 
 def test_every_preset_in_configs_validates():
