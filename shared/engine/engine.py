@@ -42,7 +42,7 @@ from shared.engine.sampling import sample
 from shared.engine.scheduler import Scheduler
 from shared.model.gpt import GPT
 from shared.model.hf import load_gpt
-from shared.tokenizer.chat import END, EOT, TOOL_CALL, render_chat
+from shared.chat_format import END, EOT, TOOL_CALL, render_chat
 from shared.tokenizer.hf_format import TOKENIZER_FILE, load_tokenizer
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

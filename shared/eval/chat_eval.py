@@ -27,7 +27,7 @@ import torch
 
 from shared.data.instructions.checks import reference_overlap, score_response
 from shared.eval.generate import context_length, generate_replies, load_chat_model
-from shared.tokenizer.chat import render_chat, render_reply
+from shared.chat_format import render_chat, render_reply
 
 
 CHECKABLE = ("exact", "exact_case", "tool_call")

@@ -31,7 +31,7 @@ from shared.engine import EngineConfig, SamplingParams
 from shared.quant.llama_cpp import llama_generate, llama_logits
 from shared.quant.quality import sequence_logits
 from shared.serving.runtime import OpenModel, artifact_kind, open_model
-from shared.tokenizer.chat import render_chat
+from shared.chat_format import render_chat
 
 ENGINE_EVAL_KINDS = ("quantized", "gguf")  # kinds transformers cannot load: evaluated through open_model
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from shared.config import ConfigError
-from shared.tokenizer.chat import END, EOT, render_chat
+from shared.chat_format import END, EOT, render_chat
 
 
 def load_chat_model(path: str, device: str = "cpu"):

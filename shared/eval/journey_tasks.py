@@ -38,7 +38,7 @@ from shared.data.instructions.schema import split_name
 from shared.data.sources import iter_documents
 from shared.data.split import is_heldout_doc
 from shared.eval.checkpoint import EvalError
-from shared.tokenizer.chat import render_chat, render_reply
+from shared.chat_format import render_chat, render_reply
 
 JOURNEY_TASKS: tuple[str, ...] = ("journey_docs_cloze", "journey_facts_mc")
 DATA_VERSION = 1  # bump when a builder changes: old cache files then stop matching

@@ -26,7 +26,7 @@ from shared.interp.diff import StageDiff, compare, logit_lens
 from shared.interp.induction import InductionResult, PhaseChange, measure, phase_change, snapshots
 from shared.interp.interpret_config import InterpretConfig
 from shared.registry import Registry
-from shared.tokenizer.chat import render_chat
+from shared.chat_format import render_chat
 
 
 def _measure(model: Loaded, cfg: InterpretConfig) -> InductionResult:

@@ -44,7 +44,7 @@ from gguf import GGUFReader, GGUFWriter, LlamaFileType, MODEL_ARCH, MODEL_TENSOR
 
 from shared.model.gpt import GPT
 from shared.model.hf import load_gpt
-from shared.tokenizer.chat import END
+from shared.chat_format import END
 from shared.tokenizer.hf_format import load_tokenizer
 
 ARCH = gguf.MODEL_ARCH_NAMES[MODEL_ARCH.GPT2]  # "gpt2"

@@ -38,7 +38,7 @@ from shared.quant.llama_cpp import context_limit, llama_generate
 from shared.registry import Artifact
 from shared.serving.errors import ServingError
 from shared.serving.runtime import open_model
-from shared.tokenizer.chat import render_chat
+from shared.chat_format import render_chat
 
 
 @dataclass

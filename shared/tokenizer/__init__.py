@@ -1,6 +1,7 @@
 """Tokenizers: our byte-level BPE (readable and fast trainers), the chat format, HF and GGUF I/O, comparison.
 
-- ``chat``: SPECIAL_TOKENS, render_chat and the identical Jinja CHAT_TEMPLATE.
+- the chat format (SPECIAL_TOKENS, render_chat and the identical Jinja CHAT_TEMPLATE) is ``shared.chat_format``,
+  re-exported here: every tokenizer we train carries its special tokens and template.
 - ``bpe``: the readable reference BPE (train/encode/decode/save/load); ``fast``: HF-trained merges.
   Both give the same merges in the canonical id layout (bytes, merges, specials).
 - ``hf_format`` / ``train``: build, save and load HF tokenizer dirs; ``train_tokenizer`` in one call.
@@ -8,7 +9,7 @@
 - ``compare``: token counts and splits across tokenizers, written as md/json/png.
 """
 from shared.tokenizer.bpe import BPETokenizer, build_vocab, learn_merges
-from shared.tokenizer.chat import CHAT_TEMPLATE, ROLES, SPECIAL_TOKENS, render_chat, render_message
+from shared.chat_format import CHAT_TEMPLATE, ROLES, SPECIAL_TOKENS, render_chat, render_message
 from shared.tokenizer.compare import (TokenizerUnavailable, compare_tokenizers, load_any_tokenizer, token_pieces,
                                       write_comparison)
 from shared.tokenizer.fast import canonical_merges, train_fast_merges

@@ -39,7 +39,7 @@ from pathlib import Path
 import regex
 
 from shared.tokenizer.byte_level import GPT2_SPLIT_PATTERN, HF_BYTE_RANK
-from shared.tokenizer.chat import SPECIAL_TOKENS
+from shared.chat_format import SPECIAL_TOKENS
 
 FORMAT = "gpt-journey-bpe"
 Pair = tuple[int, int]

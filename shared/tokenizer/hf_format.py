@@ -22,7 +22,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from shared.tokenizer.bpe import Pair, build_vocab
 from shared.tokenizer.byte_level import token_str
-from shared.tokenizer.chat import CHAT_TEMPLATE, EOT, SPECIAL_TOKENS
+from shared.chat_format import CHAT_TEMPLATE, EOT, SPECIAL_TOKENS
 
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from shared.tokenizer.bpe import BPETokenizer, build_vocab
-from shared.tokenizer.chat import SPECIAL_TOKENS
+from shared.chat_format import SPECIAL_TOKENS
 from shared.tokenizer.fast import train_fast_merges
 from shared.tokenizer.hf_format import save_hf_tokenizer
 

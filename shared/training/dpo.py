@@ -17,7 +17,7 @@ from typing import Any
 from shared.data.instructions import check_nonempty
 from shared.eval.chat_eval import pair_preference_accuracy
 from shared.registry import Artifact, Registry
-from shared.tokenizer.chat import CHAT_TEMPLATE
+from shared.chat_format import CHAT_TEMPLATE
 from shared.training.posttrain import (compare_stages, first_last, fit_trl, load_pairs, model_lineage, pair_row,
                                        resolve_model, train_metrics)
 from shared.training.posttrain_config import DPOJobConfig

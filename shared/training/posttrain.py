@@ -44,7 +44,7 @@ from shared.data.instructions.loaders import read_jsonl
 from shared.eval.chat_eval import evaluate_models, win_rate
 from shared.eval.generate import context_length
 from shared.registry import Artifact, ArtifactNotFound, Registry
-from shared.tokenizer.chat import render_chat
+from shared.chat_format import render_chat
 from shared.training.curves import plot_curves
 from shared.training.posttrain_config import PostTrainConfig
 from shared.training.trl_worker import LOG_HISTORY, Algorithm, TrainRows, TrlSpec, trl_train_worker
@@ -192,7 +192,7 @@ def first_last(history: list[dict[str, Any]], keys: Sequence[str]) -> dict[str, 
 # ----------------------------------------------------------------------------- rows
 
 def arrow_safe(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Messages with tool calls as compact JSON strings (see ``shared.tokenizer.chat``)."""
+    """Messages with tool calls as compact JSON strings (see ``shared.chat_format``)."""
     out = []
     for m in messages:
         m = dict(m)

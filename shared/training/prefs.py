@@ -33,7 +33,7 @@ from shared.data.instructions.checks import parse_response
 from shared.eval.chat_eval import score_replies, summarize
 from shared.eval.generate import generate_replies, load_chat_model
 from shared.registry import Artifact, Registry
-from shared.tokenizer.chat import render_reply
+from shared.chat_format import render_reply
 from shared.training.posttrain import resolve_model, score_with_reward_model
 from shared.training.posttrain_config import PrefsJobConfig
 

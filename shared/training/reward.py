@@ -31,7 +31,7 @@ from typing import Any
 from shared.config import ConfigError
 from shared.data.instructions import check_nonempty
 from shared.registry import Artifact, Registry
-from shared.tokenizer.chat import CHAT_TEMPLATE, render_reply
+from shared.chat_format import CHAT_TEMPLATE, render_reply
 from shared.training.finetune_config import MethodConfig
 from shared.training.posttrain import (RewardScorer, first_last, fit_trl, load_pairs, pair_row, resolve_model,
                                        train_metrics)

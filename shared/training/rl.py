@@ -39,7 +39,7 @@ from shared.data.instructions import check_nonempty, load_sft_dataset
 from shared.eval.chat_eval import score_replies
 from shared.eval.generate import context_length, stop_token_ids
 from shared.registry import Artifact, Registry
-from shared.tokenizer.chat import CHAT_TEMPLATE, render_chat
+from shared.chat_format import CHAT_TEMPLATE, render_chat
 from shared.training.posttrain import (RewardScorer, arrow_safe, compare_stages, first_last, fit_trl, model_lineage,
                                        resolve_model, resolve_reward_model, train_metrics)
 from shared.training.posttrain_config import RLJobConfig

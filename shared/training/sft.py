@@ -18,7 +18,7 @@ from shared.data import is_heldout_doc, iter_corpus
 from shared.data.instructions import load_sft_dataset
 from shared.eval.chat_eval import evaluate_models
 from shared.registry import Artifact, Registry
-from shared.tokenizer.chat import CHAT_TEMPLATE
+from shared.chat_format import CHAT_TEMPLATE
 from shared.training.posttrain import arrow_safe, fit_trl, resolve_model, train_metrics
 from shared.training.posttrain_config import SFTJobConfig
 from shared.training.trl_worker import Algorithm, TrainRows

@@ -17,7 +17,7 @@ import torch
 from shared.model.gpt import GPT, GPTConfig
 from shared.model.hf import save_hf_checkpoint
 from shared.registry import Registry
-from shared.tokenizer.chat import render_chat
+from shared.chat_format import render_chat
 
 CALL = {"name": "calculator", "arguments": {"expression": "17*23"}}
 CONVERSATIONS = [

@@ -31,7 +31,7 @@ def hello(**kwargs):
 def test_the_openai_client_gets_a_completion(client, stack):
     from transformers import AutoTokenizer
 
-    from shared.tokenizer.chat import render_chat
+    from shared.chat_format import render_chat
     out = client.chat.completions.create(**hello())
     assert out.choices[0].message.content == HELLO_ANSWER
     assert out.choices[0].finish_reason == "stop"

@@ -8,7 +8,7 @@
 Modules: ``schema`` (row shapes, validation, the held-out rule); ``builtin`` (the generated
 ``builtin:instructions`` set) over ``families``, ``safety``, ``facts`` and ``docs``;
 ``loaders`` (by source name) over ``hub_formats`` (public datasets' schemas); ``checks``
-(scoring, pure Python). Rendering to text is ``shared.tokenizer.chat``; tokenizing and
+(scoring, pure Python). Rendering to text is ``shared.chat_format``; tokenizing and
 training are the trainers' business, not this package's.
 """
 from shared.data.instructions.builtin import generate_instructions, load_instructions, safety_prompts

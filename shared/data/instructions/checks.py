@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from shared.data.documents import DataError
-from shared.tokenizer.chat import ASSISTANT, END, EOT, SPECIAL_TOKENS, TOOL_CALL
+from shared.chat_format import ASSISTANT, END, EOT, SPECIAL_TOKENS, TOOL_CALL
 
 ROLE_TOKENS = tuple(t for t in SPECIAL_TOKENS if t not in (EOT, TOOL_CALL, END))
 CONTENT_WEIGHT = 0.8  # reward = CONTENT_WEIGHT * content + (1 - CONTENT_WEIGHT) * format_ok

@@ -38,7 +38,7 @@ from typing import Any
 
 from shared.data.documents import DataError
 from shared.data.split import split_of
-from shared.tokenizer.chat import ASSISTANT, render_message
+from shared.chat_format import ASSISTANT, render_message
 
 CHECK_KINDS = ("exact", "exact_case", "refusal", "tool_call", "none")
 SPLITS = ("train", "heldout")

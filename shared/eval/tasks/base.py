@@ -31,7 +31,7 @@ import torch
 from shared.data.instructions import load_instructions, safety_prompts
 from shared.eval.checkpoint import EvalError
 from shared.eval.generate import generate_replies, load_chat_model
-from shared.tokenizer.chat import render_chat
+from shared.chat_format import render_chat
 
 Conversation = Sequence[Mapping[str, Any]]
 ReplyFn = Callable[[Sequence[Conversation]], list[str]]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from shared.data.instructions.checks import ROLE_TOKENS, parse_response
 from shared.eval.tasks.base import EvalContext, EvalTask, present, prompt_of, share
-from shared.tokenizer.chat import END
+from shared.chat_format import END
 
 
 def has_stray_role(reply: str) -> bool:

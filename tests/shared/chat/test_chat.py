@@ -9,7 +9,7 @@ import pytest
 from shared.chat import openai_api as oai
 from shared.chat.prompt import PASSAGES_HEADER, neutralize, with_passages
 from shared.chat.turn import TurnOptions, run_turn
-from shared.tokenizer.chat import SPECIAL_TOKENS, render_chat
+from shared.chat_format import SPECIAL_TOKENS, render_chat
 
 
 def scripted_generate(replies: list[dict], seen: list):

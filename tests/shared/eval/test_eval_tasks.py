@@ -13,7 +13,7 @@ from shared.eval.tasks.base import EvalContext, heldout_examples, heldout_safety
 from shared.eval.tasks.chat_format import has_stray_role
 from shared.eval.tasks.rag import REASON
 from shared.eval.tasks.tool_use import MAX_TOOL_ROUNDS, expected_tool
-from shared.tokenizer.chat import render_chat
+from shared.chat_format import render_chat
 from shared.tools.docs_search import NO_MATCH, search_docs
 from shared.tools.executor import execute
 

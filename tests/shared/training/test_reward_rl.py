@@ -102,7 +102,7 @@ def test_reward_model_learns_to_rank_heldout_pairs(trained_reward, pairs):
 
 
 def test_scoring_matches_the_trainers_tokens_and_forward(trained_reward, pairs):
-    from shared.tokenizer.chat import render_reply
+    from shared.chat_format import render_reply
     trainer, _, after_dir = trained_reward
     pair, row = pairs[1][0], trainer.eval_dataset[0]
     scorer = RewardScorer(after_dir)
@@ -183,7 +183,7 @@ def test_reward_functions_read_the_raw_completion(tiny_ckpt, trained_reward):
 
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
 def test_rl_runs_and_logs_both_rewards(tiny_ckpt, trained_reward, tmp_path, algorithm):
-    from shared.tokenizer.chat import END
+    from shared.chat_format import END
     cfg = job_config(RLJobConfig, algorithm=algorithm, num_generations=2, max_completion_length=8,
                      train=PostTrainLoopConfig(max_steps=2, batch_size=4, lr=1e-3, warmup=0, log_every=1))
     trainer, _ = build(rl.ALGORITHM, cfg, tiny_ckpt, tmp_path / "trainer", rl_rows(),

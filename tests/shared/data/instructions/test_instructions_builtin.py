@@ -12,7 +12,7 @@ from shared.data.instructions import (generate_instructions, is_refusal, load_in
                                       split_name, validate_sft_example)
 from shared.data.instructions.builtin import FAMILIES
 from shared.data.instructions.facts import TABLES
-from shared.tokenizer.chat import render_chat
+from shared.chat_format import render_chat
 
 HARD_MAX_CHARS = 480
 

@@ -12,7 +12,7 @@ import pytest
 from shared.data import DataError
 from shared.data.instructions import (check_nonempty, from_arrow_row, generate_instructions, load_preference_dataset,
                                       load_sft_dataset, split_name)
-from shared.tokenizer.chat import render_chat
+from shared.chat_format import render_chat
 
 DOLLY = "hf:databricks/databricks-dolly-15k"
 HH = "hf:Anthropic/hh-rlhf"

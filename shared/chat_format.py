@@ -16,6 +16,11 @@ trains on exactly those tokens, stop token included; the ``<|assistant|>`` tag i
 ``render_chat`` and ``CHAT_TEMPLATE`` (used by HF ``apply_chat_template``) produce byte-identical
 strings; the tests hold them to that. This module does not tokenize and does not validate tool
 arguments against schemas (``shared/tools`` does that before anything runs).
+
+It is a module of its own at the bottom of the library, not part of ``shared.tokenizer``: the
+tokenizers, the chat datasets (``shared.data.instructions``), the engine, training, eval and serving
+all speak this format, and the tokenizer stage reads ``shared.data``'s corpora, so keeping the format
+inside either package would make the two import each other (docs/architecture.md, Layers).
 """
 from __future__ import annotations
 
