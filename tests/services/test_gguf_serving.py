@@ -6,7 +6,7 @@ import asyncio
 import pytest
 
 from shared.engine import SamplingParams
-from shared.engine.serving import LlamaCppBackend, load_backend
+from shared.serving.backends import LlamaCppBackend, load_backend
 from tests.services.conftest import CALL, HELLO_ANSWER
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by scripts/install_llama_cpp.sh")
