@@ -17,6 +17,18 @@ from pathlib import Path
 
 ENTRY_LAYERS = ("ray_jobs", "services")
 
+#: The layers of shared/, bottom first (docs/architecture.md, Layers): a package may import packages of
+#: its own layer or of a layer before it, never one after it. Every package of shared/ is in exactly one.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("foundations", ("shared.config", "shared.cluster", "shared.chat_format", "shared.registry")),
+    ("formats", ("shared.data", "shared.tokenizer", "shared.model")),
+    ("engine", ("shared.engine",)),
+    ("runtimes", ("shared.quant", "shared.serving", "shared.tools", "shared.bus", "shared.rag")),
+    ("stage drivers", ("shared.quantize", "shared.eval", "shared.interp", "shared.training")),
+    ("chat turn", ("shared.chat",)),
+    ("stage table", ("shared.stages",)),
+)
+
 #: (importer prefix, forbidden prefixes, why): a module under the importer may not import any of them.
 FORBIDDEN: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("shared", ENTRY_LAYERS, "the library never imports its entry points or services"),
@@ -91,6 +103,21 @@ def forbidden_edges(edges: list[Edge]) -> list[str]:
         for importer, banned, why in FORBIDDEN:
             if _under(e.importer, importer) and any(_under(e.imported, b) for b in banned):
                 out.append(f"{e.where}: {e.importer} imports {e.imported} ({why})")
+    return out
+
+
+def layer_of(node: str) -> int | None:
+    return next((i for i, (_, packages) in enumerate(LAYERS) if node in packages), None)
+
+
+def upward_edges(edges: list[Edge]) -> list[str]:
+    """One line per package-level import that points to a later layer of ``LAYERS``."""
+    out = []
+    for a, targets in package_graph(edges).items():
+        for b, where in targets.items():
+            la, lb = layer_of(a), layer_of(b)
+            if la is not None and lb is not None and lb > la:
+                out.append(f"{where[0]}: {a} ({LAYERS[la][0]}) imports {b} ({LAYERS[lb][0]}), a later layer")
     return out
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.layering import collect, explain_cycle, forbidden_edges, package_cycles
+from tests.layering import LAYERS, collect, explain_cycle, forbidden_edges, node_of, package_cycles, upward_edges
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,6 +22,16 @@ def test_no_import_cycle_between_the_packages_of_shared(edges):
 
 def test_no_import_goes_against_the_layers(edges):
     broken = forbidden_edges(edges)
+    assert not broken, "\n".join(broken)
+
+
+def test_every_package_of_shared_has_a_layer_and_imports_only_its_own_or_lower_layers(edges):
+    packages = {node_of(f"shared.{p.stem if p.suffix == '.py' else p.name}") for p in (ROOT / "shared").iterdir()
+                if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").is_file()}
+    placed = [pkg for _, layer in LAYERS for pkg in layer]
+    assert sorted(placed) == sorted(packages), "place every package of shared/ in tests/layering.py LAYERS " \
+                                               "and docs/architecture.md, Layers"
+    broken = upward_edges(edges)
     assert not broken, "\n".join(broken)
 
 
@@ -54,6 +64,17 @@ def test_a_planted_engine_to_quant_import_inside_a_function_is_caught(tmp_path):
     })
     broken = forbidden_edges(collect(root))
     assert len(broken) == 1 and "shared/engine/linear.py:2" in broken[0] and "shared.quant" in broken[0]
+
+
+def test_a_planted_import_of_a_later_layer_is_caught(tmp_path):
+    root = _plant(tmp_path, {
+        "shared/data/__init__.py": "",
+        "shared/data/x.py": "import shared.training.runner\n",
+        "shared/training/__init__.py": "",
+        "shared/training/runner.py": "",
+    })
+    broken = upward_edges(collect(root))
+    assert len(broken) == 1 and "shared.data (formats) imports shared.training (stage drivers)" in broken[0]
 
 
 def test_a_planted_cycle_and_a_library_to_entry_point_import_are_caught(tmp_path):
