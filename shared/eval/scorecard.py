@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from shared.cluster import ensure_ray
-from shared.config import to_dict
 from shared.eval.checkpoint import EvalError, require_causal_lm
 from shared.eval.eval_config import PERPLEXITY, EvalConfig
 from shared.eval.harness import JOURNEY_TASKS, STANDARD_TASKS, run_lm_eval
@@ -273,7 +272,7 @@ def run_eval(cfg: EvalConfig):
         registry.update_metrics(a, **{f"eval/{k}": v for k, v in results[a.id]["metrics"].items()})
     headline = {f"{a.stage}/{m}": card["metrics"][m][a.id] for a in models for m in HEADLINE_METRICS
                 if card["metrics"].get(m, {}).get(a.id) is not None}
-    return registry.register(run, cfg.stage, "report", parents=[a.id for a in models], config=to_dict(cfg),
+    return registry.register(run, cfg.stage, "report", parents=[a.id for a in models], config=cfg,
                              metrics=headline, timings={"eval": time.perf_counter() - t0})
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-from shared.config import to_dict
 from shared.interp import plots, report
 from shared.interp.attention import write_attention
 from shared.interp.bridge import InterpError, Loaded, encode, load_bridge
@@ -152,7 +151,7 @@ def run_interpret(cfg: InterpretConfig):
         {"induction": {k: r.summary() for k, r in results.items()}, "phase_change": phase.to_dict() if phase else None,
          "diffs": [{"a": d.a, "b": d.b, **d.summary(), "cosine": d.cosine, "distance": d.distance,
                     "weight_change": d.weight_change} for d in diffs], "missing": missing}, indent=1) + "\n")
-    return registry.register(cfg.run, cfg.stage, "report", parents=[a.id for a in arts], config=to_dict(cfg),
+    return registry.register(cfg.run, cfg.stage, "report", parents=[a.id for a in arts], config=cfg,
                              metrics=metrics, timings={"interpret_s": time.perf_counter() - t0})
 
 

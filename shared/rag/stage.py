@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 
-from shared.config import to_dict
 from shared.rag.index_config import IndexConfig
 from shared.rag.ingest import build_index
 from shared.registry import Registry
@@ -25,6 +24,6 @@ def run_index(cfg: IndexConfig):
     metadata = build_index(cfg, out_dir)
     print(f"index: {metadata['chunks']} chunks of {metadata['documents']} documents in "
           f"{metadata['pipeline_s']:.1f}s ({metadata['chunks_per_s']:.1f} chunks/s) -> {out_dir}", flush=True)
-    return registry.register(cfg.run, cfg.stage, "index", config=to_dict(cfg),
+    return registry.register(cfg.run, cfg.stage, "index", config=cfg,
                              metrics={k: metadata[k] for k in METRICS}, extra={"index": metadata},
                              timings={"index": time.perf_counter() - t0})

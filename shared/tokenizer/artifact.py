@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 
-from shared.config import to_dict
 from shared.data import iter_corpus
 from shared.registry import Artifact, Registry
 from shared.tokenizer.compare import compare_tokenizers, write_comparison
@@ -33,5 +32,5 @@ def train_tokenizer_artifact(cfg: TokenizerConfig) -> Artifact:
     for row in rows:
         if row.get("spec") == str(out) and "kind" in row and "chars_per_token" in row:
             metrics[f"chars_per_token_{row['kind']}"] = row["chars_per_token"]
-    return registry.register(cfg.run, cfg.stage, "tokenizer", config=to_dict(cfg), metrics=metrics,
+    return registry.register(cfg.run, cfg.stage, "tokenizer", config=cfg, metrics=metrics,
                              timings={"train_s": t_train, "total_s": time.perf_counter() - t0})
