@@ -51,7 +51,7 @@ def variant_rows(gpt: GPT, variants: list[str], prompt: list[int], args, fp32_by
     """Batch-1 speed of each variant on the same weights and prompt: engine BF16/INT8/INT4, llama.cpp GGUF files."""
     import tempfile
 
-    from shared.quant.stage import llama_speed
+    from shared.quantize.stage import llama_speed
     rows: dict[str, dict] = {}
     engine_variants = [v for v in variants if not v.startswith("gguf-")]
     for variant in engine_variants:

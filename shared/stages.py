@@ -148,12 +148,12 @@ def _run_rl(cfg):
 
 
 def _quantize_config() -> type:
-    from shared.quant.quantize_config import QuantizeConfig
+    from shared.quantize.quantize_config import QuantizeConfig
     return QuantizeConfig
 
 
 def _run_quantize(cfg):
-    from shared.quant.stage import run_quantize
+    from shared.quantize.stage import run_quantize
     return run_quantize(cfg)
 
 

@@ -5,7 +5,7 @@
 document any stage trained on is in it. ``HELDOUT_SETS`` names the journey's two corpora: ``general``
 (the builtin Python docs, pretraining's) and ``domain`` (the builtin Python code, continued
 pretraining's). Held-out perplexity (``shared.eval.perplexity``) and the quantize stage's quality
-text (``shared.quant.stage``) both read it here, so they score the same text.
+text (``shared.quantize.stage``) both read it here, so they score the same text.
 """
 from __future__ import annotations
 

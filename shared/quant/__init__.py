@@ -7,10 +7,10 @@
 - ``engine_quant``: quantize an ``EngineModel``'s linear layers (in place or via ``from_gpt``'s factory); bytes report.
 - ``quality``: greedy agreement and relative logits error of a quantized engine model vs its reference.
 - ``quantized_checkpoint``: save / load a quantized engine model as an artifact directory (no fp32 needed).
-- ``stage``: the quantize stage (every variant built, measured, registered); ``report``: its report.
 
 The GEMV kernels the quantized layers run are the engine's (``shared.engine.kernels``); which runtime
-opens a saved artifact (engine or llama.cpp, by its registry kind) is ``shared.serving.runtime``'s.
+opens a saved artifact (engine or llama.cpp, by its registry kind) is ``shared.serving.runtime``'s; the
+quantize stage that builds, measures and registers every variant is ``shared.quantize``, above both.
 
 Modules are imported by name (``from shared.quant.gguf_export import export_gguf``); this package
 re-exports nothing, so importing it costs nothing and optional runtimes stay optional.

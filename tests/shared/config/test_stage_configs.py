@@ -8,7 +8,7 @@ import pytest
 from shared.config import CONFIGS_DIR, ConfigError, JobConfig, load_config
 from shared.eval.eval_config import EvalConfig
 from shared.interp.interpret_config import InterpretConfig
-from shared.quant.quantize_config import QuantizeConfig
+from shared.quantize.quantize_config import QuantizeConfig
 from shared.rag.index_config import IndexConfig
 from shared.tokenizer.tokenizer_config import TokenizerConfig
 from shared.training.experiments import ExperimentConfig

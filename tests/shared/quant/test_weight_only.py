@@ -421,7 +421,7 @@ def test_decode_path_quality(trained_gpt, text_windows, scheme, min_agreement):
     """Text read one decode step at a time (the GEMV kernels; int4 rounds activations to int8 on VNNI CPUs)
     gives FP32's logits for FP32 and stays as close to FP32 as the prefill path for the quantized schemes."""
     from shared.quant.quality import decode_logits
-    from shared.quant.stage import decode_agreement
+    from shared.quantize.stage import decode_agreement
     reference = EngineModel.from_gpt(trained_gpt)
     ids = text_windows[0]
     torch.testing.assert_close(decode_logits(reference, ids), sequence_logits(reference, ids), rtol=1e-4, atol=1e-4)

@@ -7,7 +7,8 @@
   ``<stage>-<variant>`` (``shared.quant.quantized_checkpoint``); ``gguf-*`` are GGUF files from
   our exporter, quantized by llama.cpp, registered as ``<stage>-gguf-<type>`` (kind ``gguf``);
 - measures quality on held-out text (``quality_text``: held-out chat conversations by default, or
-  the perplexity sets' general / domain text; the same token windows for every variant): loss and perplexity, the delta against FP32, and top-1 agreement with FP32
+  the perplexity sets' general / domain text; the same token windows for every variant): loss and
+  perplexity, the delta against FP32, and top-1 agreement with FP32
   (share of positions where the variant's most likely next token is FP32's); for engine variants
   also that agreement with the first ``decode_quality_tokens`` read one decode step at a time, the
   kernels a served reply runs through (prefill and decode take different ones);
@@ -18,10 +19,12 @@
 Then it registers the report artifact ``<stage>`` (``quantize.md`` / ``.json``, ``variants.png``,
 ``prefill_vs_decode.png``, ``throughput_vs_batch.png``), with the variants and the parent as parents.
 
-The parent must be an ``hf-model`` artifact (its registry kind says so). Each saved variant is measured
-as loaded back from disk by its format's loader (``load_quantized_engine_model``, ``load_llama``), the
-ones ``shared.serving.runtime.open_model`` uses for those kinds; the stage knows each variant's kind, and
-cannot import ``shared.serving`` (serving imports quant: docs/architecture.md, Layers).
+The parent must be an ``hf-model`` artifact (its registry kind says so). Every variant is measured as
+``shared.serving.runtime.open_model`` opens it, the path the generator serves it through: ``fp32`` /
+``bf16`` the parent artifact with that dtype, each saved variant its own artifact, registered (kind
+``quantized`` or ``gguf``) as soon as its files are written so that the registry's kind picks the
+runtime; its metrics are added once measured. How a variant is scored and timed follows the runtime
+that opened it (our engine or llama.cpp), never its files.
 """
 from __future__ import annotations
 
@@ -36,17 +39,18 @@ import torch
 from shared.config import ConfigError, to_dict
 from shared.data.heldout import HELDOUT_SETS, heldout_text
 from shared.data.instructions.builtin import load_instructions
-from shared.engine import Engine, EngineConfig, EngineModel
+from shared.engine import Engine, EngineConfig
 from shared.engine.measure import engine_concurrent, engine_single, hf_single, request_timeline
 from shared.model.hf import gpt_to_hf, load_gpt
 from shared.quant.gguf_export import export_gguf
-from shared.quant.llama_cpp import llama_generate, llama_logits, load_llama, quantize_gguf
+from shared.quant.llama_cpp import llama_generate, llama_logits, quantize_gguf
 from shared.quant.quality import decode_logits, sequence_logits
-from shared.quant.quantize_config import GGUF_VARIANTS, QuantizeConfig
-from shared.quant.quantized_checkpoint import load_quantized_engine_model, save_quantized
-from shared.quant.report import write_report
-from shared.registry import Registry
-from shared.tokenizer.chat import render_chat
+from shared.quant.quantized_checkpoint import WEIGHTS_FILE, save_quantized
+from shared.quantize.quantize_config import GGUF_VARIANTS, QuantizeConfig
+from shared.quantize.report import write_report
+from shared.registry import Artifact, Registry
+from shared.serving.runtime import OpenModel, open_model
+from shared.chat_format import render_chat
 from shared.tokenizer.hf_format import load_tokenizer
 
 LogitsFn = Callable[[list[int]], torch.Tensor]  # token ids -> [T, vocab] logits (float32)
@@ -110,15 +114,31 @@ def gguf_variant(variant: str, parent_dir: Path, out_dir: Path, scratch: Path) -
     return quantize_gguf(source, target, qtype)
 
 
-def engine_model(variant: str, gpt, cfg: QuantizeConfig, out_dir: Path | None, parent_dir: Path):
-    """``(EngineModel, dtype name, saved-files report)`` for an engine variant."""
-    if variant in ("fp32", "bf16"):
-        dtype = torch.float32 if variant == "fp32" else torch.bfloat16
-        return EngineModel.from_gpt(gpt, dtype=dtype), ("float32" if variant == "fp32" else "bfloat16"), None
-    report = save_quantized(gpt, parent_dir, out_dir, scheme=variant, group_size=cfg.group_size,
-                            include_lm_head=cfg.include_lm_head)
-    # Served from what was saved, not from memory: the artifact is what a user deploys.
-    return load_quantized_engine_model(out_dir), "float32", report.to_dict()
+def save_variant(variant: str, gpt, parent: Artifact, cfg: QuantizeConfig, registry: Registry,
+                 scratch: Path) -> Artifact:
+    """Write the saved variant ``variant`` (``int8``, ``int8-dynamic``, ``int4``: our quantized format;
+    ``gguf-*``: a GGUF file) as ``<stage>-<variant>`` and register it with its kind (``quantized`` /
+    ``gguf``) and no metrics yet: opened by its registered kind, it is measured as it will be served."""
+    stage = f"{cfg.stage}-{variant}"
+    out_dir = registry.stage_dir(cfg.run, stage, overwrite=cfg.overwrite)
+    if variant in GGUF_VARIANTS:
+        gguf_variant(variant, parent.dir, out_dir, scratch)
+        kind = "gguf"
+    else:
+        save_quantized(gpt, parent.dir, out_dir, scheme=variant, group_size=cfg.group_size,
+                       include_lm_head=cfg.include_lm_head)
+        kind = "quantized"
+    return registry.register(cfg.run, stage, kind, parents=[parent.id], config={**to_dict(cfg), "variant": variant})
+
+
+def variant_bytes(opened: OpenModel) -> int:
+    """Size of an opened variant's weights: its GGUF file, its quantized weights file, or for the parent's
+    weights (fp32 / bf16) the bytes a decode step reads at that dtype."""
+    if opened.kind == "gguf":
+        return opened.gguf.stat().st_size
+    if opened.kind == "quantized":
+        return file_bytes(opened.path / WEIGHTS_FILE)
+    return opened.engine.model.decode_bytes_per_token()
 
 
 def decode_agreement(model, windows: list[list[int]], reference_top1: list[torch.Tensor],
@@ -140,14 +160,19 @@ def engine_logits_fn(model) -> LogitsFn:
 
 
 # ---------------------------------------------------------------- speed
-def engine_speed(model, dtype: str, prompt: list[int], cfg: QuantizeConfig, block_size: int) -> dict:
-    levels = sorted(set(cfg.concurrency))
-    engine = Engine(model, None, EngineConfig(max_batch_size=max(levels), dtype=dtype,
-                                              max_seq_len=min(block_size, len(prompt) + cfg.new_tokens)))
+def engine_speed(engine: Engine, prompt: list[int], cfg: QuantizeConfig) -> dict:
+    """Batch-1 TTFT, prefill and decode rates, and the aggregate tokens/s at each ``cfg.concurrency``."""
     single, _ = engine_single(engine, prompt, cfg.new_tokens, cfg.repeats)
     single["concurrency"] = {str(c): engine_concurrent(engine, [prompt] * c, cfg.new_tokens, cfg.repeats)
-                             ["aggregate_tokens_per_s"] for c in levels}
+                             ["aggregate_tokens_per_s"] for c in sorted(set(cfg.concurrency))}
     return single
+
+
+def token_engine(opened: OpenModel) -> Engine:
+    """The opened engine's model and settings in an engine without a tokenizer, for the speed runs: they
+    feed token ids and must generate exactly ``new_tokens`` each, as HF ``generate()`` does in the peer
+    row (a tokenizer would add detokenizing to every step, and a tool-call token would end a run early)."""
+    return Engine(opened.engine.model, None, opened.engine.config)
 
 
 def llama_speed(llama, prompt: list[int], cfg: QuantizeConfig) -> dict:
@@ -165,6 +190,24 @@ def file_bytes(path: Path) -> int:
 
 
 # ---------------------------------------------------------------- the stage
+def measure(opened: OpenModel, windows: list[list[int]], reference: dict, prompt: list[int],
+            cfg: QuantizeConfig) -> dict[str, Any]:
+    """One opened variant's report row: runtime, size, speed, and quality against FP32's ``reference``
+    (``quality`` of the parent's own forward pass; see the module docstring)."""
+    if opened.engine is None:  # llama.cpp
+        q = quality(lambda ids: torch.from_numpy(llama_logits(opened.llama, ids)), windows, reference["top1"])
+        row = {"runtime": "llama.cpp", "bytes": variant_bytes(opened), **llama_speed(opened.llama, prompt, cfg)}
+    else:
+        model = opened.engine.model
+        q = quality(engine_logits_fn(model), windows, reference["top1"])
+        q["decode_top1_agreement"] = decode_agreement(model, windows, reference["top1"], cfg.decode_quality_tokens)
+        row = {"runtime": "engine", "bytes": variant_bytes(opened), **engine_speed(token_engine(opened), prompt, cfg)}
+    row.update(loss=q["loss"], ppl=q["ppl"], ppl_delta=q["ppl"] - reference["ppl"],
+               ppl_change=q["ppl"] / reference["ppl"] - 1,
+               top1_agreement=q["top1_agreement"], decode_top1_agreement=q.get("decode_top1_agreement"))
+    return row
+
+
 def run_quantize(cfg: QuantizeConfig):
     torch.set_num_threads(cfg.threads)
     registry = Registry(cfg.runs_dir)
@@ -188,6 +231,7 @@ def run_quantize(cfg: QuantizeConfig):
     rows: dict[str, dict[str, Any]] = {}
     variant_artifacts = []
     timeline = None
+    seq_len = min(block, len(prompt) + cfg.new_tokens)
     if cfg.hf_baseline:
         hf = gpt_to_hf(gpt).eval()
         rows["hf-generate-fp32"] = {"runtime": "HF generate()", "bytes": file_bytes(parent.dir / "model.safetensors"),
@@ -197,40 +241,26 @@ def run_quantize(cfg: QuantizeConfig):
     scratch = tempfile.TemporaryDirectory(prefix="quantize-")
     for variant in cfg.variants:
         print(f"quantize: {variant}", flush=True)
-        if variant in GGUF_VARIANTS:
-            stage = f"{cfg.stage}-{variant}"
-            out_dir = registry.stage_dir(cfg.run, stage, overwrite=cfg.overwrite)
-            path = gguf_variant(variant, parent.dir, out_dir, Path(scratch.name))
-            llama = load_llama(path, n_threads=cfg.threads, logits_all=True)
-            q = quality(lambda ids: torch.from_numpy(llama_logits(llama, ids)), windows, reference["top1"])
-            speed = llama_speed(llama, prompt, cfg)
-            row = {"runtime": "llama.cpp", "bytes": path.stat().st_size, **speed}
-            del llama
-        else:
-            out_dir = None
-            if variant not in ("fp32", "bf16"):
-                stage = f"{cfg.stage}-{variant}"
-                out_dir = registry.stage_dir(cfg.run, stage, overwrite=cfg.overwrite)
-            model, dtype, _ = engine_model(variant, gpt, cfg, out_dir, parent.dir)
-            q = quality(engine_logits_fn(model), windows, reference["top1"])
-            q["decode_top1_agreement"] = decode_agreement(model, windows, reference["top1"],
-                                                          cfg.decode_quality_tokens)
-            speed = engine_speed(model, dtype, prompt, cfg, block)
-            size = file_bytes(out_dir / "quantized.safetensors") if out_dir else model.decode_bytes_per_token()
-            row = {"runtime": "engine", "bytes": size, **speed}
+        # fp32 / bf16 are the parent's own weights at that dtype; every other variant is saved and registered.
+        saved = variant not in ("fp32", "bf16")
+        artifact = save_variant(variant, gpt, parent, cfg, registry, Path(scratch.name)) if saved else parent
+        engine_config = EngineConfig(max_batch_size=max(cfg.concurrency), max_seq_len=seq_len,
+                                     dtype="bfloat16" if variant == "bf16" else "float32")
+        # logits_all: llama.cpp keeps every position's logits, which the quality windows score (the engine
+        # ignores it); the registered kind picks the runtime, as it does for the generator.
+        opened = open_model(artifact, config=engine_config, logits_all=True, n_threads=cfg.threads)
+        try:
+            row = measure(opened, windows, reference, prompt, cfg)
             if variant == "fp32":
-                timeline = request_timeline(Engine(model, None, EngineConfig(
-                    max_batch_size=1, max_seq_len=min(block, len(prompt) + cfg.new_tokens))), prompt, cfg.new_tokens)
-        row.update(loss=q["loss"], ppl=q["ppl"], ppl_delta=q["ppl"] - reference["ppl"],
-                   ppl_change=q["ppl"] / reference["ppl"] - 1,
-                   top1_agreement=q["top1_agreement"], decode_top1_agreement=q.get("decode_top1_agreement"))
+                timeline = request_timeline(Engine(opened.engine.model, None, EngineConfig(
+                    max_batch_size=1, max_seq_len=seq_len)), prompt, cfg.new_tokens)
+        finally:
+            opened.close()
         rows[variant] = row
-        if out_dir is not None:
-            kind = "gguf" if variant in GGUF_VARIANTS else "quantized"
+        if saved:
             metrics = {k: row[k] for k in ("bytes", "ppl", "ppl_delta", "top1_agreement", "decode_top1_agreement",
                                            "decode_tokens_per_s") if row.get(k) is not None}
-            variant_artifacts.append(registry.register(cfg.run, f"{cfg.stage}-{variant}", kind, parents=[parent.id],
-                                                       config={**to_dict(cfg), "variant": variant}, metrics=metrics))
+            variant_artifacts.append(registry.update_metrics(artifact, **metrics))
     scratch.cleanup()
     result = {"parent": parent.id, "quality_text": cfg.quality_text,
               "reference": {"loss": reference["loss"], "ppl": reference["ppl"]},
@@ -241,4 +271,3 @@ def run_quantize(cfg: QuantizeConfig):
                 if isinstance(r.get(k), (int, float))}
     return registry.register(cfg.run, cfg.stage, "report", parents=[parent.id] + [a.id for a in variant_artifacts],
                              config=to_dict(cfg), metrics=headline, timings={"quantize": time.perf_counter() - t0})
-

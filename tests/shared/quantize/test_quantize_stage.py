@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from shared.config import ConfigError, load_config
-from shared.quant.quantize_config import QuantizeConfig
-from shared.quant.report import explanation, table
-from shared.quant.stage import quality
+from shared.quantize.quantize_config import QuantizeConfig
+from shared.quantize.report import explanation, table
+from shared.quantize.stage import quality
 
 
 @pytest.mark.parametrize("override, message", [

@@ -77,7 +77,7 @@ def write_report(result: dict[str, Any], out_dir: Path) -> None:
 
 
 def _plots(result: dict[str, Any], out_dir: Path) -> None:
-    import matplotlib
+    import matplotlib  # start-up cost: only a run that writes a report pays it
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     rows = result["rows"]
