@@ -9,7 +9,14 @@ PYTEST_ARGS ?= -m "not slow and not gpu"
 
 .PHONY: setup run test test-all clean
 
+# System packages: a C/C++ toolchain and cmake build llama.cpp (and our decode kernels); the default test
+# suite runs a real redis-server and drives the web chat in chromium. Installed as root with apt-get,
+# otherwise the exact install command is printed before anything else runs (scripts/system_deps.sh).
+BUILD_DEPS := g++:g++ cmake:cmake
+TEST_DEPS := redis-server:redis-server chromium:chromium
+
 $(VENV)/.installed: pyproject.toml
+	scripts/system_deps.sh $(BUILD_DEPS)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# CPU torch first: an unpinned torch would pull a multi-GB CUDA build.
@@ -25,9 +32,11 @@ run: setup
 	$(VENV)/bin/journey run $(ARGS)
 
 test: setup
+	scripts/system_deps.sh $(TEST_DEPS)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-all: setup
+	scripts/system_deps.sh $(TEST_DEPS)
 	$(PY) -m pytest -m "not gpu"
 
 clean:
