@@ -82,8 +82,21 @@ async def _gather(backend, prompts, params):
     return await asyncio.gather(*(_collect(backend, p, params) for p in prompts))
 
 
+def _paced(engine: Engine, seconds: float = 0.03) -> Engine:
+    """``engine`` with every step slowed down, so a request is still running when its caller acts on it
+    (the fused decode step makes the tiny model's 50 tokens in about a millisecond otherwise)."""
+    step = engine.step
+
+    def paced_step():
+        step()
+        time.sleep(seconds)
+
+    engine.step = paced_step
+    return engine
+
+
 def test_a_caller_that_goes_away_frees_its_slot(byte_tokenizer):
-    engine = Engine(random_gpt(block_size=128), byte_tokenizer, EngineConfig(max_batch_size=2))
+    engine = _paced(Engine(random_gpt(block_size=128), byte_tokenizer, EngineConfig(max_batch_size=2)))
     backend = EngineBackend(engine, "m")
     try:
         text, done = asyncio.run(_collect(backend, [{"role": "user", "content": "hi"}],
@@ -146,15 +159,10 @@ async def _events(backend, messages, params, *, lag_s: float = 0.0):
 
 def test_a_caller_that_keeps_up_gets_each_token_as_it_comes_and_a_lagging_one_gets_them_merged(byte_tokenizer):
     engine = Engine(random_gpt(block_size=128), byte_tokenizer, EngineConfig(max_batch_size=2))
+    step = engine.step  # unpaced: the lagging caller's run below
+    _paced(engine)  # an engine step slower than the caller: each delta is read before the next exists
     params = SamplingParams(max_tokens=16, temperature=0, ignore_eos=True)
     messages = [{"role": "user", "content": "stream me"}]
-    step = engine.step
-
-    def paced_step():  # an engine step slower than the caller: each delta is read before the next exists
-        step()
-        time.sleep(0.03)
-
-    engine.step = paced_step
     backend = EngineBackend(engine, "m")
     try:
         kept_up, done = asyncio.run(_events(backend, messages, params))
