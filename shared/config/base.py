@@ -206,8 +206,7 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise ConfigError.
 
     A key that ``cls.RENAMED`` lists (old name -> its new dotted name from the job config's root)
-    names its new name in the error;
-    any other unknown key gets the closest valid key as a did-you-mean.
+    names its new name in the error; any other unknown key gets the closest valid key as a did-you-mean.
     """
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
