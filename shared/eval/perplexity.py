@@ -30,8 +30,6 @@ from shared.eval.checkpoint import require_causal_lm
 from shared.eval.engine_backend import engine_context, engine_sequence_logits, engine_tokenizer, is_quantized
 from shared.eval.generate import context_length, load_chat_model
 
-DEFAULT_SETS = HELDOUT_SETS  # scored by default: the journey's general and domain corpora
-
 
 def _windows(ids: list[int], width: int, max_tokens: int) -> list[list[int]]:
     ids = ids[: max_tokens + 1]
@@ -97,7 +95,7 @@ def heldout_perplexity(model_path: str | Path, sets: Mapping[str, str] | None = 
         score, context = hf_scorer(model, batch_size), context_length(model)
     out: dict[str, float] = {}
     # ~6 bytes per token leaves room: the text is cut to max_tokens after tokenization anyway.
-    for name, source in (sets or DEFAULT_SETS).items():
+    for name, source in (sets or HELDOUT_SETS).items():
         result = text_loss(score, context, tokenizer, heldout_text(source, max_tokens * 6), max_tokens)
         out.update({f"{name}_{k}": v for k, v in result.items() if k != "tokens"})
     return out
