@@ -19,6 +19,9 @@ OTHER_COMMANDS = (
     ("down", "stop what `journey up` started"),
     ("submit STAGE [--config P] [k=v] [--address URL] [--no-wait]", "run a stage as a Ray job on a cluster "
                                                                     "(ray_jobs.submit)"),
+    ("plan [preset=P] [init_from=A] [k=v ...]", "every stage's data, tokens, steps, memory per GPU and time, "
+                                               "and the problems, before anything runs (ray_jobs.plan)"),
+    ("report RUN", "remake runs/RUN/report/ (index.html + report.md) from the registry (ray_jobs.report)"),
     ("runs", "list runs"),
     ("artifacts [RUN]", "list artifacts with their parents"),
 )
@@ -97,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         return stack.main([command, *rest])
     if command == "submit":
         return submit.main(rest)
+    if command in ("plan", "report"):
+        return importlib.import_module(f"ray_jobs.{command}").main(rest)
     handlers = {"runs": _runs, "artifacts": _artifacts}
     if command not in handlers:
         print(f"journey: error: unknown command {command!r}; see `journey --help`", file=sys.stderr)

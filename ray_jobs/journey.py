@@ -62,13 +62,21 @@ JourneyConfig.__module__ = __name__  # picklable and documented as this module's
 JourneyConfig.__doc__ = "``journey run``'s config: the journey's own keys, then one override section per stage."
 
 
-def _stage_config(stage: str, jc: JourneyConfig, run: str):
-    """The stage's config: its ``<preset>`` preset, this run's name and the overrides given for it, validated."""
+def stage_config(stage: str, preset: str, run: str, overrides: dict | None = None, runs_dir: str | None = None):
+    """The stage's config: its ``<preset>`` preset, the run's name and the overrides given for it, validated.
+
+    ``journey run`` and ``journey plan`` both resolve every stage through here.
+    """
     spec = stage_table.get(stage)
-    base: dict[str, Any] = {"run": run, **jc.overrides(stage)}
-    if jc.runs_dir:
-        base["runs_dir"] = jc.runs_dir
-    return load_config(spec.config, spec.presets, jc.preset, base=base)
+    base: dict[str, Any] = {"run": run, **(overrides or {})}
+    if runs_dir:
+        base["runs_dir"] = runs_dir
+    return load_config(spec.config, spec.presets, preset, base=base)
+
+
+def stage_configs(jc: JourneyConfig, run: str) -> dict[str, Any]:
+    """Every stage of ``jc.stages``, resolved and validated (nothing runs before all of them load)."""
+    return {stage: stage_config(stage, jc.preset, run, jc.overrides(stage), jc.runs_dir) for stage in jc.stages}
 
 
 # What each stage's row shows: the numbers that say whether the stage did its job.
@@ -97,7 +105,7 @@ def summary(registry: Registry, run: str) -> str:
 
 def run_journey(jc: JourneyConfig) -> str:
     run = jc.run or _dt.datetime.now().strftime("journey-%Y%m%d-%H%M%S")
-    configs = {stage: _stage_config(stage, jc, run) for stage in jc.stages}  # validate all before starting
+    configs = stage_configs(jc, run)
     registry = Registry(jc.runs_dir)
     t0 = time.perf_counter()
     for stage in jc.stages:

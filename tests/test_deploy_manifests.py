@@ -188,7 +188,7 @@ def test_rayjob_entrypoints_parse_with_the_jobs_own_parser(monkeypatch):
         module = importlib.import_module(f"ray_jobs.{module_name}")
         if module_name == "journey":
             def stop(jc, module=module):
-                raise _Parsed([module._stage_config(stage, jc, jc.run) for stage in jc.stages])
+                raise _Parsed(list(module.stage_configs(jc, jc.run or "r").values()))
             monkeypatch.setattr(module, "run_journey", stop)
         else:
             monkeypatch.setattr(_args, "parse_job_args", parse_then_stop)

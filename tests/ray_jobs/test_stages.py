@@ -111,7 +111,7 @@ def test_journey_config_has_one_override_section_per_journey_stage():
     jc = load_config(journey.JourneyConfig, "journey", None, base=parse_overrides(
         ["sft.train.max_steps=3", "pretrain.train.max_steps=7", "preset=smoke"]))
     assert jc.sft == {"train": {"max_steps": 3}} and jc.stages == list(stages.DEFAULT_JOURNEY)
-    cfg = journey._stage_config("sft", jc, "r")
+    cfg = journey.stage_configs(jc, "r")["sft"]
     assert isinstance(cfg, stages.get("sft").config) and cfg.train.max_steps == 3 and cfg.run == "r"
     assert journey.HEADLINES["sft"] == stages.get("sft").headlines
 
@@ -137,8 +137,7 @@ def test_journey_run_and_journey_cpt_refuse_cpt_without_init_from_alike(tmp_path
     assert from_run.startswith("journey: error: continued pretraining needs init_from=<artifact>")
     assert not runs.exists()  # not even the tokenizer ran
     with pytest.raises(ConfigError, match="continued pretraining needs init_from"):
-        journey._stage_config("cpt", load_config(journey.JourneyConfig, "journey", None,
-                                                 base={"cpt": {"init_from": None}}), "r")
+        journey.stage_config("cpt", "tiny", "r", {"init_from": None})
 
 
 def test_help_and_the_table_import_no_heavy_library():
