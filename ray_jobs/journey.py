@@ -1,7 +1,10 @@
-"""``journey run``: every stage of the journey, in order, in one Ray session.
+"""``journey run``: every stage of the journey, in order, in one Ray session; rerun it to continue.
 
     journey run                       # tiny preset, a new run named journey-<timestamp>
     journey run preset=smoke run=ci   # seconds per stage (the e2e test)
+    journey run run=ci                # again: skips what is up to date, finishes what was interrupted
+    journey run run=ci from=sft       # sft and every later stage again
+    journey run run=ci only=[eval,interpret] verbose=true
     journey run pretrain.train.max_steps=100 stages=[tokenizer,pretrain]
     journey run stages=[tokenizer,pretrain,cpt,sft,prefs,dpo,reward,rl,quantize,eval]   # with the optional RL stages
 
@@ -9,9 +12,14 @@ The stages, their order and which run by default are the stage table's (``shared
 stage's run function (the one ``journey <stage>`` calls) runs in-process with
 ``configs/<stage>/<preset>.yaml`` plus this run's name and the per-stage overrides given here; every
 stage's config is loaded and validated before the first one starts.
-The last stage, ``eval``, puts every model artifact of the run on the same tasks (the scorecard,
-``runs/<run>/eval/scorecard.md``). Ends with a summary table (``runs/<run>/summary.md``) of every
-artifact's headline metrics, followed by the scorecard.
+
+Rerunning a run is incremental: a stage whose artifact was made from the same resolved config and
+inputs is skipped, one that was interrupted runs again (training continues from its last
+checkpoint) and the rest say why they run (``plan_stages``). The console shows one line per stage
+(``ray_jobs._journey_view``); each stage's own output goes to ``runs/<run>/logs/<stage>.log``.
+The last stages put every model of the run on the same tasks (``eval``: the scorecard) and look
+inside them (``interpret``). Ends with ``runs/<run>/summary.md`` and the report,
+``runs/<run>/report/index.html`` (``journey report <run>`` remakes it).
 """
 from __future__ import annotations
 
@@ -23,9 +31,12 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from ray_jobs._args import run_main
+from ray_jobs._journey_view import JourneyView, StageLine, log_tail
 from shared import stages as stage_table
-from shared.config import describe, help_field, load_config, parse_overrides
-from shared.registry import Registry
+from shared.config import ConfigError, describe, help_field, load_config, parse_overrides, to_dict
+from shared.progress import clear_progress, progress_file
+from shared.registry import ArtifactNotFound, Registry
+from shared.registry.freshness import why_stale
 
 STAGES = stage_table.JOURNEY
 DEFAULT_STAGES = stage_table.DEFAULT_JOURNEY
@@ -39,11 +50,23 @@ class _JourneyOptions:
     preset: str = help_field("tiny", "preset used for every stage: configs/<stage>/<preset>.yaml")
     stages: list[str] = help_field(list(DEFAULT_STAGES), f"stages to run, in order, out of {list(STAGES)}")
     runs_dir: Optional[str] = help_field(None, "artifact root (default $JOURNEY_RUNS or ./runs)")
+    from_stage: Optional[str] = help_field(None, "from=STAGE: run this stage and every later one again, "
+                                                 "even when up to date (earlier stages must be finished)")
+    only: Optional[list[str]] = help_field(None, "only=[STAGE,...]: run just these stages again, even when up to date")
+    verbose: bool = help_field(False, "show every stage's own output (Ray worker lines, per-step logs) instead "
+                                      "of writing it to runs/<run>/logs/<stage>.log")
 
     def validate(self) -> None:
-        for stage in self.stages:
+        for stage in [*self.stages, *(self.only or []), *([self.from_stage] if self.from_stage else [])]:
             if stage not in STAGES:
                 raise stage_table.unknown_stage(stage, STAGES)
+        if self.only and self.from_stage:
+            raise ConfigError("give from= or only=, not both")
+        for name, chosen in (("from", [self.from_stage] if self.from_stage else []), ("only", self.only or [])):
+            missing = [s for s in chosen if s not in self.stages]
+            if missing:
+                raise ConfigError(f"{name}= names {missing}, which this journey's stages={self.stages} do not "
+                                  f"include; add them to stages=[...]")
 
     def overrides(self, stage: str) -> dict:
         """The ``<stage>.key=value`` overrides given for ``stage``."""
@@ -103,24 +126,118 @@ def summary(registry: Registry, run: str) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class StagePlan:
+    """What ``journey run`` will do with one stage, and why."""
+
+    stage: str
+    action: str  # "run" | "skip"
+    reason: str
+
+
+def plan_stages(registry: Registry, jc: JourneyConfig, run: str, configs: dict[str, Any]) -> list[StagePlan]:
+    """Decide, in journey order, which stages run and why (the skip rule: ``shared.registry.freshness``).
+
+    ``only=`` runs just the stages named; ``from=`` runs that stage and every later one; both rerun
+    what they name even when it is up to date. Otherwise a stage runs when it has no finished
+    artifact (never run, or interrupted: training then continues from its last checkpoint) or its
+    artifact is stale, and is skipped when fresh. A stage runs again when one it consumes does.
+    """
+    selected = list(jc.stages)
+    forced: set[str] = set()
+    if jc.only:
+        selected = [s for s in jc.stages if s in jc.only]
+        forced = set(selected)
+    elif jc.from_stage:
+        selected = list(jc.stages[jc.stages.index(jc.from_stage):])
+        forced = set(selected)
+    plans, rerunning = [], set()
+    for stage in selected:
+        try:
+            artifact = registry.resolve(f"{run}/{stage}")
+        except ArtifactNotFound:
+            artifact = None
+        if artifact is None:
+            unfinished = (registry.root / run / stage).is_dir()
+            reason = "interrupted before it finished" if unfinished else "not run yet"
+        elif stage in forced:
+            reason = "only=" if jc.only else "from="
+            reason = f"asked for ({reason}{jc.only if jc.only else jc.from_stage})"
+        else:
+            consumed = sorted(set(stage_table.get(stage).consumes) & rerunning)
+            reason = (f"its input {consumed[0]} runs again" if consumed
+                      else why_stale(registry, artifact, to_dict(configs[stage]), rerunning))
+        if reason is None:
+            plans.append(StagePlan(stage, "skip", "up to date"))
+            continue
+        if artifact is not None:
+            configs[stage].overwrite = True  # replacing a finished artifact is what this run is for
+        rerunning.add(stage)
+        plans.append(StagePlan(stage, "run", reason))
+    return plans
+
+
+def _headline(artifact: Any) -> str:
+    """The stage's first headline numbers, for its line in the progress view."""
+    keys = HEADLINES.get(artifact.stage) or KIND_HEADLINES.get(artifact.kind, ("val_loss", "eval_loss"))
+    cells = [f"{k}={artifact.metrics[k]:.4g}" for k in keys if isinstance(artifact.metrics.get(k), (int, float))]
+    return ", ".join(cells[:3])
+
+
+def _write_report(registry: Registry, run: str):
+    from shared.report import write_report  # matplotlib and friends: paid at the end, not at --help
+    return write_report(registry, run)
+
+
 def run_journey(jc: JourneyConfig) -> str:
+    """Run (or finish) the journey ``jc`` describes; return the run's name.
+
+    Stages already made from the same config and inputs are skipped (``plan_stages``); each stage's
+    output goes to ``runs/<run>/logs/<stage>.log`` (``verbose=true``: to the console). Ends with the
+    summary table and the report (``runs/<run>/report/index.html``).
+    """
     run = jc.run or _dt.datetime.now().strftime("journey-%Y%m%d-%H%M%S")
-    configs = stage_configs(jc, run)
+    configs = stage_configs(jc, run)  # every stage resolves and validates before anything runs
     registry = Registry(jc.runs_dir)
+    plans = plan_stages(registry, jc, run, configs)
     t0 = time.perf_counter()
-    for stage in jc.stages:
-        print(f"== journey {run}: stage {stage} ==", flush=True)
-        stage_table.get(stage).run(configs[stage])
-    table = summary(registry, run)
-    scorecard = registry.root / run / "eval" / "scorecard.md"
-    card = scorecard.read_text() if "eval" in jc.stages and scorecard.exists() else ""
-    (registry.root / run / "summary.md").write_text(
-        f"# Journey {run}\n\n{table}\n\nTotal {time.perf_counter() - t0:.0f} s.\n\n```\n{registry.lineage(run)}\n```\n"
-        + (f"\n{card}" if card else ""))
-    print(table)
-    if card:
-        print(card)
-    print(registry.lineage(run))
+    lines = [StageLine(p.stage, p.action, p.reason) for p in plans]
+    with JourneyView(run, lines, verbose=jc.verbose) as view:
+        for plan in plans:
+            if plan.action == "skip":
+                view.skipped(plan.stage)
+                view.lines[plan.stage].headline = _headline(registry.resolve(f"{run}/{plan.stage}"))
+                continue
+            progress = progress_file(registry.root, run, plan.stage)
+            clear_progress(progress)
+            log = registry.root / run / "logs" / f"{plan.stage}.log"
+            try:
+                with view.running(plan.stage, progress, log) as line:
+                    artifact = stage_table.get(plan.stage).run(configs[plan.stage])
+                    line.headline = _headline(artifact)
+            except KeyboardInterrupt:
+                view.print(f"interrupted during {plan.stage}: `journey run run={run}` continues from there "
+                           f"(finished stages are kept; training resumes from its last checkpoint)")
+                raise
+            except BaseException:
+                tail = log_tail(log) if not jc.verbose else ""
+                view.print(f"stage {plan.stage} failed; its log: {log}" + (f"\n--- last lines ---\n{tail}" if tail else ""))
+                raise
+            finally:
+                clear_progress(progress)
+        table = summary(registry, run)
+        total = time.perf_counter() - t0
+        scorecard = registry.root / run / "eval" / "scorecard.md"
+        (registry.root / run / "summary.md").write_text(
+            f"# Journey {run}\n\n{table}\n\nThis invocation: {total:.0f} s "
+            f"({sum(p.action == 'run' for p in plans)} stages run, {sum(p.action == 'skip' for p in plans)} "
+            f"up to date).\n\n```\n{registry.lineage(run)}\n```\n" + (f"\n{scorecard.read_text()}" if scorecard.exists() else ""))
+        report = _write_report(registry, run)
+        ran = [p.stage for p in plans if p.action == "run"]
+        view.print(f"journey {run}: {len(ran)} stage(s) run ({', '.join(ran) or 'none: all up to date'}) "
+                   f"in {total:.0f} s")
+        view.print(f"summary: {registry.root / run / 'summary.md'}")
+        view.print(f"report:  {report}")
     return run
 
 
@@ -130,10 +247,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{__doc__}\nconfig keys:\n{describe(JourneyConfig)}")
         return 0
 
+    # `from` is a Python keyword, so the field is from_stage; `from=sft` is the spelling people type.
+    argv = [f"from_stage={a.split('=', 1)[1]}" if a.startswith("from=") else a for a in argv]
+
     def job():
         jc = load_config(JourneyConfig, "journey", None, base=parse_overrides(argv))
-        run = run_journey(jc)
-        print(f"journey {run} done: artifacts under {Registry(jc.runs_dir).root / run}")
+        run_journey(jc)
     return run_main(job)
 
 

@@ -120,7 +120,9 @@ def save_variant(variant: str, gpt, parent: Artifact, cfg: QuantizeConfig, regis
     ``gguf-*``: a GGUF file) as ``<stage>-<variant>`` and register it with its kind (``quantized`` /
     ``gguf``) and no metrics yet: opened by its registered kind, it is measured as it will be served."""
     stage = f"{cfg.stage}-{variant}"
-    out_dir = registry.stage_dir(cfg.run, stage, overwrite=cfg.overwrite)
+    # The variants are part of this stage's run: stage_dir(cfg.stage) already refused to replace a finished
+    # quantize report, so a variant left by an interrupted run of it is this run's to redo.
+    out_dir = registry.stage_dir(cfg.run, stage, overwrite=True)
     if variant in GGUF_VARIANTS:
         gguf_variant(variant, parent.dir, out_dir, scratch)
         kind = "gguf"
