@@ -5,6 +5,7 @@
     journey run run=ci                # again: skips what is up to date, finishes what was interrupted
     journey run run=ci from=sft       # sft and every later stage again
     journey run run=ci only=[eval,interpret] verbose=true
+    journey run preset=gpt2-124m init_from=imported/import   # your checkpoint (journey import SRC): no pretrain
     journey run pretrain.train.max_steps=100 stages=[tokenizer,pretrain]
     journey run stages=[tokenizer,pretrain,cpt,sft,prefs,dpo,reward,rl,quantize,eval]   # with the optional RL stages
 
@@ -53,10 +54,15 @@ class _JourneyOptions:
     from_stage: Optional[str] = help_field(None, "from=STAGE: run this stage and every later one again, "
                                                  "even when up to date (earlier stages must be finished)")
     only: Optional[list[str]] = help_field(None, "only=[STAGE,...]: run just these stages again, even when up to date")
+    init_from: Optional[str] = help_field(None, "your own pretrained model instead of the pretrain stage: an "
+                                                "artifact (`journey import SRC` makes one from a nanoGPT / "
+                                                "build-nanogpt / llm.c / HF checkpoint); cpt continues from it")
     verbose: bool = help_field(False, "show every stage's own output (Ray worker lines, per-step logs) instead "
                                       "of writing it to runs/<run>/logs/<stage>.log")
 
     def validate(self) -> None:
+        if self.init_from:  # the user's model is the pretrained one: nothing to pretrain
+            self.stages = [s for s in self.stages if s != "pretrain"]
         for stage in [*self.stages, *(self.only or []), *([self.from_stage] if self.from_stage else [])]:
             if stage not in STAGES:
                 raise stage_table.unknown_stage(stage, STAGES)
@@ -69,8 +75,13 @@ class _JourneyOptions:
                                   f"include; add them to stages=[...]")
 
     def overrides(self, stage: str) -> dict:
-        """The ``<stage>.key=value`` overrides given for ``stage``."""
-        return getattr(self, stage)
+        """The ``<stage>.key=value`` overrides given for ``stage`` (with ``init_from``: cpt starts from that
+        model and reads text with the tokenizer saved beside it, unless given otherwise)."""
+        given = dict(getattr(self, stage))
+        if self.init_from and stage == "cpt":
+            given.setdefault("init_from", self.init_from)
+            given.setdefault("tokenizer", self.init_from)
+        return given
 
 
 # One dict field per journey stage (``journey run sft.train.max_steps=3``), made from the table so a

@@ -47,10 +47,15 @@ DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 AGENT_NOT_READY = "No available agent"  # a head that has just started; Ray itself says to retry
 
 
+#: Modules with a ``__main__`` that are not jobs: the CLI, this module, and commands that only read or
+#: print on the machine they run on (``journey plan``, ``journey report``).
+NOT_JOBS = ("cli", "submit", "plan", "report")
+
+
 def entry_points(root: Path = ROOT) -> list[str]:
-    """Modules of ray_jobs/ that run with ``python -m`` (have a ``__main__`` block), except this one and the CLI."""
+    """Modules of ray_jobs/ that run with ``python -m`` (have a ``__main__`` block) as jobs (see ``NOT_JOBS``)."""
     return sorted(p.stem for p in (root / "ray_jobs").glob("*.py")
-                  if p.stem not in ("cli", "submit") and '__name__ == "__main__"' in p.read_text(encoding="utf-8"))
+                  if p.stem not in NOT_JOBS and '__name__ == "__main__"' in p.read_text(encoding="utf-8"))
 
 
 def stage_names() -> list[str]:

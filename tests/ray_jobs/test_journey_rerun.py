@@ -132,3 +132,13 @@ def test_bad_from_and_only_are_one_line(overrides, message, tmp_path, capsys):
 def test_from_is_the_from_stage_key():
     with pytest.raises(ConfigError, match="unknown stage"):
         load_config(journey.JourneyConfig, "journey", None, base={"from_stage": "nope"})
+
+
+def test_init_from_replaces_pretraining_with_your_model(tmp_path):
+    jc = _journey_config(tmp_path, "init_from=imported/import")
+    assert "pretrain" not in jc.stages and jc.stages[:2] == ["tokenizer", "cpt"]
+    cpt = journey.stage_configs(jc, RUN)["cpt"]
+    assert cpt.init_from == "imported/import" and cpt.tokenizer == "imported/import"
+    given = journey.stage_configs(_journey_config(tmp_path, "init_from=imported/import", "cpt.tokenizer=tokenizer"),
+                                  RUN)["cpt"]
+    assert given.tokenizer == "tokenizer"  # what is given for the stage wins

@@ -107,7 +107,7 @@ def test_every_preset_loads_into_the_stage_config_and_names_the_stage(stage):
 
 def test_journey_config_has_one_override_section_per_journey_stage():
     fields = [f.name for f in dataclasses.fields(journey.JourneyConfig)]
-    assert fields == ["run", "preset", "stages", "runs_dir", "from_stage", "only", "verbose", *stages.JOURNEY]
+    assert fields == ["run", "preset", "stages", "runs_dir", "from_stage", "only", "init_from", "verbose", *stages.JOURNEY]
     jc = load_config(journey.JourneyConfig, "journey", None, base=parse_overrides(
         ["sft.train.max_steps=3", "pretrain.train.max_steps=7", "preset=smoke"]))
     assert jc.sft == {"train": {"max_steps": 3}} and jc.stages == list(stages.DEFAULT_JOURNEY)
