@@ -5,7 +5,7 @@
     journey run run=ci                # again: skips what is up to date, finishes what was interrupted
     journey run run=ci from=sft       # sft and every later stage again
     journey run run=ci only=[eval,interpret] verbose=true
-    journey run preset=gpt2-124m init_from=imported/import   # your checkpoint (journey import SRC): no pretrain
+    journey run preset=gpt2-124m init_from=imported/import   # your checkpoint (journey import SRC): no tokenizer/pretrain
     journey run pretrain.train.max_steps=100 stages=[tokenizer,pretrain]
     journey run stages=[tokenizer,pretrain,cpt,sft,prefs,dpo,reward,rl,quantize,eval]   # with the optional RL stages
 
@@ -38,9 +38,13 @@ from shared.config import ConfigError, describe, help_field, load_config, parse_
 from shared.progress import clear_progress, progress_file
 from shared.registry import ArtifactNotFound, Registry
 from shared.registry.freshness import why_stale
+from shared.report import write_report
+from shared.report.collect import headlines_of
 
 STAGES = stage_table.JOURNEY
 DEFAULT_STAGES = stage_table.DEFAULT_JOURNEY
+#: Stages a journey from your own model (init_from=...) leaves out: it is pretrained and carries its tokenizer.
+REPLACED_BY_INIT = ("tokenizer", "pretrain")
 
 
 @dataclass
@@ -54,15 +58,15 @@ class _JourneyOptions:
     from_stage: Optional[str] = help_field(None, "from=STAGE: run this stage and every later one again, "
                                                  "even when up to date (earlier stages must be finished)")
     only: Optional[list[str]] = help_field(None, "only=[STAGE,...]: run just these stages again, even when up to date")
-    init_from: Optional[str] = help_field(None, "your own pretrained model instead of the pretrain stage: an "
-                                                "artifact (`journey import SRC` makes one from a nanoGPT / "
-                                                "build-nanogpt / llm.c / HF checkpoint); cpt continues from it")
+    init_from: Optional[str] = help_field(None, "your own pretrained model instead of the tokenizer and pretrain "
+                                                "stages: an artifact (`journey import SRC` makes one from a nanoGPT "
+                                                "/ build-nanogpt / llm.c / HF checkpoint); cpt continues from it")
     verbose: bool = help_field(False, "show every stage's own output (Ray worker lines, per-step logs) instead "
                                       "of writing it to runs/<run>/logs/<stage>.log")
 
     def validate(self) -> None:
-        if self.init_from:  # the user's model is the pretrained one: nothing to pretrain
-            self.stages = [s for s in self.stages if s != "pretrain"]
+        if self.init_from:  # the user's model is the pretrained one, with its own tokenizer
+            self.stages = [s for s in self.stages if s not in REPLACED_BY_INIT]
         for stage in [*self.stages, *(self.only or []), *([self.from_stage] if self.from_stage else [])]:
             if stage not in STAGES:
                 raise stage_table.unknown_stage(stage, STAGES)
@@ -113,15 +117,6 @@ def stage_configs(jc: JourneyConfig, run: str) -> dict[str, Any]:
     return {stage: stage_config(stage, jc.preset, run, jc.overrides(stage), jc.runs_dir) for stage in jc.stages}
 
 
-# What each stage's row shows: the numbers that say whether the stage did its job.
-HEADLINES = {s.name: s.headlines for s in stage_table.STAGES if s.headlines}
-
-
-# Variants written by the quantize stage (stage names quantize-<variant>) are read by kind.
-KIND_HEADLINES = {"quantized": ("bytes", "decode_tokens_per_s", "ppl_delta", "top1_agreement"),
-                  "gguf": ("bytes", "decode_tokens_per_s", "ppl_delta", "top1_agreement")}
-
-
 def summary(registry: Registry, run: str) -> str:
     """Markdown table of the run's artifacts and their headline metrics."""
     lines = ["| artifact | kind | headline metrics | time (s) |", "|---|---|---|---|"]
@@ -131,7 +126,7 @@ def summary(registry: Registry, run: str) -> str:
                     else "models looked inside: interpret/interpret.md")
             lines.append(f"| {a.id} | report | {len(a.parents)} {what} | {sum(a.timings.values()):.0f} |")
             continue
-        keys = HEADLINES.get(a.stage) or KIND_HEADLINES.get(a.kind, ("val_loss", "eval_loss"))
+        keys = headlines_of(a) or ("val_loss", "eval_loss")
         cells = ", ".join(f"{k}={a.metrics[k]:.4g}" for k in keys if isinstance(a.metrics.get(k), (int, float)))
         lines.append(f"| {a.id} | {a.kind} | {cells} | {sum(a.timings.values()):.0f} |")
     return "\n".join(lines)
@@ -190,14 +185,9 @@ def plan_stages(registry: Registry, jc: JourneyConfig, run: str, configs: dict[s
 
 def _headline(artifact: Any) -> str:
     """The stage's first headline numbers, for its line in the progress view."""
-    keys = HEADLINES.get(artifact.stage) or KIND_HEADLINES.get(artifact.kind, ("val_loss", "eval_loss"))
+    keys = headlines_of(artifact) or ("val_loss", "eval_loss")
     cells = [f"{k}={artifact.metrics[k]:.4g}" for k in keys if isinstance(artifact.metrics.get(k), (int, float))]
     return ", ".join(cells[:3])
-
-
-def _write_report(registry: Registry, run: str):
-    from shared.report import write_report  # matplotlib and friends: paid at the end, not at --help
-    return write_report(registry, run)
 
 
 def run_journey(jc: JourneyConfig) -> str:
@@ -243,7 +233,7 @@ def run_journey(jc: JourneyConfig) -> str:
             f"# Journey {run}\n\n{table}\n\nThis invocation: {total:.0f} s "
             f"({sum(p.action == 'run' for p in plans)} stages run, {sum(p.action == 'skip' for p in plans)} "
             f"up to date).\n\n```\n{registry.lineage(run)}\n```\n" + (f"\n{scorecard.read_text()}" if scorecard.exists() else ""))
-        report = _write_report(registry, run)
+        report = write_report(registry, run)
         ran = [p.stage for p in plans if p.action == "run"]
         view.print(f"journey {run}: {len(ran)} stage(s) run ({', '.join(ran) or 'none: all up to date'}) "
                    f"in {total:.0f} s")

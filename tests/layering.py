@@ -20,13 +20,15 @@ ENTRY_LAYERS = ("ray_jobs", "services")
 #: The layers of shared/, bottom first (docs/architecture.md, Layers): a package may import packages of
 #: its own layer or of a layer before it, never one after it. Every package of shared/ is in exactly one.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("foundations", ("shared.config", "shared.cluster", "shared.chat_format", "shared.registry")),
+    ("foundations", ("shared.config", "shared.cluster", "shared.chat_format", "shared.registry", "shared.progress")),
     ("formats", ("shared.data", "shared.tokenizer", "shared.model")),
     ("engine", ("shared.engine",)),
     ("runtimes", ("shared.quant", "shared.serving", "shared.tools", "shared.bus", "shared.rag")),
     ("stage drivers", ("shared.quantize", "shared.eval", "shared.interp", "shared.training")),
     ("chat turn", ("shared.chat",)),
+    ("planning", ("shared.plan",)),
     ("stage table", ("shared.stages",)),
+    ("report", ("shared.report",)),
 )
 
 #: (importer prefix, forbidden prefixes, why): a module under the importer may not import any of them.

@@ -11,10 +11,15 @@ newest anywhere), ``latest:<stage>`` (newest anywhere), or a path to an artifact
 from __future__ import annotations
 
 import datetime as _dt
+import functools
+import importlib.metadata
 import json
 import os
+import platform
 import re
+import socket
 import subprocess
+import sys
 import tempfile
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
@@ -49,6 +54,8 @@ class Artifact:
     timings: dict[str, float] = field(default_factory=dict)
     created_at: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # Where it was made (``environment()``); empty in manifests written before it was recorded.
+    environment: dict[str, Any] = field(default_factory=dict)
 
     @property
     def id(self) -> str:
@@ -69,6 +76,66 @@ def git_commit() -> str | None:
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+#: Libraries whose versions decide what a stage computes; each artifact records the installed ones.
+VERSIONED_PACKAGES = ("torch", "transformers", "trl", "peft", "ray", "datasets", "lm_eval", "llama_cpp_python")
+
+
+def environment() -> dict[str, Any]:
+    """Where this process runs: host, OS, Python, CPUs, memory, GPUs and the versions of ``VERSIONED_PACKAGES``.
+
+    Recorded in every artifact by ``register`` (the report's Environment section). It is the
+    registering process's view: a Ray Train stage's workers run on the same machine in a local
+    session, not necessarily on a cluster. Cheap (a few ms, then cached): versions come from the
+    installed packages' metadata, never by importing them, and GPUs are read without initialising CUDA.
+    """
+    return dict(_environment())
+
+
+@functools.lru_cache(maxsize=1)
+def _environment() -> dict[str, Any]:
+    versions = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None  # not installed: recorded as such, so the report can say so
+    return {"hostname": socket.gethostname(), "platform": platform.platform(), "python": platform.python_version(),
+            "cpu_count": os.cpu_count(), "memory_bytes": _total_memory(), "gpus": _gpu_names(),
+            "versions": versions}
+
+
+def _total_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system that reports it
+        return None
+
+
+def _gpu_names() -> list[str]:
+    """GPU names, without importing torch or initialising CUDA.
+
+    Through torch only when it is imported and CUDA is already initialised: calling into CUDA first
+    would make a later fork (a DataLoader worker) unable to use it. Otherwise the NVIDIA driver's
+    files, which name every GPU it drives; an empty list where neither applies (no GPU, or not Linux).
+    """
+    torch = sys.modules.get("torch")
+    try:
+        if torch is not None and torch.cuda.is_initialized():
+            return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except (AttributeError, RuntimeError):  # a torch without CUDA support
+        pass
+    names = []
+    for info in sorted(Path("/proc/driver/nvidia/gpus").glob("*/information")):
+        try:
+            model = next((line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
+                          if line.startswith("Model:")), None)
+        except OSError:
+            continue
+        if model:
+            names.append(model)
+    return names
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -123,7 +190,7 @@ class Registry:
                        config=config or {}, data_fingerprint=data_fingerprint, git_commit=git_commit(),
                        metrics=metrics or {}, timings=timings or {},
                        created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),
-                       extra=extra or {})
+                       extra=extra or {}, environment=environment())
         write_json_atomic(path / MANIFEST, asdict(art))
         return art
 

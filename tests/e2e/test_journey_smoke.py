@@ -80,6 +80,20 @@ def test_journey_run_smoke(tmp_path):
     assert (runs / "smoke" / "interpret" / "attention" / "dpo" / "grid.png").stat().st_size > 0
     assert "No training snapshots" not in interp  # the phase-change plot read the pretraining snapshots
 
+    # The report: one self-contained page made from the registry, its path printed at the end.
+    report = runs / "smoke" / "report" / "index.html"
+    assert f"report:  {report}" in proc.stdout
+    assert report.stat().st_size > 0 and (runs / "smoke" / "report" / "report.md").exists()
+
+    # A second run of the same command finds every stage up to date and runs nothing.
+    made = {name: stage["created_at"] for name, stage in stages.items()}
+    again = subprocess.run([str(Path(sys.executable).parent / "journey"), "run", "preset=smoke", "run=smoke"],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
+    assert "0 stage(s) run (none: all up to date)" in again.stdout
+    assert {p.parent.name: json.loads(p.read_text())["created_at"]
+            for p in (runs / "smoke").glob("*/journey.json")} == made
+
     listing = subprocess.run([str(Path(sys.executable).parent / "journey"), "artifacts", "smoke"], cwd=REPO,
                              env=env, capture_output=True, text=True, timeout=120)
     assert "└─ smoke/cpt" in listing.stdout

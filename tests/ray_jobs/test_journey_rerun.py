@@ -136,7 +136,7 @@ def test_from_is_the_from_stage_key():
 
 def test_init_from_replaces_pretraining_with_your_model(tmp_path):
     jc = _journey_config(tmp_path, "init_from=imported/import")
-    assert "pretrain" not in jc.stages and jc.stages[:2] == ["tokenizer", "cpt"]
+    assert jc.stages == [s for s in DEFAULT_JOURNEY if s not in ("tokenizer", "pretrain")]
     cpt = journey.stage_configs(jc, RUN)["cpt"]
     assert cpt.init_from == "imported/import" and cpt.tokenizer == "imported/import"
     given = journey.stage_configs(_journey_config(tmp_path, "init_from=imported/import", "cpt.tokenizer=tokenizer"),
