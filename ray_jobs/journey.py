@@ -1,6 +1,6 @@
 """``journey run``: every stage of the journey, in order, in one Ray session; rerun it to continue.
 
-    journey run                       # tiny preset, a new run named journey-<timestamp>
+    journey run                       # tiny preset, in the run named tiny (again: continues or does nothing)
     journey run preset=smoke run=ci   # seconds per stage (the e2e test)
     journey run run=ci                # again: skips what is up to date, finishes what was interrupted
     journey run run=ci from=sft       # sft and every later stage again
@@ -25,7 +25,6 @@ inside them (``interpret``). Ends with ``runs/<run>/summary.md`` and the report,
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import sys
 import time
 from dataclasses import dataclass
@@ -51,7 +50,8 @@ REPLACED_BY_INIT = ("tokenizer", "pretrain")
 class _JourneyOptions:
     """The journey's own keys; ``JourneyConfig`` adds one override section per stage of the table."""
 
-    run: Optional[str] = help_field(None, "run name (default journey-<timestamp>)")
+    run: Optional[str] = help_field(None, "run name (default: the preset's name, so running the same command "
+                                          "again continues that run; a new name starts a new run)")
     preset: str = help_field("tiny", "preset used for every stage: configs/<stage>/<preset>.yaml")
     stages: list[str] = help_field(list(DEFAULT_STAGES), f"stages to run, in order, out of {list(STAGES)}")
     runs_dir: Optional[str] = help_field(None, "artifact root (default $JOURNEY_RUNS or ./runs)")
@@ -63,6 +63,11 @@ class _JourneyOptions:
                                                 "/ build-nanogpt / llm.c / HF checkpoint); cpt continues from it")
     verbose: bool = help_field(False, "show every stage's own output (Ray worker lines, per-step logs) instead "
                                       "of writing it to runs/<run>/logs/<stage>.log")
+
+    @property
+    def run_name(self) -> str:
+        """The run: ``run``, else the preset's name (a Ctrl-C'd ``journey run`` continues when run again)."""
+        return self.run or self.preset
 
     def validate(self) -> None:
         if self.init_from:  # the user's model is the pretrained one, with its own tokenizer
@@ -197,7 +202,7 @@ def run_journey(jc: JourneyConfig) -> str:
     output goes to ``runs/<run>/logs/<stage>.log`` (``verbose=true``: to the console). Ends with the
     summary table and the report (``runs/<run>/report/index.html``).
     """
-    run = jc.run or _dt.datetime.now().strftime("journey-%Y%m%d-%H%M%S")
+    run = jc.run_name
     configs = stage_configs(jc, run)  # every stage resolves and validates before anything runs
     registry = Registry(jc.runs_dir)
     plans = plan_stages(registry, jc, run, configs)

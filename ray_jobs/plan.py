@@ -22,7 +22,6 @@ each problem with its fix), 2 on a config error (an unknown key, a bad value, an
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import sys
 from dataclasses import dataclass
@@ -71,7 +70,7 @@ def build_plan(argv: list[str]):
     argv = [a for a in argv if a != "--json"]
     given = parse_overrides(argv)
     pc = load_config(PlanConfig, "journey", None, base=given)
-    run = pc.run or _dt.datetime.now().strftime("journey-%Y%m%d-%H%M%S")
+    run = pc.run_name
     stages = pc.stages
     problems: list[Problem] = []
     configs: dict[str, Any] = {}
