@@ -5,7 +5,7 @@
 - ``TrainJobConfig``: a job that trains under Ray Train adds its workers and numerics
   (``num_workers``, ``cpus_per_worker``, ``use_gpu``, ``seed``, ``precision``).
 - ``TrainLoopConfig``: the ``train:`` section, with the same names for pretraining and
-  post-training (steps, batch, learning rate and schedule, clipping, eval and log cadence). Each
+  post-training (steps, batch, learning rate and schedule, clipping, eval, log and checkpoint cadence). Each
   family subclasses it for its own extras and its own list of schedules.
 
 A subclass changes a default by redeclaring the field (``stage: str = help_field("sft", ...)``);
@@ -80,9 +80,18 @@ class TrainLoopConfig:
     grad_clip: float = help_field(1.0, "clip the global gradient norm to this (0 = off)")
     eval_every: int = help_field(100, "evaluate the held-out loss every N steps")
     log_every: int = help_field(10, "log every N steps")
+    ckpt_every: Optional[int] = help_field(
+        None, "save a resumable checkpoint every N steps (None = four per run, every max_steps // 4); a stage "
+        "that crashed or was interrupted continues from its last one when rerun in the same run")
+
+    def checkpoint_interval(self) -> int:
+        """Steps between resumable checkpoints: ``ckpt_every``, or a quarter of the run when it is None."""
+        return self.ckpt_every if self.ckpt_every is not None else max(1, self.max_steps // 4)
 
     def validate(self) -> None:
         require_positive(self, ("max_steps", "batch_size", "grad_accum", "eval_every", "log_every"), "train.")
+        if self.ckpt_every is not None:
+            require_positive(self, ("ckpt_every",), "train.")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         if self.warmup < 0:

@@ -81,4 +81,5 @@ def run_dpo(cfg: DPOJobConfig) -> Artifact:
     parents = policy.parent_ids + ([pairs_art.id] if pairs_art else [])
     timings = {"data_s": t_data, "train_s": fit.train_s, "eval_s": time.perf_counter() - t1}
     return registry.register(cfg.run, cfg.stage, "hf-model", parents=parents, config=cfg, metrics=metrics,
-                             timings=timings, extra={"reference": reference.path, "data": cfg.data})
+                             timings=timings, extra={"reference": reference.path, "data": cfg.data,
+                                                     "resumed_from_step": fit.resumed_from_step})

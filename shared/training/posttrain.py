@@ -10,6 +10,7 @@ never each other (docs/architecture.md, Layers). It holds:
   DeepSpeed inside the HF Trainer when configured) with the config dataclass itself, copies the
   final checkpoint into the stage's artifact directory and writes ``metrics.jsonl`` and
   ``loss_curve.png``; ``train_metrics`` / ``first_last`` read the headline numbers off its history;
+  an interrupted fit continues from its last checkpoint when rerun (``fit_trl``'s docstring);
 - rows: ``arrow_safe`` (messages Arrow can hold), ``pair_row`` and ``load_pairs`` (preference pairs
   from a prefs artifact or a dataset);
 - the after-training comparison: ``model_lineage`` (a model's registered ancestors) and
@@ -27,6 +28,7 @@ Each stage evaluates its result and registers the artifact itself: each knows it
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -43,10 +45,12 @@ from shared.data.instructions import (load_preference_dataset, load_sft_dataset,
 from shared.data.instructions.loaders import read_jsonl
 from shared.eval.chat_eval import evaluate_models, win_rate
 from shared.eval.generate import context_length
+from shared.progress import progress_file
 from shared.registry import Artifact, ArtifactNotFound, Registry
 from shared.chat_format import render_chat
 from shared.training.curves import plot_curves
 from shared.training.posttrain_config import PostTrainConfig
+from shared.training.resume import artifact_stamp, checkpoint_root, discard, plan_resume, resume_key
 from shared.training.trl_worker import LOG_HISTORY, Algorithm, TrainRows, TrlSpec, trl_train_worker
 
 PAIR_FILES = {"train": "train.jsonl", "heldout": "heldout.jsonl"}
@@ -101,6 +105,7 @@ class FitResult:
     history: list[dict[str, Any]]
     final_eval: dict[str, Any] = field(default_factory=dict)
     train_s: float = 0.0
+    resumed_from_step: int = 0  # the step this attempt started from (0: fresh); record it in the artifact's extra
 
 
 def preflight(cfg: PostTrainConfig, model: ModelRef) -> None:
@@ -124,16 +129,72 @@ def preflight(cfg: PostTrainConfig, model: ModelRef) -> None:
     target_modules_for(skeleton, method.target_spec())
 
 
+TRAINER_DIR = "trainer"  # under the stage's checkpoint root: the HF Trainer's output_dir (checkpoint-N/)
+RAY_DIR = "ray"  # under the stage's checkpoint root: Ray Train's storage (only the final checkpoint is reported)
+
+
+def latest_trainer_checkpoint(directory: Path) -> tuple[Path, int] | None:
+    """The newest complete HF Trainer checkpoint under a stage's checkpoint root, with its step.
+
+    Complete means its ``trainer_state.json`` is there: the Trainer writes it after the weights,
+    optimizer and RNG states, so a save cut short has none.
+    """
+    found = []
+    for path in (Path(directory) / TRAINER_DIR).glob("checkpoint-*"):
+        try:
+            found.append((int(json.loads((path / "trainer_state.json").read_text())["global_step"]), path))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    if not found:
+        return None
+    step, path = max(found, key=lambda f: f[0])
+    return path, step
+
+
+def _path_stamp(path: str | None) -> str | None:
+    """``path``, plus the ``created_at`` of the artifact there if it is one (a remade artifact differs)."""
+    if path is None:
+        return None
+    try:
+        return artifact_stamp(Registry.load(path))
+    except (OSError, ValueError, KeyError, TypeError, ArtifactNotFound):
+        return path
+
+
+def _fit_inputs(model: ModelRef, rows: TrainRows) -> dict[str, Any]:
+    """What a fit reads besides its config: the models (stamped) and a digest of the rows."""
+    digest = hashlib.sha256(json.dumps([rows.train, rows.eval], sort_keys=True, default=str).encode()).hexdigest()
+    return {"model": artifact_stamp(model.artifact) or model.path, "reference": _path_stamp(rows.reference_path),
+            "reward_model": _path_stamp(rows.reward_model_path), "rows": digest}
+
+
 def fit_trl(cfg: PostTrainConfig, algorithm: Algorithm, model: ModelRef, out_dir: Path,
             rows: TrainRows) -> FitResult:
-    """Train under Ray Train and leave an HF checkpoint + history in ``out_dir`` (see module docstring)."""
+    """Train under Ray Train and leave an HF checkpoint + history in ``out_dir`` (see module docstring).
+
+    Resumable checkpoints go to ``<runs>/<run>/_ckpt/<stage>/trainer/checkpoint-N`` every
+    ``train.ckpt_every`` steps. A fit whose earlier attempt was interrupted continues from the newest
+    one when the config and inputs (start model, reference, reward model, rows) are those it was
+    written under (``shared.training.resume``), and says so in one line; otherwise the old ones are
+    removed and it starts at step 0. The checkpoints are deleted as soon as the final weights are in
+    ``out_dir``, so a stage whose finished artifact is being replaced (``overwrite=true``) finds none
+    and never resumes. Ray Train's own storage (``ray/`` beside them) is wiped before every fit: Ray
+    Train v2 would otherwise hand a new fit of the same name the old run's checkpoint.
+    """
     import ray.train
     from ray.train.torch import TorchTrainer
 
     preflight(cfg, model)
     ensure_ray()
-    spec = TrlSpec(algorithm=algorithm, config=cfg, model_path=model.path, rows=rows)
-    storage = Path(out_dir).parent / "_ray"
+    root = Path(out_dir).parent.parent  # out_dir is <root>/<run>/<stage> (Registry.stage_dir)
+    plan = plan_resume(checkpoint_root(root, cfg.run, cfg.stage), cfg.stage, resume_key(cfg, _fit_inputs(model, rows)),
+                       latest_trainer_checkpoint)
+    storage = plan.directory / RAY_DIR
+    shutil.rmtree(storage, ignore_errors=True)  # Ray Train's run of the last attempt (see the docstring)
+    spec = TrlSpec(algorithm=algorithm, config=cfg, model_path=model.path, rows=rows,
+                   checkpoint_dir=str(plan.directory / TRAINER_DIR),
+                   resume_from=str(plan.checkpoint) if plan.resuming else None,
+                   progress_file=str(progress_file(root, cfg.run, cfg.stage)))
     t0 = time.perf_counter()
     result = TorchTrainer(
         trl_train_worker, train_loop_config={"spec": spec},
@@ -146,6 +207,7 @@ def fit_trl(cfg: PostTrainConfig, algorithm: Algorithm, model: ModelRef, out_dir
         raise RuntimeError(f"{algorithm.name} training finished without a checkpoint; see the Ray logs under {storage}")
     with result.checkpoint.as_directory() as d:
         shutil.copytree(d, out_dir, dirs_exist_ok=True)
+    discard(plan.directory)  # the final weights are in out_dir now (see the docstring)
     log = json.loads((out_dir / LOG_HISTORY).read_text())
     final = log.pop()["final_eval"] if log and "final_eval" in log[-1] else {}
     (out_dir / LOG_HISTORY).unlink()
@@ -154,7 +216,7 @@ def fit_trl(cfg: PostTrainConfig, algorithm: Algorithm, model: ModelRef, out_dir
         for row in history:
             fh.write(json.dumps(row) + "\n")
     plot_trl_history(history, out_dir / "loss_curve.png", f"{cfg.run}/{cfg.stage}")
-    return FitResult(Path(out_dir), history, final, train_s)
+    return FitResult(Path(out_dir), history, final, train_s, resumed_from_step=plan.step)
 
 
 def plot_trl_history(history: list[dict[str, Any]], path: Path, title: str) -> Path:
@@ -325,5 +387,5 @@ def score_with_reward_model(path: str, prompts: Sequence[Sequence[dict[str, Any]
 
 
 __all__ = ["FitResult", "ModelRef", "PAIR_FILES", "RewardScorer", "arrow_safe", "compare_stages", "first_last",
-           "fit_trl", "load_pairs", "model_lineage", "pair_row", "plot_trl_history", "preflight", "read_pairs",
-           "resolve_model", "resolve_reward_model", "score_with_reward_model", "train_metrics"]
+           "fit_trl", "latest_trainer_checkpoint", "load_pairs", "model_lineage", "pair_row", "plot_trl_history",
+           "preflight", "read_pairs", "resolve_model", "resolve_reward_model", "score_with_reward_model", "train_metrics"]

@@ -53,14 +53,15 @@ class PretrainLoopConfig(TrainLoopConfig):
     beta1: float = help_field(0.9, "AdamW beta1")
     beta2: float = help_field(0.95, "AdamW beta2")
     eval_batches: int = help_field(8, "batches per validation estimate")
-    ckpt_every: int = help_field(200, "report a Ray Train checkpoint every N steps")
+    ckpt_every: Optional[int] = help_field(200, "report a Ray Train checkpoint every N steps (None = four per "
+                                           "run); an interrupted stage continues from the last one when rerun")
     snapshot_every: int = help_field(0, "also save the weights and the tokenizer as an HF checkpoint under "
                                      "<artifact>/snapshots/step_<N>/ at step 0 and every N steps (0 = off); "
                                      "the interpret stage reads them to show when induction heads form")
 
     def validate(self) -> None:
         super().validate()
-        require_positive(self, ("eval_batches", "ckpt_every"), "train.")
+        require_positive(self, ("eval_batches",), "train.")
         if self.snapshot_every < 0:
             raise ConfigError(f"train.snapshot_every must be >= 0 (0 = no snapshots), got {self.snapshot_every}")
 
@@ -85,6 +86,9 @@ class PretrainConfig(TrainJobConfig):
     eval_data: dict = help_field({}, "extra validation sets {name: source}, e.g. {general: builtin:python-docs}; "
                                  "the training corpus' own val split is always evaluated as 'val'")
     eval_max_bytes: Optional[int] = help_field(None, "byte cap when reading the extra validation corpora")
+    eval_text_field: Optional[str] = help_field(
+        None, "field holding the text in the extra validation sets (None = data.text_field); CPT on code "
+              "(codeparrot's `content`) with FineWeb-Edu (`text`) held out as general needs both")
     train: PretrainLoopConfig = field(default_factory=PretrainLoopConfig,
                                       metadata={"help": "optimizer, schedule and the eval/log/checkpoint cadence"})
     compile: Literal["auto", "on", "off"] = help_field("off", "torch.compile the model (auto = on CUDA only)")

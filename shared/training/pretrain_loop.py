@@ -7,9 +7,15 @@ Contract of ``train_loop_per_worker(spec)``:
 - Each step samples its micro-batches from a generator seeded by ``(seed, step, rank, micro)``,
   so a run resumed from a checkpoint sees exactly the batches an uninterrupted run would: with
   the model, optimizer and step restored, the loss curve continues identically.
-- Every ``train.ckpt_every`` steps and at the end, rank 0 reports a Ray Train checkpoint holding the
-  model, optimizer, step and metric history; other ranks report the same metrics without one
+- Every ``train.ckpt_every`` steps (``checkpoint_interval()``) and at the end, rank 0 reports a Ray
+  Train checkpoint holding the model, optimizer, step and metric history, plus ``checkpoint.json``
+  (its step and the state file's size, written after the state: ``checkpoint_step`` reads it to
+  tell a complete checkpoint from one cut short); other ranks report the same metrics without one
   (Ray Train v2 wants every rank to call ``report``).
+- It starts from, in this order: the checkpoint Ray Train hands a worker it restarted after a
+  failure (``ray.train.get_checkpoint()``), the checkpoint an interrupted earlier attempt left
+  (``spec.resume_from``, chosen by the driver: ``shared.training.resume``), or step 0.
+- On rank 0, every logged step goes to ``spec.progress_file`` (``shared.progress``) with its loss.
 - Validation runs at step 0, every ``train.eval_every`` steps and at the end, on every named val set.
 - With ``train.snapshot_every`` set, rank 0 also saves the weights with the tokenizer files as an HF
   checkpoint under ``snapshot_dir/step_<N>/`` at step 0 and every ``train.snapshot_every`` steps before
@@ -21,6 +27,7 @@ It does not write artifacts: the driver turns the final checkpoint into an HF ar
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import tempfile
@@ -35,12 +42,14 @@ import torch.distributed as dist
 from shared.data import TokenDataset
 from shared.model.gpt import GPT, GPTConfig
 from shared.model.hf import save_hf_checkpoint
+from shared.progress import report_progress
 from shared.training.hardware import autocast, peak_flops, resolve_precision
 from shared.training.optim import build_adamw
 from shared.training.pretrain_config import PretrainConfig
 from shared.training.schedules import lr_at
 
 STATE_FILE = "train_state.pt"
+MARKER_FILE = "checkpoint.json"  # {"step", "bytes"}: written after STATE_FILE, so its presence means complete
 
 
 @dataclass
@@ -55,6 +64,8 @@ class TrainSpec:
     fail_marker: str | None = None  # testing hook: file created when the injected failure fired
     snapshot_dir: str | None = None  # where rank 0 writes the ``train.snapshot_every`` HF snapshots
     tokenizer_dir: str | None = None  # tokenizer files copied into every snapshot
+    resume_from: str | None = None  # checkpoint directory of an interrupted earlier attempt to continue from
+    progress_file: str | None = None  # where rank 0 reports its step (shared.progress); None = nowhere
 
     def to_dict(self) -> dict[str, Any]:
         """Ray Train's ``train_loop_config``: the fields as they are (the config stays a dataclass)."""
@@ -117,6 +128,19 @@ def _save_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, 
     raw = model.module if hasattr(model, "module") else model
     torch.save({"model": raw.state_dict(), "optimizer": opt.state_dict(), "step": step, "history": history},
                path / STATE_FILE)
+    (path / MARKER_FILE).write_text(json.dumps({"step": step, "bytes": (path / STATE_FILE).stat().st_size}))
+
+
+def checkpoint_step(directory: str | Path) -> int | None:
+    """The step of the checkpoint in ``directory``, or None unless it is complete (its marker names a state
+    file of the size written: a copy cut short by a crash has a smaller one or none)."""
+    directory = Path(directory)
+    try:
+        marker = json.loads((directory / MARKER_FILE).read_text())
+        complete = (directory / STATE_FILE).stat().st_size == marker["bytes"]
+        return int(marker["step"]) if complete else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def load_state(directory: str | Path) -> dict[str, Any]:
@@ -155,13 +179,17 @@ def _maybe_fail(spec: TrainSpec, step: int, rank: int) -> None:
     raise InjectedFailure(f"injected failure after step {step} (fail_at_step)")
 
 
-def _restore(model: GPT, opt: torch.optim.Optimizer) -> tuple[int, list[dict[str, Any]]]:
+def _restore(model: GPT, opt: torch.optim.Optimizer, resume_from: str | None) -> tuple[int, list[dict[str, Any]]]:
+    """Load the checkpoint to start from (see the module docstring); ``(step, history)`` of it, or ``(0, [])``."""
     import ray.train
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is None:
+    ckpt = ray.train.get_checkpoint()  # this fit's own latest: newer than resume_from when there is one
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = load_state(d)
+    elif resume_from:
+        state = load_state(resume_from)
+    else:
         return 0, []
-    with ckpt.as_directory() as d:
-        state = load_state(d)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     return state["step"], state["history"]
@@ -177,7 +205,7 @@ def train_loop_per_worker(spec_dict: dict[str, Any]) -> None:
     precision = resolve_precision(cfg.precision, device)
     model = _build_model(spec, device)
     opt = build_adamw(model, o.lr, o.weight_decay, (o.beta1, o.beta2))
-    start, history = _restore(model, opt)
+    start, history = _restore(model, opt, spec.resume_from)
     train_model = _wrap(model, cfg, device, world)
     train_ds = TokenDataset(spec.train_dir, "train")
     val_sets = {name: TokenDataset(d, "val") for name, d in spec.val_dirs.items()}
@@ -189,6 +217,9 @@ def train_loop_per_worker(spec_dict: dict[str, Any]) -> None:
         history.append(metrics)
         _maybe_snapshot(spec, model, 0, rank)
     progress = _progress(rank, start, o.max_steps)
+    ckpt_every = o.checkpoint_interval()
+    if rank == 0:
+        report_progress(spec.progress_file, start, o.max_steps)
     t0, window_tokens = time.perf_counter(), 0
     for step in range(start, o.max_steps):
         lr = lr_at(step, o.max_steps, o.lr, o.schedule, o.warmup, o.min_lr_ratio, o.decay_ratio)
@@ -201,7 +232,8 @@ def train_loop_per_worker(spec_dict: dict[str, Any]) -> None:
         if done < o.max_steps:  # the final weights are the artifact itself
             _maybe_snapshot(spec, model, done, rank)
         metrics = {"step": done, "tokens": done * tokens_per_step, "train_loss": loss, "lr": lr}
-        if done % o.log_every == 0 or done == o.max_steps:
+        logged = done % o.log_every == 0 or done == o.max_steps
+        if logged:
             dt = time.perf_counter() - t0
             metrics["tokens_per_s"] = window_tokens / dt
             if peak:
@@ -209,11 +241,16 @@ def train_loop_per_worker(spec_dict: dict[str, Any]) -> None:
             t0, window_tokens = time.perf_counter(), 0
         if done % o.eval_every == 0 or done == o.max_steps:
             metrics.update(evaluate(model, val_sets, o.eval_batches, B, T, precision, device))
+        if logged and rank == 0:
+            report_progress(spec.progress_file, done, o.max_steps, loss=loss,
+                            **{k: v for k, v in metrics.items() if k not in ("step", "train_loss")})
         history.append(metrics)
         progress.update(1)
         progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
-        if done % o.ckpt_every == 0 or done == o.max_steps:
+        if done % ckpt_every == 0 or done == o.max_steps:
             _report(metrics, model, opt, done, history, rank, with_ckpt=True)
+    if start >= o.max_steps:  # resumed from the final checkpoint (the driver died before registering): hand it back
+        _report(history[-1], model, opt, start, history, rank, with_ckpt=True)
     progress.close()
 
 

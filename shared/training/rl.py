@@ -139,4 +139,5 @@ def run_rl(cfg: RLJobConfig) -> Artifact:
     timings = {"data_s": t_data, "train_s": fit.train_s, "eval_s": time.perf_counter() - t1}
     return registry.register(cfg.run, cfg.stage, "hf-model", parents=policy.parent_ids + reward.parent_ids,
                              config=cfg, metrics=metrics, timings=timings,
-                             extra={"algorithm": cfg.algorithm, "reward_model": reward.path, "data": cfg.data})
+                             extra={"algorithm": cfg.algorithm, "reward_model": reward.path, "data": cfg.data,
+                                    "resumed_from_step": fit.resumed_from_step})

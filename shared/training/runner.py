@@ -4,10 +4,22 @@
 1. resolves the tokenizer (and ``init_from``) artifacts,
 2. tokenizes the training corpus and any extra validation corpora into memory-mapped shards
    (a Ray Data pipeline by default), cached per run by data fingerprint,
-3. runs ``train_loop_per_worker`` under ``TorchTrainer`` with ``FailureConfig(max_failures)``: a worker
+3. decides whether this attempt continues an interrupted one (``shared.training.resume``: the
+   stage has no ``journey.json`` and its checkpoints were written under the same config, tokenizer,
+   start model and data), printing ``resuming <stage> from step N (checkpoint ...)`` when it does,
+4. runs ``train_loop_per_worker`` under ``TorchTrainer`` with ``FailureConfig(max_failures)``: a worker
    that dies is restarted from the last reported checkpoint,
-4. converts the final checkpoint to an HF ``GPT2LMHeadModel`` directory with the tokenizer, writes
-   the metric history (``metrics.jsonl``) and a loss-curve PNG, and registers the artifact.
+5. converts the final checkpoint to an HF ``GPT2LMHeadModel`` directory with the tokenizer, writes
+   the metric history (``metrics.jsonl``) and a loss-curve PNG, registers the artifact (with
+   ``extra["resumed_from_step"]``: 0 when it started fresh) and deletes the checkpoints.
+
+Checkpoints live in ``<runs>/<run>/_ckpt/<stage>/``: Ray Train's storage for this attempt
+(``ray/<stage>/checkpoint_*``, two kept) and ``resume/``, the checkpoint an interrupted attempt
+left, which this one starts from. Ray Train v2 would by itself hand a new ``fit()`` with the same
+run name and storage the latest checkpoint of the old run (its checkpoint-manager snapshot),
+whatever config wrote it; so the driver wipes Ray's storage before every fit and passes the
+checkpoint it chose explicitly (``TrainSpec.resume_from``): what resumes is decided here, by the
+rules of ``shared.training.resume``.
 """
 from __future__ import annotations
 
@@ -26,10 +38,16 @@ from shared.data import DataError, TokenDataset, build_shards, iter_corpus
 from shared.model.gpt import GPT, GPTConfig
 from shared.model.hf import load_gpt, save_hf_checkpoint
 from shared.model.presets import model_config
+from shared.progress import progress_file
 from shared.registry import Artifact, Registry
+from shared.registry.registry import MANIFEST
 from shared.training.curves import plot_history
 from shared.training.pretrain_config import DataConfig, PretrainConfig
-from shared.training.pretrain_loop import TrainSpec, load_state, train_loop_per_worker
+from shared.training.pretrain_loop import TrainSpec, checkpoint_step, load_state, train_loop_per_worker
+from shared.training.resume import ResumePlan, artifact_stamp, checkpoint_root, discard, plan_resume, resume_key
+
+RESUME_DIR = "resume"  # under the stage's checkpoint root: the interrupted attempt's checkpoint this one starts from
+RAY_DIR = "ray"  # under the stage's checkpoint root: Ray Train's storage for this attempt (<stage>/checkpoint_*)
 
 
 def _slug(text: str) -> str:
@@ -63,8 +81,40 @@ def _check_token_counts(train_dir: Path, val_dirs: dict[str, str], block_size: i
                             f"(block_size+1 = {block_size + 1}); raise data.max_bytes or lower model.block_size")
 
 
+def _latest_checkpoint(directory: Path) -> tuple[Path, int] | None:
+    """The newest complete checkpoint under a stage's checkpoint root: ``resume/`` (or ``resume.new/``, a
+    move cut short) or one Ray Train wrote (``ray/<stage>/checkpoint_*``); None when there is none."""
+    candidates = [directory / RESUME_DIR, directory / f"{RESUME_DIR}.new",
+                  *directory.glob(f"{RAY_DIR}/*/checkpoint_*")]
+    found = [(step, path) for path in candidates if (step := checkpoint_step(path)) is not None]
+    if not found:
+        return None
+    step, path = max(found, key=lambda f: f[0])
+    return path, step
+
+
+def _stage_resume_checkpoint(plan: ResumePlan) -> str | None:
+    """Move the checkpoint to resume from to ``resume/`` and wipe Ray's storage; its path, or None when fresh.
+
+    Ray Train would otherwise restore its own latest checkpoint by itself (module docstring). The move
+    is a rename on one filesystem; ``resume.new`` is where a move cut short leaves it, found next time.
+    """
+    if not plan.resuming:
+        return None
+    target = plan.directory / RESUME_DIR
+    if plan.checkpoint != target:
+        staging = plan.directory / f"{RESUME_DIR}.new"
+        if plan.checkpoint != staging:
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.move(str(plan.checkpoint), str(staging))
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+    shutil.rmtree(plan.directory / RAY_DIR, ignore_errors=True)
+    return str(target)
+
+
 def _fit(spec: TrainSpec, cfg: PretrainConfig, storage: Path):
-    """Run the worker loop under Ray Train and return the Result."""
+    """Run the worker loop under Ray Train (its storage: ``storage/<stage>``) and return the Result."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -88,13 +138,15 @@ def run_pretraining(cfg: PretrainConfig) -> Artifact:
     t_start = time.perf_counter()
     tok = registry.resolve(cfg.tokenizer, run=cfg.run)
     init = registry.resolve(cfg.init_from, run=cfg.run) if cfg.init_from else None
+    finished = (registry.root / cfg.run / cfg.stage / MANIFEST).exists()  # stage_dir unmarks it on overwrite
     out_dir = registry.stage_dir(cfg.run, cfg.stage, overwrite=cfg.overwrite)
     train = prepare_corpus(registry, cfg.run, cfg.data, tok.dir)
-    val_dirs = {"val": str(train.out_dir)}
+    val_dirs, fingerprints = {"val": str(train.out_dir)}, {"val": train.fingerprint}
     for name, source in cfg.eval_data.items():
         extra = DataConfig(source=source, val_fraction=cfg.data.val_fraction, seed=cfg.data.seed,
-                           engine=cfg.data.engine, text_field=cfg.data.text_field)
-        val_dirs[name] = str(prepare_corpus(registry, cfg.run, extra, tok.dir, cfg.eval_max_bytes).out_dir)
+                           engine=cfg.data.engine, text_field=cfg.eval_text_field or cfg.data.text_field)
+        shards = prepare_corpus(registry, cfg.run, extra, tok.dir, cfg.eval_max_bytes)
+        val_dirs[name], fingerprints[name] = str(shards.out_dir), shards.fingerprint
     t_data = time.perf_counter() - t_start
 
     init_model = load_gpt(init.dir) if init is not None else None  # read the checkpoint once
@@ -107,12 +159,19 @@ def run_pretraining(cfg: PretrainConfig) -> Artifact:
     if init_model is not None:
         init_state = str(out_dir / "_init_state.pt")
         torch.save(init_model.state_dict(), init_state)
-    storage = registry.root / cfg.run / "_ray"
-    shutil.rmtree(out_dir / "snapshots", ignore_errors=True)  # an overwritten stage's old snapshots would mislead
+    key = resume_key(cfg, {"tokenizer": artifact_stamp(tok), "init_from": artifact_stamp(init),
+                           "data": train.fingerprint, "eval_data": fingerprints})
+    plan = plan_resume(checkpoint_root(registry.root, cfg.run, cfg.stage), cfg.stage, key, _latest_checkpoint,
+                       finished=finished)
+    storage = plan.directory / RAY_DIR
+    resume_from = _stage_resume_checkpoint(plan)
+    if resume_from is None:  # a resumed run keeps the snapshots before its step and rewrites the later ones
+        shutil.rmtree(out_dir / "snapshots", ignore_errors=True)  # an overwritten stage's old ones would mislead
     spec = TrainSpec(config=cfg, model=asdict(model_cfg), train_dir=str(train.out_dir), val_dirs=val_dirs,
                      init_state=init_state, fail_marker=str(out_dir / "_failed_once"),
                      snapshot_dir=str(out_dir / "snapshots") if cfg.train.snapshot_every else None,
-                     tokenizer_dir=str(tok.dir))
+                     tokenizer_dir=str(tok.dir), resume_from=resume_from,
+                     progress_file=str(progress_file(registry.root, cfg.run, cfg.stage)))
     result = _fit(spec, cfg, storage)
     t_train = time.perf_counter() - t_start - t_data
     if result.checkpoint is None:
@@ -121,8 +180,10 @@ def run_pretraining(cfg: PretrainConfig) -> Artifact:
         state = load_state(d)
     if init_state:
         Path(init_state).unlink(missing_ok=True)
-    return _finish(registry, cfg, out_dir, model_cfg, state, tok, init, train,
-                   timings={"data_s": t_data, "train_s": t_train})
+    art = _finish(registry, cfg, out_dir, model_cfg, state, tok, init, train,
+                  timings={"data_s": t_data, "train_s": t_train}, resumed_from_step=plan.step)
+    discard(plan.directory)  # after registering: a crash before it can still resume from the final checkpoint
+    return art
 
 
 def _write_tensorboard(history: list[dict[str, Any]], log_dir: Path) -> None:
@@ -136,7 +197,8 @@ def _write_tensorboard(history: list[dict[str, Any]], log_dir: Path) -> None:
 
 
 def _finish(registry: Registry, cfg: PretrainConfig, out_dir: Path, model_cfg: GPTConfig, state: dict[str, Any],
-            tok: Artifact, init: Artifact | None, train, timings: dict[str, float]) -> Artifact:
+            tok: Artifact, init: Artifact | None, train, timings: dict[str, float],
+            resumed_from_step: int = 0) -> Artifact:
     """Write the HF checkpoint, metric history and loss curve; register the artifact."""
     model = GPT(model_cfg)
     model.load_state_dict(state["model"])
@@ -159,4 +221,5 @@ def _finish(registry: Registry, cfg: PretrainConfig, out_dir: Path, model_cfg: G
     parents = [tok.id] + ([init.id] if init else [])
     return registry.register(cfg.run, cfg.stage, "hf-model", parents=parents, config=cfg, metrics=metrics,
                              timings=timings, data_fingerprint=train.fingerprint,
-                             extra={"model": asdict(model_cfg), "data_dir": str(train.out_dir)})
+                             extra={"model": asdict(model_cfg), "data_dir": str(train.out_dir),
+                                    "resumed_from_step": resumed_from_step})

@@ -100,7 +100,8 @@ def run_sft(cfg: SFTJobConfig) -> Artifact:
         metrics.update(heldout_comparison(model.path, str(out_dir), heldout_ex, out_dir, cfg.max_new_tokens))
     timings = {"data_s": t_data, "train_s": fit.train_s, "eval_s": time.perf_counter() - t1}
     return registry.register(cfg.run, cfg.stage, "hf-model", parents=model.parent_ids, config=cfg,
-                             metrics=metrics, timings=timings, extra={"data": cfg.data, "chat": chat})
+                             metrics=metrics, timings=timings, extra={"data": cfg.data, "chat": chat,
+                                                                      "resumed_from_step": fit.resumed_from_step})
 
 
 def heldout_comparison(base_path: str, tuned_path: str, examples: list[dict], out_dir, max_new_tokens: int):

@@ -16,6 +16,14 @@ pickles, so Ray ships it as is), the start model and the rows (``TrainRows``). `
 4. on rank 0 turns what was saved into a plain HF checkpoint (LoRA adapters merged, the adapter
    kept in ``adapter/``) plus ``log_history.json``, and reports it as the Ray Train checkpoint.
 
+Resuming: with ``spec.checkpoint_dir`` set (the stage's ``<runs>/<run>/_ckpt/<stage>/trainer``), the
+HF Trainer saves a full checkpoint (weights, optimizer, scheduler, RNG states, log history) there
+every ``train.ckpt_every`` steps, two kept, but not after the last step (the final weights are
+saved and reported right away). With ``spec.resume_from`` (an interrupted attempt's
+``checkpoint-N``, chosen by the driver) training continues from it: same batches, same schedule,
+and the log history carries on from step N. On rank 0, every log line goes to
+``spec.progress_file`` (``shared.progress``) with the step, ``max_steps`` and the latest numbers.
+
 Not here: resolving artifacts, reading datasets, registering (the drivers; ``posttrain`` runs this
 worker). This module imports no algorithm: each algorithm module hands its ``Algorithm`` in.
 """
@@ -31,6 +39,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from shared.config import ConfigError
+from shared.progress import report_progress
 from shared.training.deepspeed_config import deepspeed_dict
 from shared.training.hardware import resolve_precision
 from shared.training.posttrain_config import REWARD_METHOD_ERROR, REWARD_METHODS, PostTrainConfig
@@ -70,10 +79,19 @@ class TrlSpec:
     config: PostTrainConfig
     model_path: str  # HF checkpoint (or hub id) to start from
     rows: TrainRows
+    checkpoint_dir: Optional[str] = None  # where the HF Trainer saves resumable checkpoints; None = none saved
+    resume_from: Optional[str] = None  # an interrupted attempt's HF checkpoint (checkpoint-N) to continue from
+    progress_file: Optional[str] = None  # where rank 0 reports its step (shared.progress); None = nowhere
 
 
-def training_arguments(cfg: PostTrainConfig, output_dir: str, has_eval: bool) -> dict[str, Any]:
-    """Keyword arguments every TRL config takes (it subclasses ``TrainingArguments``)."""
+def training_arguments(cfg: PostTrainConfig, output_dir: str, has_eval: bool, checkpoints: bool = False,
+                       resuming: bool = False) -> dict[str, Any]:
+    """Keyword arguments every TRL config takes (it subclasses ``TrainingArguments``).
+
+    ``checkpoints``: save a resumable checkpoint into ``output_dir`` every ``train.ckpt_every`` steps
+    (two kept); otherwise nothing is saved during training. ``resuming``: skip the evaluation at the
+    start, which the resumed checkpoint's log history holds already.
+    """
     import torch
 
     loop = cfg.train
@@ -85,13 +103,15 @@ def training_arguments(cfg: PostTrainConfig, output_dir: str, has_eval: bool) ->
         warmup_steps=loop.warmup,  # transformers reads < 1 as a ratio of max_steps, like our config
         weight_decay=loop.weight_decay, max_grad_norm=loop.grad_clip or 1e9, optim=loop.optim,
         logging_steps=loop.log_every, eval_strategy="steps" if has_eval else "no",
-        eval_steps=loop.eval_every if has_eval else None, eval_on_start=has_eval, save_strategy="no",
+        eval_steps=loop.eval_every if has_eval else None, eval_on_start=has_eval and not resuming,
         report_to=[],
         seed=cfg.seed, data_seed=cfg.seed, bf16=precision == "bf16", fp16=precision == "fp16",
         use_cpu=not cfg.use_gpu, dataloader_num_workers=0, disable_tqdm=_rank() != 0,
         deepspeed=deepspeed_dict(cfg.deepspeed, on_cpu=not cfg.use_gpu),
         gradient_checkpointing=False,  # the method config enables it on the model itself
         ddp_find_unused_parameters=False,  # every parameter that trains gets a gradient each step
+        **(dict(save_strategy="steps", save_steps=loop.checkpoint_interval(), save_total_limit=2)
+           if checkpoints else dict(save_strategy="no")),
     )
 
 
@@ -155,10 +175,13 @@ def trl_train_worker(loop_config: dict[str, Any]) -> None:
 
     rank = _rank()
     with tempfile.TemporaryDirectory() as work:
-        args = training_arguments(cfg, str(Path(work) / "trainer"), has_eval=bool(spec.rows.eval))
+        args = training_arguments(cfg, spec.checkpoint_dir or str(Path(work) / "trainer"),
+                                  has_eval=bool(spec.rows.eval), checkpoints=spec.checkpoint_dir is not None,
+                                  resuming=spec.resume_from is not None)
         model, tokenizer = load_model(spec.algorithm, spec.model_path, cfg)
         trainer = spec.algorithm.build_trainer(model, tokenizer, cfg, spec.rows, args)
-        trainer.train()
+        trainer.add_callback(stage_callback(spec.progress_file))
+        trainer.train(resume_from_checkpoint=spec.resume_from)
         final = trainer.evaluate() if spec.rows.eval else {}
         saved = Path(work) / "saved"
         trainer.save_model(str(saved))  # every rank: ZeRO-3 gathers the shards here
@@ -169,6 +192,33 @@ def trl_train_worker(loop_config: dict[str, Any]) -> None:
             (out / LOG_HISTORY).write_text(json.dumps(trainer.state.log_history + [{"final_eval": final}]))
             checkpoint = ray.train.Checkpoint.from_directory(str(out))
         ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def stage_callback(progress_path: Optional[str]):
+    """A ``TrainerCallback`` that reports progress on rank 0 at every log and skips the save after the last step.
+
+    The HF Trainer saves a checkpoint after the last step too when it saves by steps; the worker
+    saves the final weights itself right after, and the stage deletes its checkpoints once they are
+    in the artifact, so that one would only cost time and disk.
+    """
+    from transformers import TrainerCallback  # transformers costs seconds: paid where a trainer runs
+
+    class StageCallback(TrainerCallback):
+        def __init__(self):
+            self.latest: dict[str, float] = {}  # train and eval logs arrive separately: report both
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return
+            self.latest.update({k: v for k, v in logs.items() if isinstance(v, (int, float))})
+            report_progress(progress_path, state.global_step, state.max_steps, **self.latest)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps:
+                control.should_save = False
+            return control
+
+    return StageCallback()
 
 
 def finalize_checkpoint(trainer, saved: Path, out: Path, spec: TrlSpec) -> None:
@@ -194,4 +244,4 @@ def _load_base(spec: TrlSpec):
 
 
 __all__ = ["Algorithm", "BuildTrainer", "LOG_HISTORY", "TrainRows", "TrlSpec", "finalize_checkpoint",
-           "load_model", "load_sequence_classifier", "training_arguments", "trl_train_worker"]
+           "load_model", "load_sequence_classifier", "stage_callback", "training_arguments", "trl_train_worker"]
