@@ -25,7 +25,9 @@ inside them (``interpret``). Ends with ``runs/<run>/summary.md`` and the report,
 from __future__ import annotations
 
 import dataclasses
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -195,6 +197,34 @@ def _headline(artifact: Any) -> str:
     return ", ".join(cells[:3])
 
 
+class _CtrlC:
+    """Records that SIGINT arrived (then raises KeyboardInterrupt as Python does), for the block's duration.
+
+    A Ctrl-C reaches Ray's processes too, and the error their end causes in the driver can surface
+    before the KeyboardInterrupt: the journey must still call it an interruption (resumable), not a failure.
+    """
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+        self._previous = None
+
+    def received(self) -> bool:
+        return self.at is not None
+
+    def _handle(self, signum, frame) -> None:
+        self.at = time.time()
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> "_CtrlC":
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 def run_journey(jc: JourneyConfig) -> str:
     """Run (or finish) the journey ``jc`` describes; return the run's name.
 
@@ -208,7 +238,7 @@ def run_journey(jc: JourneyConfig) -> str:
     plans = plan_stages(registry, jc, run, configs)
     t0 = time.perf_counter()
     lines = [StageLine(p.stage, p.action, p.reason) for p in plans]
-    with JourneyView(run, lines, verbose=jc.verbose) as view:
+    with JourneyView(run, lines, verbose=jc.verbose) as view, _CtrlC() as ctrl_c:
         for plan in plans:
             if plan.action == "skip":
                 view.skipped(plan.stage)
@@ -218,14 +248,14 @@ def run_journey(jc: JourneyConfig) -> str:
             clear_progress(progress)
             log = registry.root / run / "logs" / f"{plan.stage}.log"
             try:
-                with view.running(plan.stage, progress, log) as line:
+                with view.running(plan.stage, progress, log, interrupted=ctrl_c.received) as line:
                     artifact = stage_table.get(plan.stage).run(configs[plan.stage])
                     line.headline = _headline(artifact)
-            except KeyboardInterrupt:
-                view.print(f"interrupted during {plan.stage}: `journey run run={run}` continues from there "
-                           f"(finished stages are kept; training resumes from its last checkpoint)")
-                raise
-            except BaseException:
+            except BaseException as exc:
+                if isinstance(exc, KeyboardInterrupt) or ctrl_c.received():
+                    view.print(f"interrupted during {plan.stage}: `journey run run={run}` continues from there "
+                               f"(finished stages are kept; training resumes from its last checkpoint)")
+                    raise KeyboardInterrupt from exc
                 tail = log_tail(log) if not jc.verbose else ""
                 view.print(f"stage {plan.stage} failed; its log: {log}" + (f"\n--- last lines ---\n{tail}" if tail else ""))
                 raise

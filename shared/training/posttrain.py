@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.cluster import ensure_ray
+from shared.cluster import ensure_ray, fit
 from shared.config import ConfigError
 from shared.data import DataError
 from shared.data.instructions import (load_preference_dataset, load_sft_dataset, safety_prompts,
@@ -196,12 +196,12 @@ def fit_trl(cfg: PostTrainConfig, algorithm: Algorithm, model: ModelRef, out_dir
                    resume_from=str(plan.checkpoint) if plan.resuming else None,
                    progress_file=str(progress_file(root, cfg.run, cfg.stage)))
     t0 = time.perf_counter()
-    result = TorchTrainer(
+    result = fit(TorchTrainer(
         trl_train_worker, train_loop_config={"spec": spec},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=ray.train.RunConfig(name=cfg.stage, storage_path=str(storage)),
-    ).fit()
+    ))
     train_s = time.perf_counter() - t0
     if result.checkpoint is None:
         raise RuntimeError(f"{algorithm.name} training finished without a checkpoint; see the Ray logs under {storage}")

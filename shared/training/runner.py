@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from shared.cluster import ensure_ray
+from shared.cluster import ensure_ray, fit
 from shared.data import DataError, TokenDataset, build_shards, iter_corpus
 from shared.model.gpt import GPT, GPTConfig
 from shared.model.hf import load_gpt, save_hf_checkpoint
@@ -129,7 +129,7 @@ def _fit(spec: TrainSpec, cfg: PretrainConfig, storage: Path):
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
     )
-    return trainer.fit()
+    return fit(trainer)
 
 
 def run_pretraining(cfg: PretrainConfig) -> Artifact:

@@ -10,17 +10,13 @@ themselves, without Ray.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from shared.config import REPO_ROOT
 from shared.model.gpt import GPT, GPTConfig
 from shared.model.hf import save_hf_checkpoint
 from shared.progress import progress_file, read_progress
@@ -29,78 +25,10 @@ from shared.training.posttrain import latest_trainer_checkpoint
 from shared.training.pretrain_loop import checkpoint_step
 from shared.training.resume import RESUME_FILE, checkpoint_root, discard, plan_resume, resume_key
 from shared.training.runner import _latest_checkpoint, run_pretraining
+from tests.processes import run, start, stop, wait_for
 
 
 # ----------------------------------------------------------------------------- helpers
-
-def _start(module: str, args: list[str], log: Path) -> subprocess.Popen:
-    """``python -m <module> args`` in its own process group (so a signal reaches Ray's processes too),
-    on a fresh local Ray instance (never a cluster another process left running)."""
-    env = {**os.environ, "RAY_ADDRESS": "local", "JOURNEY_NO_PROGRESS": "1"}
-    with open(log, "ab") as fh:
-        return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env, stdout=fh,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _wait_for(predicate, proc: subprocess.Popen, log: Path, timeout: float, what: str):
-    """Poll ``predicate()`` until it returns something truthy; fail (with the log's tail) on timeout or exit."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if proc.poll() is not None:
-            pytest.fail(f"the process exited ({proc.returncode}) before {what}:\n{log.read_text()[-3000:]}")
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    pytest.fail(f"no {what} within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
-
-
-def _session(sid: int) -> list[int]:
-    """Pids of the processes in session ``sid`` (the fifth field after the command in /proc/<pid>/stat)."""
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # it exited while we looked
-        if int(fields[3]) == sid:
-            pids.append(int(stat.parent.name))
-    return pids
-
-
-def _stop(proc: subprocess.Popen, sig: int, log: Path, timeout: float = 120) -> int:
-    """Send ``sig`` to the process group (as a terminal's Ctrl-C does), wait for the process to exit and then
-    for every process of its session to be gone: Ray's workers lead groups of their own and outlive the
-    driver by seconds (they stop when their raylet is gone), writing checkpoints meanwhile. Its return code."""
-    os.killpg(proc.pid, sig)
-    try:
-        rc = proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        pytest.fail(f"the process did not exit within {timeout} s of signal {sig}:\n{log.read_text()[-3000:]}")
-    deadline = time.monotonic() + timeout
-    while (left := _session(proc.pid)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not left, f"processes of the stopped run still alive {timeout} s later: {left}"
-    return rc
-
-
-def _run(module: str, args: list[str], log: Path, timeout: float = 540) -> tuple[str, float]:
-    """Run to completion; (its output, wall seconds). Fails with the output when it does not exit 0."""
-    t0 = time.perf_counter()
-    log.write_text("")
-    proc = _start(module, args, log)
-    try:
-        rc = proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise
-    out = log.read_text()
-    assert rc == 0, out[-4000:]
-    return out, time.perf_counter() - t0
-
 
 def _metrics(art) -> list[dict]:
     return [json.loads(line) for line in open(art.dir / "metrics.jsonl", encoding="utf-8")]
@@ -260,16 +188,16 @@ def test_sft_stopped_by_ctrl_c_resumes_from_its_last_checkpoint(smoke_run, tmp_p
     root = checkpoint_root(smoke_run, "t", "sft")
     log = tmp_path / "first.log"
     t0 = time.perf_counter()
-    proc = _start("ray_jobs.sft", args, log)
-    _wait_for(lambda: latest_trainer_checkpoint(root), proc, log, 420, "a checkpoint")
-    rc = _stop(proc, signal.SIGINT, log)
+    proc = start(["-m", "ray_jobs.sft", *args], log)
+    wait_for(lambda: latest_trainer_checkpoint(root), proc, log, 420, "a checkpoint")
+    rc = stop(proc, signal.SIGINT, log)
     first_s = time.perf_counter() - t0
     assert rc != 0, log.read_text()[-3000:]
     assert not (smoke_run / "t" / "sft" / "journey.json").exists()
     _, step = latest_trainer_checkpoint(root)  # training may have gone on a little after the first one
     assert step >= 10 and step % 10 == 0
 
-    out, second_s = _run("ray_jobs.sft", args, tmp_path / "second.log")
+    out, second_s = run(["-m", "ray_jobs.sft", *args], tmp_path / "second.log")
     assert f"resuming sft from step {step} (checkpoint {root / 'trainer' / f'checkpoint-{step}'})" in out, out[-3000:]
     art = Registry(smoke_run).resolve("t/sft")
     assert art.extra["resumed_from_step"] == step > 0
@@ -293,13 +221,13 @@ def test_pretraining_killed_resumes_from_its_last_checkpoint(smoke_run, tmp_path
             "train.ckpt_every=20", "train.eval_every=60", "train.log_every=10", "train.snapshot_every=0"]
     root = checkpoint_root(smoke_run, "t", "pretrain")
     log = tmp_path / "first.log"
-    proc = _start("ray_jobs.pretrain", args, log)
-    _wait_for(lambda: _latest_checkpoint(root), proc, log, 420, "a checkpoint")
-    _stop(proc, signal.SIGKILL, log)
+    proc = start(["-m", "ray_jobs.pretrain", *args], log)
+    wait_for(lambda: _latest_checkpoint(root), proc, log, 420, "a checkpoint")
+    stop(proc, signal.SIGKILL, log)
     _, step = _latest_checkpoint(root)
     assert step >= 20 and step % 20 == 0
 
-    out, _ = _run("ray_jobs.pretrain", args, tmp_path / "second.log")
+    out, _ = run(["-m", "ray_jobs.pretrain", *args], tmp_path / "second.log")
     assert f"resuming pretrain from step {step} (checkpoint" in out, out[-3000:]
     art = Registry(smoke_run).resolve("t/pretrain")
     assert art.extra["resumed_from_step"] == step
