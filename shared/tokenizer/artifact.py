@@ -8,13 +8,15 @@ import time
 
 from shared.data import iter_corpus
 from shared.registry import Artifact, Registry
+from shared.tokenizer.adopt import adopt_tokenizer
 from shared.tokenizer.compare import compare_tokenizers, write_comparison
 from shared.tokenizer.tokenizer_config import TokenizerConfig
 from shared.tokenizer.train import train_tokenizer
 
 
 def train_tokenizer_artifact(cfg: TokenizerConfig) -> Artifact:
-    """Train ``cfg``'s tokenizer into ``<runs>/<run>/<stage>``, write the comparison, register it."""
+    """Train ``cfg``'s tokenizer (or adopt ``cfg.pretrained``'s vocabulary) into ``<runs>/<run>/<stage>``,
+    write the comparison, register it."""
     registry = Registry(cfg.runs_dir)
     out = registry.stage_dir(cfg.run, cfg.stage, overwrite=cfg.overwrite)
     t0 = time.perf_counter()
@@ -24,11 +26,14 @@ def train_tokenizer_artifact(cfg: TokenizerConfig) -> Artifact:
             for doc in iter_corpus(source, max_bytes=cfg.max_bytes_per_source, text_field=cfg.text_field):
                 yield doc.text
 
-    stats = train_tokenizer(texts(), cfg.vocab_size, method=cfg.method, out_dir=out)
+    if cfg.pretrained:
+        stats = adopt_tokenizer(cfg.pretrained, out)
+    else:
+        stats = train_tokenizer(texts(), cfg.vocab_size, method=cfg.method, out_dir=out)
     t_train = time.perf_counter() - t0
     rows = compare_tokenizers([str(out)] + list(cfg.compare_with))
     write_comparison(rows, out)
-    metrics = {"vocab_size": cfg.vocab_size, **{k: v for k, v in stats.items() if isinstance(v, (int, float))}}
+    metrics = {"vocab_size": stats.get("vocab_size", cfg.vocab_size), **{k: v for k, v in stats.items() if isinstance(v, (int, float))}}
     for row in rows:
         if row.get("spec") == str(out) and "kind" in row and "chars_per_token" in row:
             metrics[f"chars_per_token_{row['kind']}"] = row["chars_per_token"]

@@ -57,8 +57,12 @@ def to_transformers(tokenizer: Tokenizer, special_tokens: Sequence[str] = SPECIA
 def save_hf_tokenizer(merges: Sequence[Pair], out_dir: str | Path,
                       special_tokens: Sequence[str] = SPECIAL_TOKENS) -> Path:
     """Write a full HF tokenizer dir (tokenizer.json + tokenizer_config.json) and return its path."""
+    return save_transformers(to_transformers(build_hf_tokenizer(merges, special_tokens), special_tokens), out_dir)
+
+
+def save_transformers(hf: PreTrainedTokenizerFast, out_dir: str | Path) -> Path:
+    """Write ``hf`` (from ``to_transformers``) as a full HF tokenizer dir and return its path."""
     out_dir = Path(out_dir)
-    hf = to_transformers(build_hf_tokenizer(merges, special_tokens), special_tokens)
     # save_jinja_files=False keeps the template inside tokenizer_config.json, where every HF
     # version (and llama.cpp's converter) looks for it.
     hf.save_pretrained(out_dir, save_jinja_files=False)

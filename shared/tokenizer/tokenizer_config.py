@@ -19,10 +19,20 @@ class TokenizerConfig(JobConfig):
     vocab_size: int = help_field(4096, "total vocabulary incl. 256 bytes and the special tokens")
     method: Literal["fast", "reference"] = help_field(
         "fast", "fast = HF tokenizers trainer; reference = our readable BPE (same merges, slower)")
+    pretrained: Optional[str] = help_field(
+        None, "adopt this vocabulary instead of training one: an HF tokenizer dir, a .gguf vocab file or a hub name "
+              "(gpt2 = GPT-2's 50,257 tokens, what build-nanogpt / llm.c / HF gpt2 checkpoints use; offline pass "
+              "ggml-vocab-gpt-2.gguf); our chat special tokens are appended after its ids, and sources, "
+              "max_bytes_per_source, vocab_size and method are not used")
     compare_with: list[str] = help_field([], "tokenizers to compare against: HF dirs, .gguf vocab files or hub names")
 
     def validate(self) -> None:
         super().validate()
+        if self.pretrained is not None:
+            if not self.pretrained:
+                raise ConfigError("pretrained is empty; name a tokenizer (gpt2, a .gguf file or an HF dir) or "
+                                  "leave it unset to train one")
+            return  # nothing is trained: the training keys below do not apply
         if not self.sources:
             raise ConfigError("sources is empty; name at least one corpus, e.g. sources=[builtin:python-docs]")
         if self.vocab_size < 512:

@@ -7,7 +7,10 @@ Sources:
   ``databricks/databricks-dolly-15k``, ``OpenAssistant/oasst1``, ``Open-Orca/SlimOrca``;
   preferences from ``Anthropic/hh-rlhf``, ``HuggingFaceH4/ultrafeedback_binarized``. Read through
   ``shared.data.hub`` (streamed), so ``data_files=`` pointing at a local copy of the dataset's
-  parquet/jsonl files works offline with the same ids;
+  parquet/jsonl files works offline with the same ids; in a config (where there is no
+  ``data_files=``) write ``hf:<dataset>@<local file or folder>``, e.g.
+  ``hf:databricks/databricks-dolly-15k@data/dolly/train.jsonl``: the named dataset's converter over the
+  local copy (the ``@`` form and ``data_files=`` together are an error);
 - ``file:<path>.jsonl`` or a plain ``.jsonl`` path: rows already in our schema, one per line
   (what the prefs stage writes). Read with ``json``, not ``datasets``: Arrow would unify
   ``tool_call.arguments`` of different tools into one struct padded with nulls.
@@ -85,7 +88,24 @@ def _names(kind: str) -> list[str]:
     return [name for name, fmt in FORMATS.items() if fmt.kind == kind]
 
 
+def _local_copy(spec: str, source: str, data_files: Any) -> tuple[str, Any]:
+    """``<dataset>@<path>`` -> ``(<dataset>, [<path>])``: the config form of ``data_files=``; other specs unchanged."""
+    name, at, path = spec.partition("@")
+    if not at:
+        return spec, data_files
+    if data_files is not None:
+        raise DataError(f"{source} names a local copy after '@' and data_files= is given too; pass one of them")
+    if not name or not path:
+        raise DataError(f"{source}: write hf:<dataset>@<local file or folder>, e.g. "
+                        "hf:databricks/databricks-dolly-15k@data/dolly.jsonl")
+    if not Path(path).exists():
+        raise DataError(f"{source}: the local copy {path} does not exist; download the dataset's parquet/jsonl "
+                        f"files there, or drop '@{path}' to stream hf:{name} from the hub")
+    return name, [path]
+
+
 def _hub_rows(spec: str, source: str, kind: str, data_files: Any, validate: Validate) -> Iterator[dict]:
+    spec, data_files = _local_copy(spec, source, data_files)
     fmt = _format(spec, source, kind)
     skipped: Counter = Counter()
     n = 0
