@@ -179,7 +179,8 @@ def plan_stages(registry: Registry, jc: JourneyConfig, run: str, configs: dict[s
         else:
             consumed = sorted(set(stage_table.get(stage).consumes) & rerunning)
             reason = (f"its input {consumed[0]} runs again" if consumed
-                      else why_stale(registry, artifact, to_dict(configs[stage]), rerunning))
+                      else why_stale(registry, artifact, to_dict(configs[stage]), rerunning,
+                                     defaults=to_dict(type(configs[stage])())))
         if reason is None:
             plans.append(StagePlan(stage, "skip", "up to date"))
             continue

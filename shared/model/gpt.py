@@ -14,6 +14,7 @@ What this module does not do: generation with a KV cache (``shared.engine``), Lo
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -140,3 +141,26 @@ class GPT(nn.Module):
         """Training FLOPs per token (6N + attention), as in the PaLM appendix; used for MFU."""
         cfg = self.config
         return 6 * self.num_params(non_embedding=True) + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+
+
+def grow_vocabulary(model: GPT, vocab_size: int) -> GPT:
+    """``model`` with an embedding (and the tied head) of ``vocab_size`` rows; the forward pass of old ids unchanged.
+
+    The new rows start as the mean of the existing ones: a token the model never saw then gets the
+    average input vector and an average logit, instead of a random direction. Used when special
+    tokens are appended to the vocabulary of a model pretrained without them (HF ``gpt2`` has exactly
+    50,257 rows; build-nanogpt and llm.c pad to 50,304 and need no growth).
+    """
+    old = model.config.vocab_size
+    if vocab_size < old:
+        raise ValueError(f"cannot shrink the vocabulary from {old} to {vocab_size} rows")
+    if vocab_size == old:
+        return model
+    grown = GPT(dataclasses.replace(model.config, vocab_size=vocab_size))
+    state = dict(model.state_dict())
+    wte = state["transformer.wte.weight"]
+    extra = wte.mean(dim=0, keepdim=True).expand(vocab_size - old, -1)
+    state["transformer.wte.weight"] = torch.cat([wte, extra])
+    state["lm_head.weight"] = state["transformer.wte.weight"]
+    grown.load_state_dict(state)
+    return grown

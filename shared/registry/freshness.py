@@ -25,15 +25,25 @@ from shared.registry.registry import Artifact, ArtifactNotFound, Registry
 IGNORED_KEYS = frozenset({"overwrite", "runs_dir"})
 
 
-def config_changes(stored: Mapping[str, Any], resolved: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """``key: old -> new`` for every leaf that differs (IGNORED_KEYS aside at the top level)."""
+def config_changes(stored: Mapping[str, Any], resolved: Mapping[str, Any], prefix: str = "",
+                   defaults: Mapping[str, Any] | None = None) -> list[str]:
+    """``key: old -> new`` for every leaf that differs (IGNORED_KEYS aside at the top level).
+
+    ``defaults``: the config class's defaults (same nesting). A key the stored config does not have
+    (a field added to the class since) is no change when the resolved value is its default: a new
+    option must not make every finished stage stale.
+    """
     changes = []
     for key in sorted(set(stored) | set(resolved)):
         if not prefix and key in IGNORED_KEYS:
             continue
         old, new = stored.get(key, "<absent>"), resolved.get(key, "<absent>")
+        default = (defaults or {}).get(key, "<absent>")
         if isinstance(old, Mapping) and isinstance(new, Mapping):
-            changes += config_changes(old, new, f"{prefix}{key}.")
+            changes += config_changes(old, new, f"{prefix}{key}.",
+                                      default if isinstance(default, Mapping) else None)
+        elif key not in stored and defaults is not None and new == default:
+            continue
         elif old != new:
             changes.append(f"{prefix}{key}: {old!r} -> {new!r}")
     return changes
@@ -58,13 +68,13 @@ def _local_files(config: Any) -> Iterable[Path]:
 
 
 def why_stale(registry: Registry, artifact: Artifact, config: Mapping[str, Any],
-              rerunning: Iterable[str] = ()) -> str | None:
+              rerunning: Iterable[str] = (), defaults: Mapping[str, Any] | None = None) -> str | None:
     """Why ``artifact`` must be remade for the resolved ``config`` (a plain dict), or None when it is fresh.
 
     ``rerunning``: stages (of the same run) that will run again before this one; an artifact made
-    from one of them is stale.
+    from one of them is stale. ``defaults``: the config class's defaults (see ``config_changes``).
     """
-    changes = config_changes(artifact.config, config)
+    changes = config_changes(artifact.config, config, defaults=defaults)
     if changes:
         more = f" (+{len(changes) - 3} more)" if len(changes) > 3 else ""
         return "config changed: " + "; ".join(changes[:3]) + more

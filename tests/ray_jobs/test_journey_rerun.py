@@ -5,6 +5,7 @@ preset resolves to, so "up to date" means exactly what a finished smoke run woul
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -142,3 +143,14 @@ def test_init_from_replaces_pretraining_with_your_model(tmp_path):
     given = journey.stage_configs(_journey_config(tmp_path, "init_from=imported/import", "cpt.tokenizer=tokenizer"),
                                   RUN)["cpt"]
     assert given.tokenizer == "tokenizer"  # what is given for the stage wins
+
+
+def test_a_config_field_added_since_at_its_default_is_no_change(finished, tmp_path):
+    """Code that grows a config class (a new option, default unchanged behaviour) keeps finished stages."""
+    manifest = tmp_path / RUN / "cpt" / "journey.json"
+    stored = json.loads(manifest.read_text())
+    del stored["config"]["eval_text_field"]  # as written before the field existed
+    manifest.write_text(json.dumps(stored))
+    assert _plans(tmp_path)["cpt"][0] == "skip"
+    action, reason = _plans(tmp_path, "cpt.eval_text_field=text")["cpt"]
+    assert action == "run" and reason == "config changed: eval_text_field: '<absent>' -> 'text'"
