@@ -376,8 +376,9 @@ def _plan_pretrain(ctx: _Context, stage: str, cfg: PretrainConfig, row: StageRow
     _add_data(ctx, stage, row, data_check.check_corpus(cfg.data.source, cfg.data.text_field, f"{stage}.data.source",
                                                        ctx.hub, f"{stage}.data.text_field"))
     for name, source in cfg.eval_data.items():
-        _add_data(ctx, stage, row, data_check.check_corpus(source, cfg.data.text_field, f"{stage}.eval_data.{name}",
-                                                           ctx.hub))
+        _add_data(ctx, stage, row, data_check.check_corpus(source, cfg.eval_text_field or cfg.data.text_field,
+                                                           f"{stage}.eval_data.{name}", ctx.hub,
+                                                           f"{stage}.eval_text_field"))
     vocab, tok_from = _resolve_tokenizer(ctx, stage, cfg.tokenizer, f"{stage}.tokenizer")
     if cfg.init_from:
         row.model, row.model_from = _resolve_model(ctx, stage, cfg.init_from, f"{stage}.init_from")
