@@ -176,6 +176,7 @@ class PrefsJobConfig(JobConfig):
     batch_size: int = help_field(32, "prompts per generation batch")
     num_workers: int = help_field(1, "Ray Data inference actors")
     cpus_per_worker: int = help_field(2, "CPU cores per inference actor")
+    use_gpu: bool = help_field(False, "each inference actor holds its model on a GPU of its own (one GPU per actor)")
     seed: int = help_field(1234, "seed of prompt choice and sampling")
 
     def validate(self) -> None:

@@ -45,10 +45,10 @@ class ReplySampler:
     (when ``greedy``) and then ``n`` sampled ones."""
 
     def __init__(self, model_path: str, n: int, temperature: float, top_p: float, max_new_tokens: int,
-                 threads: int, seed: int, greedy: bool = False):
+                 threads: int, seed: int, greedy: bool = False, device: str = "cpu"):
         import torch
         torch.set_num_threads(threads)
-        self.model, self.tokenizer = load_chat_model(model_path)
+        self.model, self.tokenizer = load_chat_model(model_path, device=device)
         self.opts = dict(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
         self.seed, self.greedy = seed, greedy
 
@@ -71,9 +71,11 @@ def sample_replies(model_path: str, examples: list[dict[str, Any]], cfg: PrefsJo
     items = [{"idx": i, "prompt": json.dumps(ex["messages"][:-1])} for i, ex in enumerate(examples)]
     ds = ray.data.from_items(items).map_batches(
         ReplySampler, batch_size=cfg.batch_size, concurrency=cfg.num_workers, num_cpus=cfg.cpus_per_worker,
+        num_gpus=1 if cfg.use_gpu else 0,  # Ray gives each actor its own GPU (CUDA_VISIBLE_DEVICES): "cuda" is it
         fn_constructor_kwargs=dict(model_path=model_path, n=cfg.samples_per_prompt, temperature=cfg.temperature,
                                    top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                                   threads=cfg.cpus_per_worker, seed=cfg.seed, greedy=cfg.include_greedy))
+                                   threads=cfg.cpus_per_worker, seed=cfg.seed, greedy=cfg.include_greedy,
+                                   device="cuda" if cfg.use_gpu else "cpu"))
     out: list[list[str]] = [[] for _ in examples]
     for row in ds.iter_rows():
         out[int(row["idx"])] = json.loads(row["replies"])

@@ -208,7 +208,7 @@ def shrink(device: str, hub: dict[str, Path]) -> list[str]:
     dolly = f"hf:{DOLLY}@{hub['dolly']}"
     out += [f"sft.{kv}" for kv in post + [f"data={dolly}", "max_new_tokens=8"]]
     out += [f"prefs.{kv}" for kv in [f"data={dolly}", "num_prompts=6", "samples_per_prompt=2", "max_new_tokens=8",
-                                    "batch_size=6", "num_workers=1", "cpus_per_worker=1",
+                                    "batch_size=6", "num_workers=1", "cpus_per_worker=1", f"use_gpu={gpu}",
                                     # A 2-step model samples the same few tokens (measured: 8 spaces) for every
                                     # prompt, so no two of its replies differ: Dolly's reply is the chosen one.
                                     "reference_fallback=true", "min_margin=0.0"]]
