@@ -25,6 +25,9 @@ class DataConfig:
     seed: int = help_field(DOC_SPLIT_SEED, "seed of the deterministic document split")
     text_field: str = help_field("text", "field holding the text in jsonl/parquet/hub datasets")
     engine: Literal["local", "ray"] = help_field("ray", "tokenize in-process or as a Ray Data pipeline")
+    repeat_fraction: float = help_field(0.0, "share of each training batch's windows in which a span of the text "
+                                        "is written again later (shared/data/repeats.py): copying to learn, "
+                                        "for induction heads; validation stays natural text")
 
 
 @dataclass
@@ -103,6 +106,8 @@ class PretrainConfig(TrainJobConfig):
             raise ConfigError(f"model.preset: unknown preset {self.model.preset!r}; choose one of {sorted(PRESETS)}")
         if not 0 < self.data.val_fraction < 1:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.data.val_fraction}")
+        if not 0 <= self.data.repeat_fraction <= 1:
+            raise ConfigError(f"data.repeat_fraction must be in [0, 1], got {self.data.repeat_fraction}")
 
 
 @dataclass

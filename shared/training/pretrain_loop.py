@@ -40,6 +40,7 @@ import torch
 import torch.distributed as dist
 
 from shared.data import TokenDataset
+from shared.data.repeats import repeat_spans
 from shared.model.gpt import GPT, GPTConfig
 from shared.model.hf import save_hf_checkpoint
 from shared.progress import report_progress
@@ -271,7 +272,8 @@ def _train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, ds: TokenDat
     accum = o.grad_accum
     total = 0.0
     for micro in range(accum):
-        x, y = ds.get_batch(o.batch_size, block_size, _batch_generator(cfg.seed, step, rank, micro))
+        generator = _batch_generator(cfg.seed, step, rank, micro)
+        x, y = repeat_spans(*ds.get_batch(o.batch_size, block_size, generator), cfg.data.repeat_fraction, generator)
         sync = micro == accum - 1 or not hasattr(model, "no_sync")
         # DDP: skip the gradient all-reduce on all but the last micro-batch.
         ctx = model.no_sync() if not sync else contextlib.nullcontext()
