@@ -40,7 +40,7 @@ from shared.progress import clear_progress, progress_file
 from shared.registry import ArtifactNotFound, Registry
 from shared.registry.freshness import why_stale
 from shared.report import write_report
-from shared.report.collect import headlines_of
+from shared.report.collect import headlines_of, wall_time
 
 STAGES = stage_table.JOURNEY
 DEFAULT_STAGES = stage_table.DEFAULT_JOURNEY
@@ -131,11 +131,11 @@ def summary(registry: Registry, run: str) -> str:
         if a.kind == "report" and a.stage in ("eval", "interpret"):
             what = ("artifacts on the same tasks: eval/scorecard.md" if a.stage == "eval"
                     else "models looked inside: interpret/interpret.md")
-            lines.append(f"| {a.id} | report | {len(a.parents)} {what} | {sum(a.timings.values()):.0f} |")
+            lines.append(f"| {a.id} | report | {len(a.parents)} {what} | {wall_time(a.timings) or 0:.0f} |")
             continue
         keys = headlines_of(a) or ("val_loss", "eval_loss")
         cells = ", ".join(f"{k}={a.metrics[k]:.4g}" for k in keys if isinstance(a.metrics.get(k), (int, float)))
-        lines.append(f"| {a.id} | {a.kind} | {cells} | {sum(a.timings.values()):.0f} |")
+        lines.append(f"| {a.id} | {a.kind} | {cells} | {wall_time(a.timings) or 0:.0f} |")
     return "\n".join(lines)
 
 
@@ -155,6 +155,8 @@ def plan_stages(registry: Registry, jc: JourneyConfig, run: str, configs: dict[s
     what they name even when it is up to date. Otherwise a stage runs when it has no finished
     artifact (never run, or interrupted: training then continues from its last checkpoint) or its
     artifact is stale, and is skipped when fresh. A stage runs again when one it consumes does.
+    Sets ``overwrite`` on the config of every finished stage it reruns (an interrupted one keeps
+    ``overwrite=false``: its checkpoints are what it resumes from).
     """
     selected = list(jc.stages)
     forced: set[str] = set()
