@@ -170,13 +170,13 @@ def _local(source: str, path: Path, need: tuple[str, ...], key: str, what: str, 
     return DataCheck(source, f"local {'directory' if path.is_dir() else 'file'}", size)
 
 
-def _hub(source: str, name: str, hub: dict[str, tuple[bool, str]], key: str, layout: str) -> DataCheck:
+def _hub(source: str, name: str, hub: dict[str, tuple[bool, str]], key: str, local_copy: str) -> DataCheck:
+    """A hub dataset: fine when reachable, else a problem whose fix is ``local_copy`` (how to use a copy)."""
     reachable, why = hub.get(name, (False, "not checked"))
     if reachable:
         return DataCheck(source, f"hub dataset, {why}")
     return DataCheck(source, "hub dataset", problem=f"hub dataset {name} is {why}",
-                     fix=f"run where the hub is reachable, or save a copy there and point {key}=file:/path/copy.jsonl "
-                         f"({layout})")
+                     fix=f"run where the hub is reachable, or {local_copy}")
 
 
 def check_corpus(source: str, text_field: str, key: str, hub: dict[str, tuple[bool, str]],
@@ -194,7 +194,8 @@ def check_corpus(source: str, text_field: str, key: str, hub: dict[str, tuple[bo
                          fix=f"set {key} to one of {[f'builtin:{n}' for n in BUILTINS]}")
     name = hub_name(source)
     if name:
-        return _hub(source, name, hub, key, f"one JSON object per line with a {text_field!r} field")
+        return _hub(source, name, hub, key, f"save a copy there and point {key}=file:/path/copy.jsonl (one JSON "
+                                            f"object per line with a {text_field!r} field)")
     path = local_path(source)
     if path is None:
         return DataCheck(source, "unknown", problem=f"unknown corpus source {source!r}",
@@ -238,13 +239,9 @@ def check_examples(source: str, kind: str, key: str, hub: dict[str, tuple[bool, 
         if fmt is None or fmt.kind != kind:
             return DataCheck(source, "hub dataset", problem=f"no converter from {name} to {noun}",
                              fix=f"set {key} to one of {supported}, or convert the data to a .jsonl of {list(fields)}")
-        reachable, why = hub.get(name, (False, "not checked"))
-        if reachable:
-            return DataCheck(source, f"hub dataset, {why}")
         # A local copy in the dataset's own schema goes through the same converter (shared.data.instructions).
-        return DataCheck(source, "hub dataset", problem=f"hub dataset {name} is {why}",
-                         fix=f"run where the hub is reachable, or download a copy there (the dataset's own "
-                             f"jsonl/parquet files) and set {key}=hf:{name}@/path/to/copy")
+        return _hub(source, name, hub, key, f"download a copy there (the dataset's own jsonl/parquet files) and set "
+                                            f"{key}=hf:{name}@/path/to/copy")
     path = local_path(source)
     if path is None or (path.is_file() and path.suffix.lower() != ".jsonl"):
         return DataCheck(source, "unknown", problem=f"{source!r} is not {noun} we can read",
