@@ -18,7 +18,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -132,13 +132,9 @@ class JourneyView:
         self.lines[name].state = "skipped"
 
     @contextlib.contextmanager
-    def running(self, name: str, progress_file: Path, log_file: Path,
-                interrupted: Callable[[], bool] = lambda: False) -> Iterator[StageLine]:
-        """The block runs stage ``name``: its output goes to ``log_file`` unless verbose.
-
-        ``interrupted()`` says whether a Ctrl-C arrived: the error it causes in Ray (a worker or the raylet
-        gone) can surface before Python's KeyboardInterrupt, and the line must say interrupted, not failed.
-        """
+    def running(self, name: str, progress_file: Path, log_file: Path) -> Iterator[StageLine]:
+        """The block runs stage ``name``: its output goes to ``log_file`` unless verbose. A KeyboardInterrupt
+        out of the block marks the stage interrupted, any other exception failed."""
         line = self.lines[name]
         line.state, line.started = "running", time.time()
         line.progress_file, line.log_file = progress_file, log_file
@@ -152,7 +148,7 @@ class JourneyView:
                 with captured_output(log_file):
                     yield line
         except BaseException as exc:
-            self._end(line, "interrupted" if isinstance(exc, KeyboardInterrupt) or interrupted() else "failed")
+            self._end(line, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
             raise
         self._end(line, "done")
 

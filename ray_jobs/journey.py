@@ -124,6 +124,12 @@ def stage_configs(jc: JourneyConfig, run: str) -> dict[str, Any]:
     return {stage: stage_config(stage, jc.preset, run, jc.overrides(stage), jc.runs_dir) for stage in jc.stages}
 
 
+def _headline_cells(artifact: Any) -> list[str]:
+    """``key=value`` for each headline metric the artifact has (the stage table's, else its kind's)."""
+    keys = headlines_of(artifact) or ("val_loss", "eval_loss")
+    return [f"{k}={artifact.metrics[k]:.4g}" for k in keys if isinstance(artifact.metrics.get(k), (int, float))]
+
+
 def summary(registry: Registry, run: str) -> str:
     """Markdown table of the run's artifacts and their headline metrics."""
     lines = ["| artifact | kind | headline metrics | time (s) |", "|---|---|---|---|"]
@@ -133,9 +139,7 @@ def summary(registry: Registry, run: str) -> str:
                     else "models looked inside: interpret/interpret.md")
             lines.append(f"| {a.id} | report | {len(a.parents)} {what} | {wall_time(a.timings) or 0:.0f} |")
             continue
-        keys = headlines_of(a) or ("val_loss", "eval_loss")
-        cells = ", ".join(f"{k}={a.metrics[k]:.4g}" for k in keys if isinstance(a.metrics.get(k), (int, float)))
-        lines.append(f"| {a.id} | {a.kind} | {cells} | {wall_time(a.timings) or 0:.0f} |")
+        lines.append(f"| {a.id} | {a.kind} | {', '.join(_headline_cells(a))} | {wall_time(a.timings) or 0:.0f} |")
     return "\n".join(lines)
 
 
@@ -195,9 +199,7 @@ def plan_stages(registry: Registry, jc: JourneyConfig, run: str, configs: dict[s
 
 def _headline(artifact: Any) -> str:
     """The stage's first headline numbers, for its line in the progress view."""
-    keys = headlines_of(artifact) or ("val_loss", "eval_loss")
-    cells = [f"{k}={artifact.metrics[k]:.4g}" for k in keys if isinstance(artifact.metrics.get(k), (int, float))]
-    return ", ".join(cells[:3])
+    return ", ".join(_headline_cells(artifact)[:3])
 
 
 class _CtrlC:
@@ -251,14 +253,19 @@ def run_journey(jc: JourneyConfig) -> str:
             clear_progress(progress)
             log = registry.root / run / "logs" / f"{plan.stage}.log"
             try:
-                with view.running(plan.stage, progress, log, interrupted=ctrl_c.received) as line:
-                    artifact = stage_table.get(plan.stage).run(configs[plan.stage])
+                with view.running(plan.stage, progress, log) as line:
+                    try:
+                        artifact = stage_table.get(plan.stage).run(configs[plan.stage])
+                    except Exception as exc:
+                        if ctrl_c.received():  # Ray's error about its interrupted processes surfaced first
+                            raise KeyboardInterrupt from exc
+                        raise
                     line.headline = _headline(artifact)
-            except BaseException as exc:
-                if isinstance(exc, KeyboardInterrupt) or ctrl_c.received():
-                    view.print(f"interrupted during {plan.stage}: `journey run run={run}` continues from there "
-                               f"(finished stages are kept; training resumes from its last checkpoint)")
-                    raise KeyboardInterrupt from exc
+            except KeyboardInterrupt:
+                view.print(f"interrupted during {plan.stage}: `journey run run={run}` continues from there "
+                           f"(finished stages are kept; training resumes from its last checkpoint)")
+                raise
+            except BaseException:
                 tail = log_tail(log) if not jc.verbose else ""
                 view.print(f"stage {plan.stage} failed; its log: {log}" + (f"\n--- last lines ---\n{tail}" if tail else ""))
                 raise
