@@ -35,3 +35,19 @@ def _pretrain_config(runs, stage: str, **overrides):
             node = node.setdefault(p, {})
         node[leaf] = value
     return load_config(PretrainConfig, "pretrain", "smoke", base=base)
+
+
+def register_random_model(runs, stage: str) -> None:
+    """A random tiny GPT-2 (the smoke tokenizer's 512 ids) registered as ``t/<stage>``, parent the tokenizer:
+    a model for post-training tests to start from without pretraining one."""
+    import torch
+
+    from shared.model.gpt import GPT, GPTConfig
+    from shared.model.hf import save_hf_checkpoint
+    from shared.registry import Registry
+    registry = Registry(runs)
+    tok = registry.resolve("t/tokenizer")
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=512, block_size=64, n_layer=2, n_head=2, n_embd=48))
+    save_hf_checkpoint(model, registry.stage_dir("t", stage), tokenizer_dir=tok.dir)
+    registry.register("t", stage, "hf-model", parents=[tok.id])

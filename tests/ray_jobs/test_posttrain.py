@@ -8,22 +8,15 @@ import torch
 
 from shared.config import ConfigError, load_config
 from shared.data import DataError
-from shared.model.gpt import GPT, GPTConfig
-from shared.model.hf import save_hf_checkpoint
 from shared.registry import Registry
 from shared.training.posttrain_config import DPOJobConfig, PrefsJobConfig, SFTJobConfig
+from tests.ray_jobs.conftest import register_random_model
 
 
 @pytest.fixture(scope="module")
 def base_model(smoke_tokenizer):
     """A random tiny GPT-2 registered as ``t/base`` (parent: the tokenizer); returns the runs dir."""
-    registry = Registry(smoke_tokenizer)
-    tok = registry.resolve("t/tokenizer")
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=512, block_size=64, n_layer=2, n_head=2, n_embd=48))
-    out = registry.stage_dir("t", "base")
-    save_hf_checkpoint(model, out, tokenizer_dir=tok.dir)
-    registry.register("t", "base", "hf-model", parents=[tok.id])
+    register_random_model(smoke_tokenizer, "base")
     return smoke_tokenizer
 
 

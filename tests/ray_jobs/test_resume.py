@@ -15,10 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from shared.model.gpt import GPT, GPTConfig
-from shared.model.hf import save_hf_checkpoint
 from shared.progress import progress_file, read_progress
 from shared.registry import Registry
 from shared.training.posttrain import latest_trainer_checkpoint
@@ -26,6 +23,7 @@ from shared.training.pretrain_loop import checkpoint_step
 from shared.training.resume import RESUME_FILE, checkpoint_root, discard, plan_resume, resume_key
 from shared.training.runner import _latest_checkpoint, run_pretraining
 from tests.processes import run, start, stop, wait_for
+from tests.ray_jobs.conftest import register_random_model
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -170,13 +168,7 @@ def test_pretraining_interrupted_resumes_with_the_same_curve_and_a_changed_confi
 @pytest.fixture(scope="module")
 def smoke_run(smoke_tokenizer):
     """Run ``t`` with the smoke tokenizer and a random tiny GPT-2 registered as its ``cpt``: what SFT starts from."""
-    registry = Registry(smoke_tokenizer)
-    tok = registry.resolve("t/tokenizer")
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=512, block_size=64, n_layer=2, n_head=2, n_embd=48))
-    out = registry.stage_dir("t", "cpt")
-    save_hf_checkpoint(model, out, tokenizer_dir=tok.dir)
-    registry.register("t", "cpt", "hf-model", parents=[tok.id])
+    register_random_model(smoke_tokenizer, "cpt")
     return Path(smoke_tokenizer)
 
 
