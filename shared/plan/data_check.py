@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 from shared.data.instructions.hub_formats import FORMATS
+from shared.data.instructions.loaders import split_local_copy
 from shared.data.instructions.schema import PREFERENCE_FIELDS, SFT_FIELDS
 from shared.data.local import SUFFIXES, TEXT_SUFFIXES, find_files
 from shared.data.sources import BUILTINS, VALID_FORMS
@@ -98,9 +99,10 @@ def hub_status(names: list[str], timeout: float = HUB_TIMEOUT_S) -> dict[str, tu
 
 
 def hub_name(source: str) -> Optional[str]:
-    """The hub dataset of an ``hf:`` source that is not a local path (``org/name``), else None."""
+    """The hub dataset an ``hf:`` source streams from (``org/name``); None for a local path, a local copy
+    (``hf:<dataset>@<path>``) or any other source."""
     prefix, sep, rest = source.partition(":")
-    if not (sep and prefix == "hf") or Path(rest).exists():
+    if not (sep and prefix == "hf") or Path(rest).exists() or split_local_copy(rest)[1] is not None:
         return None
     return rest.partition(":")[0] or None
 
@@ -233,13 +235,17 @@ def check_examples(source: str, kind: str, key: str, hub: dict[str, tuple[bool, 
             return check
         return DataCheck(source, "text corpus", problem=f"{source} is a text corpus, not {noun}",
                          fix=f"set {key}=prefs (this run's pairs) or one of {supported}")
-    name = hub_name(source)
-    if name:
+    prefix, sep, rest = source.partition(":")
+    name, copy = split_local_copy(rest) if sep and prefix == "hf" else (None, None)
+    if copy is not None or hub_name(source):
+        name = name if copy is not None else hub_name(source)
         fmt = FORMATS.get(name)
         if fmt is None or fmt.kind != kind:
             return DataCheck(source, "hub dataset", problem=f"no converter from {name} to {noun}",
                              fix=f"set {key} to one of {supported}, or convert the data to a .jsonl of {list(fields)}")
-        # A local copy in the dataset's own schema goes through the same converter (shared.data.instructions).
+        if copy is not None:  # read through the dataset's own converter (shared.data.instructions), in its schema
+            return _local(source, Path(copy), fmt.fields, key, f"the {name} converter",
+                          f"give a copy of {name} in its own schema ({', '.join(fmt.fields)})")
         return _hub(source, name, hub, key, f"download a copy there (the dataset's own jsonl/parquet files) and set "
                                             f"{key}=hf:{name}@/path/to/copy")
     path = local_path(source)

@@ -88,10 +88,16 @@ def _names(kind: str) -> list[str]:
     return [name for name, fmt in FORMATS.items() if fmt.kind == kind]
 
 
+def split_local_copy(spec: str) -> tuple[str, str | None]:
+    """``<dataset>@<path>`` -> ``(<dataset>, <path>)``: a hub dataset read from a local copy; else ``(spec, None)``."""
+    name, at, path = spec.partition("@")
+    return (name, path) if at else (spec, None)
+
+
 def _local_copy(spec: str, source: str, data_files: Any) -> tuple[str, Any]:
     """``<dataset>@<path>`` -> ``(<dataset>, [<path>])``: the config form of ``data_files=``; other specs unchanged."""
-    name, at, path = spec.partition("@")
-    if not at:
+    name, path = split_local_copy(spec)
+    if path is None:
         return spec, data_files
     if data_files is not None:
         raise DataError(f"{source} names a local copy after '@' and data_files= is given too; pass one of them")

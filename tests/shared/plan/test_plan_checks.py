@@ -31,6 +31,22 @@ def test_sft_rows_missing_our_schema_fields_are_found_on_the_first_row(tmp_path)
     assert not check_examples(str(good), "preference", "dpo.data", {}).ok  # no prompt/chosen/rejected
 
 
+def test_a_local_copy_of_a_hub_dataset_is_checked_in_that_datasets_own_schema_and_never_asked_about(tmp_path):
+    """``hf:<dataset>@<copy>`` (the fix the plan gives for an unreachable hub dataset) reads the copy through
+    the dataset's converter: its fields are the dataset's, and the hub is not involved."""
+    dolly = "databricks/databricks-dolly-15k"
+    copy = _jsonl(tmp_path / "dolly.jsonl", [{"instruction": "q", "context": "", "response": "a", "category": "qa"}])
+    assert data_check.hub_name(f"hf:{dolly}@{copy}") is None and data_check.hub_name(f"hf:{dolly}") == dolly
+    assert check_examples(f"hf:{dolly}@{copy}", "sft", "sft.data", {}).ok
+    unreachable = check_examples(f"hf:{dolly}", "sft", "sft.data", {dolly: (False, "offline")})
+    assert not unreachable.ok and f"sft.data=hf:{dolly}@/path/to/copy" in unreachable.fix
+    wrong = _jsonl(tmp_path / "wrong.jsonl", [{"question": "q"}])
+    check = check_examples(f"hf:{dolly}@{wrong}", "sft", "sft.data", {})
+    assert not check.ok and "'instruction'" in check.problem and "instruction, context, response" in check.fix
+    assert "does not exist" in check_examples(f"hf:{dolly}@{tmp_path / 'none.jsonl'}", "sft", "sft.data", {}).problem
+    assert "no converter" in check_examples(f"hf:{dolly}@{copy}", "preference", "dpo.data", {}).problem
+
+
 def test_missing_files_builtins_and_text_corpora_as_post_training_data(tmp_path):
     assert not check_corpus(str(tmp_path / "none.jsonl"), "text", "k", {}).ok
     assert check_corpus("builtin:python-docs", "text", "k", {}).ok
