@@ -54,7 +54,8 @@ def _time(artifact: Artifact) -> _dt.datetime:
 
 
 def _local_files(config: Any) -> Iterable[Path]:
-    """Existing files named by string values of the config (a ``file:`` source or a bare path)."""
+    """Existing files named by string values of the config: a bare path, a ``file:<path>`` source or the local
+    copy of a hub dataset (``hf:<dataset>@<path>``). Read as strings: the registry knows no source syntax."""
     if isinstance(config, Mapping):
         for value in config.values():
             yield from _local_files(value)
@@ -62,9 +63,10 @@ def _local_files(config: Any) -> Iterable[Path]:
         for value in config:
             yield from _local_files(value)
     elif isinstance(config, str) and "/" in config:
-        path = Path(config.removeprefix("file:"))
-        if path.is_file():
-            yield path
+        for candidate in dict.fromkeys((config, config.removeprefix("file:"), config.rpartition("@")[2])):
+            if Path(candidate).is_file():
+                yield Path(candidate)
+                break
 
 
 def why_stale(registry: Registry, artifact: Artifact, config: Mapping[str, Any],

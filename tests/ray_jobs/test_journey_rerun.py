@@ -110,6 +110,18 @@ def test_a_local_data_file_changed_after_the_stage_makes_it_stale(tmp_path):
     assert action == "run" and reason == f"data file {data} changed after it was made"
 
 
+def test_a_changed_local_copy_of_a_hub_dataset_makes_the_stage_stale(finished, tmp_path):
+    copy = tmp_path / "dolly.jsonl"
+    copy.write_text('{"instruction": "q", "context": "", "response": "a", "category": "qa"}\n')
+    source = f"sft.data=hf:databricks/databricks-dolly-15k@{copy}"
+    configs = journey.stage_configs(_journey_config(tmp_path, source), RUN)
+    _finish(finished, "sft", configs["sft"])
+    assert _plans(tmp_path, source)["sft"][0] == "skip"
+    future = time.time() + 5
+    os.utime(copy, (future, future))
+    assert _plans(tmp_path, source)["sft"] == ("run", f"data file {copy} changed after it was made")
+
+
 def test_only_and_from_rerun_what_they_name_even_when_up_to_date(finished, tmp_path):
     only = _plans(tmp_path, "only=[eval,interpret]")
     assert only == {"eval": ("run", "asked for (only=['eval', 'interpret'])"),
