@@ -49,3 +49,11 @@ def test_windows_too_short_to_repeat_are_refused():
     x, y, _ = _batch(block=8)
     with pytest.raises(ValueError, match="at least 16 tokens"):
         repeat_spans(x, y, 0.5, torch.Generator())
+
+
+def test_a_repeat_fraction_outside_0_1_is_a_config_error():
+    from shared.config import ConfigError, load_config
+    from shared.training.pretrain_config import PretrainConfig
+    with pytest.raises(ConfigError, match=r"data.repeat_fraction must be in \[0, 1\], got 2.0"):
+        load_config(PretrainConfig, "pretrain", "tiny", base={"data": {"repeat_fraction": 2}})
+    assert load_config(PretrainConfig, "pretrain", "tiny", base={"data": {"repeat_fraction": 0.5}}).data.repeat_fraction == 0.5
