@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from shared import stages
+from shared.cluster import exit_after_interrupt
 from shared.config import ConfigError, describe, load_config
 from shared.registry import ArtifactNotFound
 
@@ -53,6 +54,7 @@ def run_main(fn: Callable[[], Any]) -> int:
         result = fn()
     except KeyboardInterrupt:
         print("journey: interrupted", file=sys.stderr)
+        exit_after_interrupt(130)  # only where a training thread is still running (shared.cluster)
         return 130
     except USER_ERRORS as exc:
         if os.environ.get("JOURNEY_DEBUG") == "1":
