@@ -28,6 +28,9 @@ class DataConfig:
     repeat_fraction: float = help_field(0.0, "share of each training batch's windows in which a span of the text "
                                         "is written again later (shared/data/repeats.py): copying to learn, "
                                         "for induction heads; validation stays natural text")
+    repeat_source: Literal["text", "random"] = help_field(
+        "text", "what the repeated span is: the window's own text, or random token ids written twice "
+        "(the synthetic copy task; only copying predicts the second copy)")
 
 
 @dataclass

@@ -273,7 +273,8 @@ def _train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, ds: TokenDat
     total = 0.0
     for micro in range(accum):
         generator = _batch_generator(cfg.seed, step, rank, micro)
-        x, y = repeat_spans(*ds.get_batch(o.batch_size, block_size, generator), cfg.data.repeat_fraction, generator)
+        x, y = repeat_spans(*ds.get_batch(o.batch_size, block_size, generator), cfg.data.repeat_fraction, generator,
+                            ds.vocab_size if cfg.data.repeat_source == "random" else None)
         sync = micro == accum - 1 or not hasattr(model, "no_sync")
         # DDP: skip the gradient all-reduce on all but the last micro-batch.
         ctx = model.no_sync() if not sync else contextlib.nullcontext()

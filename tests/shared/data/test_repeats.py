@@ -57,3 +57,14 @@ def test_a_repeat_fraction_outside_0_1_is_a_config_error():
     with pytest.raises(ConfigError, match=r"data.repeat_fraction must be in \[0, 1\], got 2.0"):
         load_config(PretrainConfig, "pretrain", "tiny", base={"data": {"repeat_fraction": 2}})
     assert load_config(PretrainConfig, "pretrain", "tiny", base={"data": {"repeat_fraction": 0.5}}).data.repeat_fraction == 0.5
+
+
+def test_random_spans_repeat_fresh_ids_from_the_vocabulary():
+    x, y, window = _batch(batch=4, block=64, seed=2)
+    nx, ny = repeat_spans(x, y, 1.0, torch.Generator().manual_seed(4), random_vocab=50)
+    rebuilt = torch.cat([nx, ny[:, -1:]], dim=1)
+    assert torch.equal(nx[:, 1:], ny[:, :-1])
+    for r in range(4):
+        fresh = [t for t in rebuilt[r].tolist() if t < 50]  # the corpus ids here are all >= 1000
+        assert len(fresh) >= 2 * (65 // 8)  # the span, twice
+        assert _repeated_span(rebuilt[r], 65 // 8)
