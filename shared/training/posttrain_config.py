@@ -79,6 +79,19 @@ class SFTJobConfig(PostTrainConfig):
     assistant_only_loss: bool = help_field(True, "chat data: loss on the assistant's tokens only (the reply "
                                            "and its <|end|>); text corpora always train on every token")
     packing: bool = help_field(False, "pack several examples into each max_length window (BFD packing)")
+    replay: list[str] = field(default_factory=list, metadata={"help": (
+        "chat data: text corpora replayed in the mix, every token trained (train documents only), e.g. "
+        "[builtin:python-docs, builtin:python-code]: keeps the language the model was pretrained on "
+        "(shared/training/replay.py)")})
+    replay_fraction: float = help_field(0.0, "share of the SFT training tokens that are replayed text (0 = off)")
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 <= self.replay_fraction < 1:
+            raise ConfigError(f"replay_fraction must be in [0, 1), got {self.replay_fraction}")
+        if self.replay_fraction > 0 and not self.replay:
+            raise ConfigError("replay_fraction > 0 needs replay: the text corpora to replay, e.g. "
+                              "replay=[builtin:python-docs]")
 
 
 @dataclass

@@ -21,6 +21,7 @@ from shared.registry import Artifact, Registry
 from shared.chat_format import CHAT_TEMPLATE
 from shared.training.posttrain import arrow_safe, fit_trl, resolve_model, train_metrics
 from shared.training.posttrain_config import SFTJobConfig
+from shared.training.replay import mixed_rows, replay_chars_needed, replay_documents
 from shared.training.trl_worker import Algorithm, TrainRows
 
 
@@ -36,11 +37,16 @@ def build_trainer(model, tokenizer, cfg: SFTJobConfig, rows: TrainRows, args: di
     chat = conversational(rows.train)
     if chat:
         tokenizer.chat_template = CHAT_TEMPLATE  # checkpoints saved before the template had generation blocks
+    train, pretokenized = rows.train, chat and bool(rows.replay_texts)
+    if pretokenized:  # tokenized here: TRL's own path wants every row chat or every row text
+        train = mixed_rows(tokenizer, rows.train, rows.replay_texts, cfg.replay_fraction, cfg.train.max_length,
+                           CHAT_TEMPLATE, cfg.seed, assistant_only=cfg.assistant_only_loss)
+    # Pretokenized rows carry their loss mask (assistant_masks), which TRL applies without being asked.
     sft_args = SFTConfig(**args, max_length=cfg.train.max_length, packing=cfg.packing,
-                         assistant_only_loss=chat and cfg.assistant_only_loss,
+                         assistant_only_loss=chat and cfg.assistant_only_loss and not pretokenized,
                          dataset_text_field="text", dataset_num_proc=None)
     eval_ds = Dataset.from_list(rows.eval) if rows.eval else None
-    return SFTTrainer(model=model, args=sft_args, train_dataset=Dataset.from_list(rows.train),
+    return SFTTrainer(model=model, args=sft_args, train_dataset=Dataset.from_list(train),
                       eval_dataset=eval_ds, processing_class=tokenizer)
 
 
@@ -90,11 +96,13 @@ def run_sft(cfg: SFTJobConfig) -> Artifact:
     model = resolve_model(registry, cfg.init_from, cfg.run)
     chat = not is_text_corpus(cfg.data)
     train_rows, eval_rows, heldout_ex = training_rows(cfg)
+    replay = (replay_documents(cfg.replay, replay_chars_needed(train_rows, cfg.replay_fraction), cfg.seed)
+              if chat and cfg.replay_fraction > 0 else [])
     out_dir = registry.stage_dir(cfg.run, cfg.stage, overwrite=cfg.overwrite)
     t_data = time.perf_counter() - t0
-    fit = fit_trl(cfg, ALGORITHM, model, out_dir, TrainRows(train_rows, eval_rows))
+    fit = fit_trl(cfg, ALGORITHM, model, out_dir, TrainRows(train_rows, eval_rows, replay_texts=replay))
     metrics = train_metrics(fit.history, fit.final_eval)
-    metrics.update(n_train=len(train_rows), n_eval=len(eval_rows))
+    metrics.update(n_train=len(train_rows), n_eval=len(eval_rows), n_replay_docs=len(replay))
     t1 = time.perf_counter()
     if chat and heldout_ex:
         metrics.update(heldout_comparison(model.path, str(out_dir), heldout_ex, out_dir, cfg.max_new_tokens))

@@ -55,6 +55,7 @@ class TrainRows:
     eval: list[dict[str, Any]] = field(default_factory=list)
     reference_path: Optional[str] = None  # DPO: the frozen reference when it is not the start model itself
     reward_model_path: Optional[str] = None  # RL: the reward model scoring each completion
+    replay_texts: list[str] = field(default_factory=list)  # SFT: text mixed into chat rows (shared.training.replay)
 
 
 #: ``build_trainer(model, tokenizer, cfg, rows, args)`` -> a TRL trainer over the loaded model; its TRL
