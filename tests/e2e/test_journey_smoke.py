@@ -38,6 +38,7 @@ def test_journey_run_smoke(tmp_path):
         assert m["val_loss"] < m["initial_val_loss"], (stage, m)
     sft = stages["sft"]["metrics"]
     assert sft["eval_loss"] < sft["first_eval_loss"], sft
+    assert sft["n_replay_docs"] > 0  # the preset replays pretraining text in the chat mix
     assert stages["prefs"]["metrics"]["train_pairs"] > 0
     assert (runs / "smoke" / "dpo" / "safety_helpfulness.md").exists()
     summary = (runs / "smoke" / "summary.md").read_text()
