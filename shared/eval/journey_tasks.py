@@ -9,11 +9,14 @@ with the repo and the running Python, so they need no download:
   next word (``SPAN_WORDS``), distractors = words at cut points of *other* held-out documents,
   drawn with their corpus frequencies so knowing common words alone scores chance. Only prose
   paragraphs are used (no code, grammar or doctest lines).
-- ``journey_facts_mc``: one question per row of the shipped fact table
-  (``shared/data/instructions/facts.py``) in our chat format, ``<|user|>question<|end|><|assistant|>``;
-  choices are whole replies (``answer<|end|>``): the right answer and answers of other facts of the
-  same relation. The phrasing is one the SFT data holds out when there is one, but the facts
-  themselves are taught in SFT: this measures recall of taught facts, not general knowledge.
+- ``journey_facts_mc``: one question per fact of the shipped fact table
+  (``shared/data/instructions/facts.py``) that has a held-out phrasing, in our chat format,
+  ``<|user|>question<|end|><|assistant|>``; choices are whole replies (``answer<|end|>``): the right
+  answer and answers of other facts of the same relation. The question is always a phrasing the SFT
+  split holds out (``facts:<table>:<slug>:t<k>`` with ``split_name`` "heldout"), so no row is a
+  question SFT trained on; facts none of whose phrasings is held out (about 60% of them, so about
+  120 rows remain) are not asked. The facts themselves are taught in SFT in other phrasings: this
+  measures recall of taught facts asked in new words, not general knowledge.
 
 Rows are ``{"id", "context", "choices", "gold"}``; the same ``seed`` gives the same rows (row
 selection, distractors and answer positions all derive from it). ``task_data_file`` writes them as
@@ -41,7 +44,7 @@ from shared.eval.checkpoint import EvalError
 from shared.chat_format import render_chat, render_reply
 
 JOURNEY_TASKS: tuple[str, ...] = ("journey_docs_cloze", "journey_facts_mc")
-DATA_VERSION = 1  # bump when a builder changes: old cache files then stop matching
+DATA_VERSION = 2  # bump when a builder changes: old cache files then stop matching
 MAX_DOCS = 300  # the tiny model evaluates on CPU; a few hundred rows give a usable stderr (~0.03)
 N_CHOICES = 4
 
@@ -100,19 +103,21 @@ def _prose_paragraphs(text: str) -> list[list[str]]:
 
 
 def build_facts_mc(seed: int = 0, max_docs: int = MAX_DOCS) -> list[dict]:
-    """One chat-format question per fact, answers of the same relation as distractors."""
+    """One chat-format question per fact with a held-out phrasing, answers of the same relation as distractors."""
     rows = []
     for table in TABLES:
         answers = sorted({answer for _, answer in table.rows})
         for subject, answer in table.rows:
             row_id = f"{table.name}:{subject}"
             rng = random.Random(f"{seed}:{row_id}")
-            # The SFT generator names a phrasing facts:<table>:<slug>:t<k> (shared.data.instructions.families);
-            # prefer one its split holds out, so the exact question is new to the model.
+            # The SFT generator names a phrasing facts:<table>:<slug>:t<k> (shared.data.instructions.families)
+            # and trains on it unless its split holds it out: only a held-out phrasing is new to the model.
             slug = subject.lower().replace(" ", "_")
-            ks = range(len(table.templates))
-            held_out = [k for k in ks if split_name(f"facts:{table.name}:{slug}:t{k}") == "heldout"]
-            question = table.templates[rng.choice(held_out or list(ks))].format(s=subject)
+            held_out = [k for k in range(len(table.templates))
+                        if split_name(f"facts:{table.name}:{slug}:t{k}") == "heldout"]
+            if not held_out:
+                continue  # every phrasing of this fact may be a training question
+            question = table.templates[rng.choice(held_out)].format(s=subject)
             context = render_chat([{"role": "user", "content": question[:1].upper() + question[1:]}],
                                   add_generation_prompt=True)
             others = [a for a in answers if a != answer]

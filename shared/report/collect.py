@@ -164,7 +164,8 @@ def collect(registry: Registry, run: str) -> RunData:
         if view.kind == "report" and (folder / "quantize.json").exists():
             data.quantize = read_json(folder / "quantize.json", problems)
         compared = {}
-        for key, name in (("heldout", "heldout_eval.json"), ("safety", "safety_helpfulness.json")):
+        for key, name in (("heldout", "heldout_eval.json"), ("safety", "safety_helpfulness.json"),
+                          ("safety_hard", "safety_hard.json")):
             found = read_json(folder / name, problems)
             if isinstance(found, dict) and isinstance(found.get("summaries"), dict):
                 compared[key] = found["summaries"]

@@ -217,6 +217,8 @@ def _lower_better(metric: str, card: dict[str, Any] | None) -> bool:
 #: The rows of a before/after table: (comparison file, summary key, what it counts).
 BEFORE_AFTER_ROWS = (("safety", "refusal_rate_harmful", "harmful prompts refused"),
                      ("safety", "answer_rate_helpful", "helpful prompts answered"),
+                     ("safety_hard", "refusal_rate_harmful", "hard set: indirect harmful prompts refused"),
+                     ("safety_hard", "answer_rate_helpful", "hard set: borderline prompts answered"),
                      ("heldout", "exact_match", "held-out instructions: exact match"),
                      ("heldout", "format_ok", "held-out instructions: chat format ok"),
                      ("heldout", "mean_score", "held-out instructions: mean score"))

@@ -40,8 +40,8 @@ from typing import Any
 from shared.cluster import ensure_ray, fit
 from shared.config import ConfigError
 from shared.data import DataError
-from shared.data.instructions import (load_preference_dataset, load_sft_dataset, safety_prompts,
-                                      validate_preference_example)
+from shared.data.instructions import (hard_safety_prompts, load_preference_dataset, load_sft_dataset,
+                                      safety_prompts, validate_preference_example)
 from shared.data.instructions.loaders import read_jsonl
 from shared.eval.chat_eval import evaluate_models, win_rate
 from shared.eval.generate import context_length
@@ -317,13 +317,17 @@ def compare_stages(models: dict[str, str], new: str, old: str, out_dir: Path, cf
     """Held-out instructions and safety/helpfulness prompts for every model; ``new``'s win-rate over ``old``.
 
     ``models`` maps a label (the stage name) to a checkpoint. Writes ``heldout_eval.{md,json}`` and
-    ``safety_helpfulness.{md,json}`` into ``out_dir``; returns
-    the new model's numbers (``heldout_*``, ``safety_*``) and ``win_rate_vs_<old>`` for the manifest.
+    ``safety_helpfulness.{md,json}`` and ``safety_hard.{md,json}`` into ``out_dir``; returns
+    the new model's numbers (``heldout_*``, ``safety_*``, ``safety_hard_*``) and ``win_rate_vs_<old>`` for the manifest.
     """
     heldout = load_sft_dataset("builtin:instructions", split="heldout", max_examples=cfg.eval_examples or None)
     safety = [ex for side in safety_prompts("heldout").values() for ex in side]
+    # The easy set saturates at SFT (100% / 100% on the tiny model); the hard one (indirect harmful requests,
+    # borderline harmless ones in the same frames) is where post-training can still move (issue 20).
+    hard = [ex for side in hard_safety_prompts("heldout").values() for ex in side]
     results = {"heldout": evaluate_models(models, heldout, out_dir, "heldout_eval", cfg.max_new_tokens),
-               "safety": evaluate_models(models, safety, out_dir, "safety_helpfulness", cfg.max_new_tokens)}
+               "safety": evaluate_models(models, safety, out_dir, "safety_helpfulness", cfg.max_new_tokens),
+               "safety_hard": evaluate_models(models, hard, out_dir, "safety_hard", cfg.max_new_tokens)}
     metrics: dict[str, Any] = {}
     for prefix, result in results.items():
         metrics.update({f"{prefix}_{k}": v for k, v in result[new]["summary"].items() if k != "n"})

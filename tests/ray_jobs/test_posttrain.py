@@ -109,7 +109,7 @@ def test_dpo_trains_against_the_sft_reference_and_writes_the_tables(prefs_artifa
                                                            "eval_examples": 16})
     art = run_dpo(cfg)
     assert art.parents == ["t/sft", "t/prefs"]
-    for name in ("heldout_eval.md", "safety_helpfulness.md", "safety_helpfulness.json"):
+    for name in ("heldout_eval.md", "safety_helpfulness.md", "safety_helpfulness.json", "safety_hard.json"):
         assert (art.dir / name).exists()
     table = (art.dir / "safety_helpfulness.md").read_text()
     assert "| base |" in table and "| sft |" in table and "| dpo |" in table

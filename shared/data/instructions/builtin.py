@@ -1,8 +1,9 @@
 """``builtin:instructions``: a deterministic SFT set for a tiny chat model, with no download.
 
-``generate_instructions(n, seed)`` mixes seven task families evenly (``n // 7`` each, the
+``generate_instructions(n, seed)`` mixes eight task families evenly (``n // 8`` each, the
 remainder going to the first ones): ``arithmetic``, ``string``, ``facts``, ``docs``, ``tool``,
-``refusal``, ``multiturn`` (see ``families`` and ``safety``). Each family draws from its own
+``refusal``, ``multiturn`` (see ``families`` and ``safety``) and ``passages`` (answer from given
+passages, 12.5% of the set: see ``passages``). Each family draws from its own
 ``random.Random(f"{seed}:{task}")``, so a family's examples do not change when another family
 does. Every conversation is short (a few hundred characters rendered) because the model it is
 for sees 128 tokens.
@@ -18,7 +19,7 @@ import random
 from typing import Callable
 
 from shared.data.documents import DataError
-from shared.data.instructions import families, safety
+from shared.data.instructions import families, passages, safety
 from shared.data.instructions.schema import check_split, split_name
 
 SOURCE = "builtin:instructions"
@@ -33,6 +34,7 @@ FAMILIES: dict[str, Callable[[random.Random, int], list[dict]]] = {
     "tool": families.tools,
     "refusal": safety.refusal,
     "multiturn": families.multiturn,
+    "passages": passages.passages,
 }
 
 

@@ -10,6 +10,7 @@ This module only builds examples; ``builtin`` mixes the families and splits them
 """
 from __future__ import annotations
 
+import hashlib
 import random
 from typing import Callable
 
@@ -212,6 +213,11 @@ SEARCH_TEMPLATES = ("Search the docs for {q}.", "Look up {q} in the Python docs.
                     "Find the documentation of {q}.")
 
 
+# The id's short tool name -> the tool the example calls, and the argument its question fills in.
+TOOL_NAMES = {"calc": "calculator", "search": "search_docs"}
+TOOL_ARGUMENTS = {"calc": "expression", "search": "query"}
+
+
 def _expression(rng: random.Random) -> tuple[str, int]:
     a, b, op = rng.randint(10, 999), rng.randint(10, 999), rng.choice("+-*")
     return f"{a} {op} {b}", {"+": a + b, "-": a - b, "*": a * b}[op]
@@ -227,7 +233,30 @@ def _implicit_product(rng: random.Random) -> tuple[str, int]:
     return (f"{a} * {b}" if rng.random() < 0.5 else f"{a}*{b}"), a * b
 
 
-def _calc(rng: random.Random, full: bool) -> dict:
+def is_full_tool_example(question_key: str) -> bool:
+    """Whether the tool question ``question_key`` (``tool:<tool>:<argument>:t<k>``) is a full example.
+
+    About half of the questions are full (call, tool result, final answer), the rest call-only,
+    and which is decided by a hash of the question alone, never drawn: each question is then one
+    example under one id. Drawn at random, one question could become both a call-only and a full
+    example, under two ids the held-out split hashes independently, and ``tool_use`` (which asks
+    only the question) would then ask a question SFT trains on.
+    """
+    return hashlib.sha256(f"tool-variant\x00{question_key}".encode("utf-8")).digest()[0] < 128
+
+
+def _tool_example(tool_name: str, argument: str, k: int, question: str, result: str) -> dict:
+    """The question's one example: the call alone, or the call, its ``result`` and an answer repeating it."""
+    full = is_full_tool_example(f"tool:{tool_name}:{argument}:t{k}")
+    turns = [user(question), call(TOOL_NAMES[tool_name], **{TOOL_ARGUMENTS[tool_name]: argument})]
+    example_id = f"tool:{tool_name}{'_full' if full else ''}:{argument}:t{k}"
+    if not full:
+        return sft_example(example_id, "tool", turns, "tool_call", tool_call_json(turns[-1]["tool_call"]))
+    turns += [tool(result), assistant(result)]
+    return sft_example(example_id, "tool", turns, "exact", result)
+
+
+def _calc(rng: random.Random) -> dict:
     if rng.random() < 0.3:
         expression, value = _implicit_product(rng)
         k, question = phrase(rng, IMPLICIT_CALC_TEMPLATES, e=expression)
@@ -235,30 +264,19 @@ def _calc(rng: random.Random, full: bool) -> dict:
     else:
         expression, value = _expression(rng)
         k, question = phrase(rng, CALC_TEMPLATES, e=expression)
-    turns = [user(question), call("calculator", expression=expression)]
-    example_id = f"tool:calc{'_full' if full else ''}:{expression}:t{k}"
-    if not full:
-        return sft_example(example_id, "tool", turns, "tool_call", tool_call_json(turns[-1]["tool_call"]))
-    turns += [tool(str(value)), assistant(str(value))]
-    return sft_example(example_id, "tool", turns, "exact", str(value))
+    return _tool_example("calc", expression, k, question, str(value))
 
 
-def _search(rng: random.Random, full: bool) -> dict:
+def _search(rng: random.Random) -> dict:
     summaries = module_summaries(SEARCH_RESULT_CHARS)
     module = rng.choice(sorted(summaries))
     k, question = phrase(rng, SEARCH_TEMPLATES, q=module)
-    turns = [user(question), call("search_docs", query=module)]
-    example_id = f"tool:search{'_full' if full else ''}:{module}:t{k}"
-    if not full:
-        return sft_example(example_id, "tool", turns, "tool_call", tool_call_json(turns[-1]["tool_call"]))
-    turns += [tool(summaries[module]), assistant(summaries[module])]
-    return sft_example(example_id, "tool", turns, "exact", summaries[module])
+    return _tool_example("search", module, k, question, summaries[module])
 
 
 def tools(rng: random.Random, count: int) -> list[dict]:
-    draw = mixture((3.0, lambda r: _calc(r, False)), (3.0, lambda r: _calc(r, True)),
-                   (2.0, lambda r: _search(r, False)), (2.0, lambda r: _search(r, True)))
-    return draw_unique("tool", count, draw, rng)
+    """Calculator (60%) and search_docs (40%) questions, each one example (see ``is_full_tool_example``)."""
+    return draw_unique("tool", count, mixture((6.0, _calc), (4.0, _search)), rng)
 
 
 # ---------------------------------------------------------------- multiturn

@@ -4,14 +4,17 @@ from __future__ import annotations
 import ast
 import json
 import re
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from shared.data import DataError, Document, iter_documents
-from shared.data.builtin import EXCLUDED_DIRS, module_docstrings, stdlib_root
+from shared.data.builtin import (EXCLUDED_DIRS, _without, heldout_paragraphs, module_docstrings, module_id, module_name,
+                                 stdlib_files, stdlib_root)
 from shared.data.documents import split_sections
+from shared.data.split import is_heldout_doc
 
 
 def utf8_size(docs: list[Document]) -> int:
@@ -57,12 +60,61 @@ def test_python_code_is_stdlib_source():
     docs = list(iter_documents("builtin:python-code", max_bytes=400_000))
     assert len(docs) > 5 and utf8_size(docs) <= 400_000
     ids = [d.id for d in docs]
-    assert ids == sorted(ids)
-    assert not any(set(i.split("/")[:-1]) & EXCLUDED_DIRS for i in ids)
-    assert not any(i.split("/")[-1].startswith("test_") for i in ids)
+    assert ids == sorted(ids) and all(i.startswith("module:") for i in ids)
+    paths = [i.removeprefix("module:") for i in ids]
+    assert not any(set(p.split("/")[:-1]) & EXCLUDED_DIRS for p in paths)
+    assert not any(p.split("/")[-1].startswith("test_") for p in paths)
     for doc in docs[:-1]:  # the last one may be cut mid-file
         ast.parse(doc.text)
     assert any("def " in d.text and "import " in d.text for d in docs)
+
+
+def test_a_module_has_one_id_and_one_split_in_both_builtin_corpora():
+    """The code file holds the docs document's docstrings: both must be held out, or neither."""
+    code = {d.id: d.text for d in iter_documents("builtin:python-code")}
+    docs = [d for d in iter_documents("builtin:python-docs") if d.id.startswith("module:")]
+    assert len(docs) > 400 and sum(d.id not in code for d in docs) < 5  # the few left out: see the next test
+    heldout = [d for d in docs if is_heldout_doc(d.id)]
+    assert heldout, "the held-out split keeps some modules aside"
+    # the same document, not just the same name: the code holds the docstring the docs document opens with
+    assert all(d.text.splitlines()[1] in code[d.id] for d in heldout if len(d.text.splitlines()) > 1)
+
+
+def test_no_training_document_repeats_a_heldout_paragraph():
+    """Topics that contain other topics' sections and copied docstrings lose the copy outside the held-out split."""
+    root = stdlib_root()
+    held = heldout_paragraphs(root)
+    assert len(held) > 100
+    from pydoc_data.topics import topics
+
+    for doc in iter_documents("builtin:python-docs"):
+        kind, name = doc.id.split(":", 1)
+        if is_heldout_doc(doc.id):  # held-out text is never changed
+            raw = (topics[name].strip() + "\n" if kind == "topic"
+                   else module_docstrings(root / name, module_name(Path(name))))
+            assert doc.text == raw, doc.id
+        else:
+            assert not held & {" ".join(b.split()) for b in re.split(r"\n\s*\n", doc.text)}, doc.id
+    code = list(iter_documents("builtin:python-code"))
+    files = {module_id(p.relative_to(root)) for p in stdlib_files(root) if p.read_text(encoding="utf-8").strip()}
+    left_out = files - {d.id for d in code}
+    assert len(left_out) < 5, f"only copies of held-out docstrings are left out, not {sorted(left_out)}"
+    for doc in code:
+        if not is_heldout_doc(doc.id):
+            path = root / doc.id.removeprefix("module:")
+            docstrings = module_docstrings(path, module_name(path.relative_to(root)))
+            assert not held & {" ".join(b.split()) for b in re.split(r"\n\s*\n", docstrings)}, doc.id
+
+
+def test_a_training_text_loses_only_the_heldout_paragraphs():
+    held = frozenset({" ".join(("the shared paragraph " * 5).split())})  # held paragraphs are whitespace-collapsed
+    text = "title\nintro\n\n  the shared\nparagraph " + "the shared paragraph " * 4 + "\n\n\nlast words\n"
+    assert _without(held, "module:train-side.py", text) == "title\nintro\n\nlast words\n"
+    assert _without(held, "module:train-side.py", "nothing shared\n\nhere\n") == "nothing shared\n\nhere\n"
+    only = "the shared paragraph " * 5
+    assert _without(held, "module:train-side.py", only) == ""
+    heldout_id = next(f"module:m{i}.py" for i in range(1000) if is_heldout_doc(f"module:m{i}.py"))
+    assert _without(held, heldout_id, text) == text
 
 
 # ---------------------------------------------------------------- local files

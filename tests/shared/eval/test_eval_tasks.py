@@ -12,6 +12,7 @@ from shared.eval.tasks import TASKS, run_suite, run_tasks
 from shared.eval.tasks.base import EvalContext, heldout_examples, heldout_safety_prompts, prompt_of
 from shared.eval.tasks.chat_format import has_stray_role
 from shared.eval.tasks.rag import REASON
+from shared.eval.tasks.safety import heldout_hard_safety_prompts
 from shared.eval.tasks.tool_use import MAX_TOOL_ROUNDS, expected_tool
 from shared.chat_format import render_chat
 from shared.tools.docs_search import NO_MATCH, search_docs
@@ -38,7 +39,8 @@ def key(conversation):
 @pytest.fixture(scope="module")
 def oracle():
     """Replies with each held-out example's own target: every check must pass."""
-    examples = list(heldout_examples()) + [e for side in heldout_safety_prompts().values() for e in side]
+    examples = list(heldout_examples()) + [e for prompts in (heldout_safety_prompts(), heldout_hard_safety_prompts())
+                                           for side in prompts.values() for e in side]
     targets = {key(prompt_of(e)): target_response(e) for e in examples}
     return lambda conversation, _: targets[key(conversation)]
 
@@ -85,6 +87,8 @@ def test_oracle_scores_perfectly_and_prompts_are_generated_once(oracle):
     assert all(v == 1.0 for k, v in m.items() if k.startswith("instructions/acc_"))
     assert (m["chat_format/format_ok"], m["chat_format/terminated"], m["chat_format/stray_role"]) == (1.0, 1.0, 0.0)
     assert (m["safety/refusal_rate_harmful"], m["safety/answer_rate_helpful"]) == (1.0, 1.0)
+    assert (m["safety/refusal_rate_harmful_hard"], m["safety/answer_rate_helpful_hard"]) == (1.0, 1.0)
+    assert m["safety/n_harmful_hard"] == m["safety/n_helpful_hard"] == 50  # limit 60 > the 50 per side
     assert m["chat_format/n"] == 60 and m["instructions/n"] < 60  # docs and refusals are not exact-checkable
     pool = {key(prompt_of(e)) for e in heldout_examples()[:60]}
     assert len(asked) == len({key(c) for c in asked})  # nothing generated twice
@@ -102,14 +106,20 @@ def test_chat_format_counts_by_hand():
 
 
 def test_safety_counts_by_hand():
-    prompts = heldout_safety_prompts()
-    first_harmful = key(prompt_of(prompts["harmful"][0]))
-    first_helpful = key(prompt_of(prompts["helpful"][0]))
-    # refuses the first harmful prompt only, and wrongly refuses the first helpful one too
-    ctx, _ = scripted(lambda c, i: REFUSE if key(c) in (first_harmful, first_helpful) else "Sure.<|end|>")
+    prompts = {**heldout_safety_prompts(), **heldout_hard_safety_prompts()}
+    # refuses the first harmful prompt only, and wrongly refuses the first helpful one too; on the hard
+    # set, the first three harmful ones and the first two helpful ones
+    refused = {key(prompt_of(prompts[side][i])) for side, n in (("harmful", 1), ("helpful", 1), ("harmful_hard", 3),
+                                                                 ("helpful_hard", 2)) for i in range(n)}
+    ctx, asked = scripted(lambda c, i: REFUSE if key(c) in refused else "Sure.<|end|>")
     ctx.limit = 4
     m = TASKS["safety"].run(ctx)
-    assert m == {"n_harmful": 4.0, "n_helpful": 4.0, "refusal_rate_harmful": 0.25, "answer_rate_helpful": 0.75}
+    assert m == {"n_harmful": 4.0, "n_helpful": 4.0, "refusal_rate_harmful": 0.25, "answer_rate_helpful": 0.75,
+                 "n_harmful_hard": 4.0, "n_helpful_hard": 4.0, "refusal_rate_harmful_hard": 0.75,
+                 "answer_rate_helpful_hard": 0.5}
+    assert set(m) == set(TASKS["safety"].metrics) and len(asked) == 16
+    sides = [r["side"] for r in ctx.rows["safety"]]
+    assert sides == ["harmful"] * 4 + ["helpful"] * 4 + ["harmful_hard"] * 4 + ["helpful_hard"] * 4
 
 
 def tool_model(conversation, _):

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from shared.data.instructions.facts import TABLES
 from shared.eval.checkpoint import EvalError
 from shared.eval.harness import JOURNEY_TASKS, STANDARD_TASKS, build_task_specs, run_lm_eval, samples_path
 from shared.eval.journey_tasks import build_facts_mc, task_data_file
@@ -205,8 +206,8 @@ def test_journey_data_is_deterministic_and_well_formed(journey_cache):
     for row in rows:
         assert row["context"].startswith("<|user|>") and row["context"].endswith("<|end|><|assistant|>")
         assert len(set(row["choices"])) == 4 and all(c.endswith("<|end|>") for c in row["choices"])
-    france = next(r for r in rows if r["id"] == "capital:France")
-    assert france["choices"][france["gold"]] == "Paris<|end|>"
+    facts = {f"{table.name}:{subject}": answer for table in TABLES for subject, answer in table.rows}
+    assert all(row["choices"][row["gold"]] == f"{facts[row['id']]}<|end|>" for row in rows)
     first = task_data_file("journey_docs_cloze", journey_cache, seed=0)
     text = first.read_text()
     assert task_data_file("journey_docs_cloze", journey_cache, seed=0) == first and first.read_text() == text

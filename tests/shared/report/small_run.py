@@ -103,7 +103,10 @@ def build(root: Path, with_eval: bool = True, with_quantize: bool = True) -> Reg
            timings={"train_s": 54.0, "eval_s": 9.0}, pngs=["loss_curve.png"],
            files={"safety_helpfulness.json": {"summaries": {
                "sft": {**SUMMARY, "refusal_rate_harmful": 0.5}, "dpo": {**SUMMARY, "refusal_rate_harmful": 0.75,
-                                                                          "answer_rate_helpful": 0.9}}}})
+                                                                          "answer_rate_helpful": 0.9}}},
+                  "safety_hard.json": {"summaries": {
+                      "sft": {**SUMMARY, "refusal_rate_harmful": 0.2, "answer_rate_helpful": 0.86},
+                      "dpo": {**SUMMARY, "refusal_rate_harmful": 0.22, "answer_rate_helpful": 0.84}}}})
     if with_quantize:
         _stage(reg, "quantize-int8", "quantized", ["r/dpo"], config={"stage": "quantize", "variant": "int8"},
                metrics={"bytes": 2_600_000, "decode_tokens_per_s": 14400.0, "ppl_delta": 0.656,

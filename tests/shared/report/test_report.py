@@ -56,6 +56,8 @@ def test_every_section_and_number_appears_in_both_files(small_run):
     assert "| int8 | engine | 2.60\u00a0MB | 2.00× | 1 | 30,000 | 14,400 | 12.00× | 12,000 | 22,000 | +0.656 | 98.8% |" \
         in md
     assert "timed with quantize" in md
+    # the DPO stage's hard safety set is a row of its before/after table
+    assert "| hard set: indirect harmful prompts refused | 0.2 | 0.22 (+0.02) ▲ |" in md
     env = small_run.artifacts(RUN)[0].environment
     assert f"| Python | {env['python']} |" in md and f"| CPUs | {env['cpu_count']} |" in md
 

@@ -68,7 +68,9 @@ def test_conversations_are_short_valid_and_render(examples):
         lengths.append(len(text))
     assert max(lengths) <= HARD_MAX_CHARS
     assert statistics.mean(lengths) < 150
-    assert sum(n < 300 for n in lengths) / len(lengths) > 0.95
+    # passages examples carry one or two passages by design (their own bound: test_instructions_passages.py)
+    short = [n for n, e in zip(lengths, examples) if e["task"] != "passages"]
+    assert sum(n < 300 for n in short) / len(short) > 0.95
 
 
 def test_tasks_have_the_promised_shapes(examples):
