@@ -32,6 +32,7 @@ from shared.quant.llama_cpp import llama_generate, llama_logits
 from shared.quant.quality import sequence_logits
 from shared.serving.runtime import OpenModel, artifact_kind, open_model
 from shared.chat_format import render_chat
+from shared.eval.generate import fit_prompt
 
 ENGINE_EVAL_KINDS = ("quantized", "gguf")  # kinds transformers cannot load: evaluated through open_model
 
@@ -54,12 +55,12 @@ def engine_replies(path: str | Path, max_new_tokens: int) -> Callable[[Sequence[
     def replies(conversations: Sequence[Sequence[dict]]) -> list[str]:
         model = _opened(str(path))
         tokenizer, limit = model.tokenizer, engine_context(path)
-        prompts = [tokenizer(render_chat(c, add_generation_prompt=True), add_special_tokens=False).input_ids
-                   [-(limit - max_new_tokens):] for c in conversations]
+        prompts = [fit_prompt(tokenizer(render_chat(c, add_generation_prompt=True), add_special_tokens=False).input_ids,
+                              limit, max_new_tokens) for c in conversations]
         if model.llama is not None:
-            return [llama_generate(model.llama, ids, max_new_tokens=max_new_tokens).text for ids in prompts]
-        params = SamplingParams(max_tokens=max_new_tokens, temperature=0)
-        handles = [model.engine.submit(ids, params, stream=False) for ids in prompts]
+            return [llama_generate(model.llama, ids, max_new_tokens=budget).text for ids, budget in prompts]
+        handles = [model.engine.submit(ids, SamplingParams(max_tokens=budget, temperature=0), stream=False)
+                   for ids, budget in prompts]
         while not all(h.finished for h in handles):
             model.engine.step()
         return [tokenizer.decode(h.result().token_ids, skip_special_tokens=False) for h in handles]

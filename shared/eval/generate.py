@@ -6,7 +6,8 @@ decodes greedily with ``temperature=0``) until ``<|end|>`` / ``<|endoftext|>`` o
 Each reply is returned as decoded text up to and including its stop token, special tokens kept,
 so the checkers can see whether the model terminated properly and whether it called a tool.
 
-Prompts longer than the context allows are cut from the left (the latest turns matter most).
+Prompts longer than the context allows are cut from the left (the latest turns matter most); a long
+prompt keeps its tokens and gets a shorter reply budget first (``fit_prompt``).
 This is HF ``generate()``, fine for small evaluation sets; the serving engine is ``shared.engine``.
 """
 from __future__ import annotations
@@ -56,6 +57,22 @@ def _decode_reply(tokenizer, ids: list[int], stops: set[int]) -> str:
     return tokenizer.decode(ids, skip_special_tokens=False)
 
 
+#: Tokens of reply a prompt always leaves room for: a prompt is cut from the left only beyond
+#: ``context - min(max_new_tokens, MIN_REPLY)``. Cutting every prompt to ``context - max_new_tokens``
+#: removed the instruction and the first passage of the tiny model's passage prompts (80 of 128
+#: tokens left for the prompt at 48 new tokens), though their answers are a word or two.
+MIN_REPLY = 16
+
+
+def fit_prompt(ids: list[int], limit: int, max_new_tokens: int) -> tuple[list[int], int]:
+    """``ids`` cut from the left to fit a context of ``limit`` with room for a reply, and the reply budget
+    that fits after it: ``max_new_tokens`` when the prompt is short enough, less (at least
+    ``min(max_new_tokens, MIN_REPLY)``) for a long one."""
+    keep = limit - min(max_new_tokens, MIN_REPLY)
+    ids = ids[-keep:]
+    return ids, min(max_new_tokens, limit - len(ids))
+
+
 @torch.no_grad()
 def generate_replies(model, tokenizer, conversations: Sequence[Sequence[dict[str, Any]]], *, n: int = 1,
                      temperature: float = 0.0, top_p: float = 1.0, max_new_tokens: int = 48,
@@ -72,14 +89,16 @@ def generate_replies(model, tokenizer, conversations: Sequence[Sequence[dict[str
     torch.manual_seed(seed)
     out: list[list[str]] = []
     for start in range(0, len(conversations), batch_size):
-        prompts = [tokenizer(render_chat(c, add_generation_prompt=True), add_special_tokens=False).input_ids
-                   [-(limit - max_new_tokens):] for c in conversations[start:start + batch_size]]
+        fitted = [fit_prompt(tokenizer(render_chat(c, add_generation_prompt=True), add_special_tokens=False).input_ids,
+                             limit, max_new_tokens) for c in conversations[start:start + batch_size]]
+        prompts = [ids for ids, _ in fitted]
+        budget = min(b for _, b in fitted)  # one budget per batch: the longest prompt's
         width = max(len(p) for p in prompts)
         input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
         sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(
             do_sample=False)
-        generated = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+        generated = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=budget,
                                    num_return_sequences=n, eos_token_id=stops, pad_token_id=pad_id, **sampling)
         new = generated[:, width:].tolist()
         for i in range(len(prompts)):
