@@ -222,3 +222,17 @@ def test_heldout_docs_text_is_not_in_continued_pretraining_code(heldout_docs):
     text = "\n".join(norm(d.text) for d in train)
     leaked = [d.id for d in heldout_docs if any(p in text for p in paragraphs(d.text))]
     assert not leaked, f"{len(leaked)} held-out docs documents have a paragraph in cpt training code: {leaked[:5]}"
+
+
+def test_sft_replays_no_heldout_text(heldout_docs, instructions):
+    """The text the tiny SFT replays (its preset's corpora, as much as its chat mix asks for) holds no
+    held-out document and none of a held-out document's paragraphs."""
+    from shared.training.replay import replay_chars_needed, replay_documents
+
+    sft = preset("sft")
+    chats = [{"messages": e["messages"]} for e in instructions["train"]]
+    texts = replay_documents(sft["replay"], replay_chars_needed(chats, sft["replay_fraction"]), seed=1234)
+    assert texts
+    text = "\n".join(norm(t) for t in texts)
+    leaked = [d.id for d in heldout_docs if any(p in text for p in paragraphs(d.text))]
+    assert not leaked, f"{len(leaked)} held-out docs documents have a paragraph in SFT's replayed text: {leaked[:5]}"
