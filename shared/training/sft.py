@@ -37,15 +37,18 @@ def build_trainer(model, tokenizer, cfg: SFTJobConfig, rows: TrainRows, args: di
     chat = conversational(rows.train)
     if chat:
         tokenizer.chat_template = CHAT_TEMPLATE  # checkpoints saved before the template had generation blocks
-    train, pretokenized = rows.train, chat and bool(rows.replay_texts)
+    train, evaluated, pretokenized = rows.train, rows.eval, chat and bool(rows.replay_texts)
     if pretokenized:  # tokenized here: TRL's own path wants every row chat or every row text
         train = mixed_rows(tokenizer, rows.train, rows.replay_texts, cfg.replay_fraction, cfg.train.max_length,
                            CHAT_TEMPLATE, cfg.seed, assistant_only=cfg.assistant_only_loss)
+        # the held-out rows too, so that eval loss stays the loss on the assistant's tokens
+        evaluated = mixed_rows(tokenizer, rows.eval, [], 0.0, cfg.train.max_length, CHAT_TEMPLATE, cfg.seed,
+                               assistant_only=cfg.assistant_only_loss)
     # Pretokenized rows carry their loss mask (assistant_masks), which TRL applies without being asked.
     sft_args = SFTConfig(**args, max_length=cfg.train.max_length, packing=cfg.packing,
                          assistant_only_loss=chat and cfg.assistant_only_loss and not pretokenized,
                          dataset_text_field="text", dataset_num_proc=None)
-    eval_ds = Dataset.from_list(rows.eval) if rows.eval else None
+    eval_ds = Dataset.from_list(evaluated) if evaluated else None
     return SFTTrainer(model=model, args=sft_args, train_dataset=Dataset.from_list(train),
                       eval_dataset=eval_ds, processing_class=tokenizer)
 

@@ -57,3 +57,9 @@ def test_replay_config_errors_name_the_fix():
         load_config(SFTJobConfig, "sft", None, ["replay_fraction=0.3"])
     with pytest.raises(ConfigError, match=r"replay_fraction must be in \[0, 1\)"):
         load_config(SFTJobConfig, "sft", None, ["replay=[builtin:python-docs]", "replay_fraction=1"])
+
+
+def test_without_text_only_the_chat_rows_come_back_masked(tokenizer):
+    """How SFT tokenizes its held-out rows when it replays: eval loss stays on the assistant's tokens."""
+    rows = mixed_rows(tokenizer, CHATS, [], 0.0, 64, CHAT_TEMPLATE, seed=0)
+    assert len(rows) == len(CHATS) and all(0 in r["assistant_masks"] and 1 in r["assistant_masks"] for r in rows)
