@@ -10,9 +10,16 @@ from __future__ import annotations
 
 def ensure_ray(num_cpus: int | None = None) -> None:
     """Connect to the cluster (under ``ray job submit``) or start a local Ray once per process."""
+    import os
+
     import ray  # the Ray import costs seconds: only the drivers that start Ray work pay it
     if not ray.is_initialized():
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, configure_logging=False)
+        # A job's entrypoint has RAY_ADDRESS. Without it, "local" and not Ray's default: a bare ray.init() would
+        # join the machine's last `ray start` cluster (/tmp/ray/ray_current_cluster), and wait forever on it
+        # when that cluster died without `ray stop`.
+        address = os.environ.get("RAY_ADDRESS") or "local"
+        ray.init(address=address, num_cpus=None if address != "local" else num_cpus, include_dashboard=False,
+                 log_to_driver=True, configure_logging=False)
 
 
 _abandoned: list = []  # fit() threads left running by a Ctrl-C

@@ -57,6 +57,15 @@ def redis_server(tmp_path_factory):
 
 
 @pytest.fixture
+def bus(redis_url):
+    """A ``shared.bus.Bus`` on the session's (flushed) redis-server."""
+    from shared.bus import Bus
+    bus = Bus(redis_url)
+    yield bus
+    bus.close()
+
+
+@pytest.fixture
 def redis_url(redis_server):
     """The URL of the session's redis-server, with its database flushed so every test starts empty."""
     import redis

@@ -3,6 +3,7 @@
     python -m services.frontend.main --port 7860
     python -m services.frontend.main --host 0.0.0.0 redis_url=redis://redis:6379/0 runs_dir=/runs timeout_s=120
     JOURNEY_FRONTEND_USER=me JOURNEY_FRONTEND_PASSWORD=secret python -m services.frontend.main   (with a login page)
+    JOURNEY_API_KEY=... python -m services.frontend.main   (the page and its API want the stack's key)
 
 Options are ``FrontendConfig`` fields as ``key=value`` (``--help`` lists them), optionally on top of a
 YAML file (``--config frontend.yaml``). The page starts even when Redis is down (each message then
@@ -48,12 +49,13 @@ def serve(cfg: FrontendConfig, *, block: bool = True) -> gr.Blocks:
         bus.ping()
     except BusError as exc:
         log.warning("%s. The page starts anyway; each message shows this error until Redis is up", exc)
+    login = "the API key" if cfg.api_key else "on" if cfg.auth else "off"
     log.info("chat page on http://%s:%d (bus %s, artifacts %s, login %s)", cfg.host, cfg.port, bus.url,
-             cfg.runs_dir or "$JOURNEY_RUNS or ./runs", "on" if cfg.auth else "off")
+             cfg.runs_dir or "$JOURNEY_RUNS or ./runs", login)
     demo = build_ui(bus, cfg.runs_dir, timeout_s=cfg.timeout_s, max_tokens_limit=cfg.max_tokens_limit,
                     concurrency_limit=cfg.concurrency_limit, title=cfg.title)
-    demo.launch(server_name=cfg.host, server_port=cfg.port, auth=cfg.auth, prevent_thread_lock=not block,
-                show_error=True, quiet=not block)
+    demo.launch(server_name=cfg.host, server_port=cfg.port, auth=cfg.auth, auth_message=cfg.auth_message,
+                prevent_thread_lock=not block, show_error=True, quiet=not block)
     return demo
 
 

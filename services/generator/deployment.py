@@ -6,7 +6,10 @@ list, for callers that do not stream): it yields ``GenerationEvent`` dicts
 (``token`` ... ``done``) from ``shared.serving.backends``, or one ``error`` dict with an HTTP-style
 ``status`` (404 unknown model, 400 bad request, 503 unloaded) instead of raising, so a bad request
 never looks like a crashed replica. Concurrent requests to one model share the engine's continuous
-batch. ``models()`` lists what is loaded; ``reload(artifact)`` (or a ``ModelReload`` message on the
+batch. ``complete_prompt(prompt, params, model, echo)`` runs a raw prompt (text or token ids, no
+chat format) for ``/v1/completions`` and returns the legacy completions result (``text``,
+``finish_reason``, ``usage``, ``logprobs``), or the same ``error`` dict; ``params["max_tokens"]``
+may be 0 (score the prompt only, with ``echo`` and ``logprobs``). ``models()`` lists what is loaded; ``reload(artifact)`` (or a ``ModelReload`` message on the
 bus's ``models.events`` broadcast) switches the default model without dropping in-flight requests.
 
 Per-request TTFT, TPOT and token counts are exported with Ray Serve's metrics (Prometheus, via the
@@ -15,6 +18,7 @@ Ray metrics agent) as ``journey_generator_*``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 
@@ -89,26 +93,38 @@ class Generator:
         stream item per event across the actor boundary)."""
         return [event async for event in self.generate(messages, params, model)]
 
+    async def complete_prompt(self, prompt: str | list[int], params: dict, model: str | None = None,
+                              echo: bool = False) -> dict:
+        """A raw-prompt completion (see the module docstring)."""
+        try:
+            params = dict(params)
+            max_tokens = params.pop("max_tokens", 16)
+            if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
+                raise ServingError(f"max_tokens must be an int >= 0, got {max_tokens!r}", status=400)
+            sampling = _params(params)  # validated with the default max_tokens, then given the real one
+            sampling = dataclasses.replace(sampling, max_tokens=max_tokens)
+            model_id, backend = await asyncio.to_thread(self.pool.get, model)
+            result = await backend.complete_prompt(prompt, sampling, echo)
+            if result["usage"]["completion_tokens"]:  # a Ray counter refuses 0 (scoring only)
+                self.tokens.inc(result["usage"]["completion_tokens"], tags={"model": model_id})
+            return {**result, "model": model_id}
+        except ServingError as exc:
+            self.errors.inc(tags={"status": str(exc.status)})
+            return {"kind": "error", "status": exc.status, "text": str(exc)}
+
     def _record(self, model_id: str, m: dict) -> None:
         tags = {"model": model_id}
         if m.get("ttft_s") is not None:
             self.ttft.observe(m["ttft_s"], tags=tags)
         if m.get("tpot_s") is not None:
             self.tpot.observe(m["tpot_s"], tags=tags)
-        self.tokens.inc(m.get("completion_tokens", 0) or 0, tags=tags)
+        if m.get("completion_tokens"):  # a Ray counter refuses 0
+            self.tokens.inc(m["completion_tokens"], tags=tags)
 
     def models(self) -> dict:
         """The default model, the loaded ones, and every servable artifact id (for /v1/models)."""
         return {"default": self.pool.default, "loaded": self.pool.loaded(),
                 "servable": [a.id for a in self.registry.models()]}
-
-    def check_model(self, model: str) -> dict | None:
-        """None when ``model`` names a servable artifact, else ``{"status", "text"}`` saying why not."""
-        try:
-            self.pool.resolve(model)
-        except ServingError as exc:
-            return {"status": exc.status, "text": str(exc)}
-        return None
 
     async def reload(self, artifact: str) -> str:
         try:

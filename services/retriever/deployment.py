@@ -5,11 +5,17 @@ own embedding model and searched in Qdrant, local mode (the artifact's directory
 server at ``qdrant_url`` (compose, k8s). ``search`` returns plain dicts (``text``, ``source``,
 ``score``, ``start``, ``end``, ``chunk_id``) so callers need not import ``shared.rag``. Local-mode
 Qdrant locks its directory, so a local index is served by one replica; scale out with the server.
+
+``embed(texts)`` embeds with the same model (the gateway's ``POST /v1/embeddings``): ``{"vectors":
+[[float]], "prompt_tokens": int}``, unit-length vectors; ``embedding_model()`` names it
+(``{"model", "dimension"}``; a model loaded from a folder is named by the folder's last part, so no
+path reaches a client).
 """
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+from pathlib import PurePath
 
 from ray import serve
 
@@ -39,3 +45,17 @@ class Retriever:
         passages = await asyncio.to_thread(self.retriever.search, query, top_k=top_k,
                                            score_threshold=score_threshold)
         return [p.model_dump() if hasattr(p, "model_dump") else dataclasses.asdict(p) for p in passages]
+
+    def embedding_model(self) -> dict:
+        embedder = self.retriever.embedder
+        name = embedder.name
+        if "/" in name and (name.startswith(("/", ".", "~")) or len(PurePath(name).parts) > 2):
+            name = PurePath(name).name  # a local folder: its name, not where it lives
+        return {"model": name, "dimension": embedder.dimension}
+
+    async def embed(self, texts: list[str]) -> dict:
+        embedder = self.retriever.embedder
+        vectors = await asyncio.to_thread(embedder.encode, list(texts))
+        tokenizer = getattr(embedder.model, "tokenizer", None)
+        tokens = sum(len(ids) for ids in tokenizer(list(texts))["input_ids"]) if tokenizer is not None else 0
+        return {"vectors": vectors.tolist(), "prompt_tokens": tokens}

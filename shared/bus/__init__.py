@@ -2,7 +2,8 @@
 
 ``messages`` holds the pydantic messages and their wire encoding, ``streams`` the ``Bus`` (publish,
 read, listen, request/reply) and the group ``Consumer`` (at-least-once, dedupe on ``message_id``),
-``redis_server`` a ``redis-server`` child process for tests and local runs.
+``redis_server`` a ``redis-server`` child process for tests and local runs, and ``supervise``, which
+restarts it when it dies (``journey up``).
 """
 from shared.bus.messages import (ChatEvent, ChatMessage, ChatRequest, MalformedMessage, Message, ModelReload,
                                  ToolRequest, ToolResult, decode, encode)

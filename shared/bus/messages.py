@@ -94,6 +94,8 @@ class ToolRequest(Message):
     name: str = Field(min_length=1, max_length=64)
     arguments: dict[str, Any] = Field(default_factory=dict)
     reply_to: str = Field(min_length=1, max_length=256)
+    deadline: float | None = Field(None, description="time.time() after which the caller no longer waits: the "
+                                   "executor neither starts the call nor replies after it; None = no limit")
 
 
 class ToolResult(Message):

@@ -6,16 +6,23 @@ append-only persistence on (``appendfsync`` configurable: ``always`` makes every
 PING; ``kill`` is a SIGKILL (a crash), ``stop`` a clean shutdown; ``start`` again on the same directory
 replays the AOF. It does not daemonize or manage a server it did not start.
 
-    python -m shared.bus.redis_server [--port 6379] [--dir runs/redis] [--appendfsync everysec]
+``supervise(server, stop)`` keeps one running until ``stop`` is set: a server that dies (a crash, the
+OOM killer, a stray ``kill``) is started again on the same directory, replaying its AOF, so what it
+had acknowledged (up to the ``appendfsync`` window) is back. ``journey up`` runs it as a background
+process (``--supervise``); SIGTERM or Ctrl-C stops the server cleanly, then the supervisor.
+
+    python -m shared.bus.redis_server [--port 6379] [--dir runs/redis] [--appendfsync everysec] [--supervise]
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Literal
@@ -25,6 +32,9 @@ import redis
 from shared.bus.streams import BusError
 
 Fsync = Literal["always", "everysec", "no"]
+log = logging.getLogger(__name__)
+INSTALL_HINT = ("install it with `scripts/system_deps.sh redis-server:redis-server` (as root) or `sudo apt-get install "
+                "redis-server` (macOS: `brew install redis`), or point REDIS_URL at a running Redis")
 
 
 def free_port() -> int:
@@ -38,8 +48,7 @@ def redis_server_binary() -> str:
     """The path of ``redis-server``; ``BusError`` saying how to get one when it is not on PATH."""
     path = shutil.which("redis-server")
     if path is None:
-        raise BusError("redis-server is not on PATH: install it (`apt-get install redis-server`, or "
-                       "`brew install redis`) or point REDIS_URL at a running Redis")
+        raise BusError(f"redis-server is not on PATH: {INSTALL_HINT}")
     return path
 
 
@@ -133,16 +142,61 @@ class RedisServer:
         self.stop()
 
 
+def supervise(server: RedisServer, stop: threading.Event, *, poll_s: float = 0.2,
+              on_start=None) -> int:
+    """Run ``server`` until ``stop`` is set, starting it again whenever it dies; then stop it cleanly.
+
+    Returns how many times it was restarted. A restart that fails (the port taken meanwhile, a broken
+    AOF) is retried with backoff (up to 10 s apart) and logged with redis-server's own output.
+    ``on_start(server)`` runs after each (re)start (``journey up`` records the pid).
+    """
+    restarts, delay = 0, 0.5
+    while not stop.is_set():
+        if not server.running():
+            if server.process is not None:
+                code = server.process.returncode
+                server.stop()  # reaps it and closes its pipe
+                restarts += 1
+                log.warning("redis-server on port %d exited (code %s); restarting it on %s (replaying the AOF)",
+                            server.port, code, server.data_dir)
+            try:
+                server.start()
+            except BusError as exc:
+                log.error("restarting redis-server failed: %s; next try in %.1f s", exc, delay)
+                stop.wait(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            delay = 0.5
+            if on_start is not None:
+                on_start(server)
+        stop.wait(poll_s)
+    server.stop()
+    return restarts
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run redis-server in the foreground for the GPT Journey bus.")
     parser.add_argument("--port", type=int, default=6379)
     parser.add_argument("--dir", default=os.path.join("runs", "redis"), help="data directory (AOF, log)")
     parser.add_argument("--appendfsync", default="everysec", choices=["always", "everysec", "no"])
+    parser.add_argument("--supervise", action="store_true", help="restart redis-server whenever it dies")
     args = parser.parse_args(argv)
-    server = RedisServer(args.dir, args.port, appendfsync=args.appendfsync).start()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        server = RedisServer(args.dir, args.port, appendfsync=args.appendfsync)
+        server.command()  # redis-server missing: one line saying how to get it, no traceback
+    except BusError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print(f"redis-server at {server.url} (data in {server.data_dir}); Ctrl-C stops it", flush=True)
     try:
-        server.process.wait()
+        if args.supervise:
+            supervise(server, stop)
+        else:
+            server.start()
+            while server.running() and not stop.is_set():
+                stop.wait(0.2)
     except KeyboardInterrupt:
         pass
     finally:

@@ -12,6 +12,12 @@ streams (one per request, short-lived), the ``models.events`` broadcast (``liste
 for a blocking call that waits for its first reply. Connection failures surface as ``BusUnreachable``
 (a ``BusError``) naming the URL and the fix; ``Bus`` never retries a publish on its own (a retried
 ``XADD`` can duplicate an entry, which consumers absorb by deduplicating on ``message_id``).
+
+Timeouts: commands that answer at once run on a client with redis-py's socket timeout (5 s), so a
+hung Redis is reported within seconds. A blocking read (``XREAD``/``XREADGROUP`` with ``BLOCK``)
+gets, for that call only, a socket timeout of its block time plus ``BLOCK_MARGIN_S``: a 30 s wait
+for a tool's result is a wait, not a false "unreachable", and a Redis that stops answering during
+it is still reported, ``BLOCK_MARGIN_S`` after the block should have ended.
 """
 from __future__ import annotations
 
@@ -19,7 +25,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import redis
@@ -40,6 +47,9 @@ DEFAULT_URL = "redis://localhost:6379/0"
 DEFAULT_PREFIX = "journey:"
 DEFAULT_MAXLEN = 100_000
 REPLY_TTL_S = 3600  # a reply stream nobody reads is garbage after an hour
+# How long past its BLOCK time a blocking read waits for Redis's answer before calling Redis unreachable:
+# a server that is up answers a timed-out BLOCK at once, so seconds of slack only absorb load.
+BLOCK_MARGIN_S = 5.0
 
 
 class BusError(RuntimeError):
@@ -79,6 +89,10 @@ class Bus:
             # restart costs one transparent reconnect instead of an error on the next command
             self.redis: redis.Redis = redis.Redis.from_url(self.url, decode_responses=False,
                                                            socket_connect_timeout=5, health_check_interval=30)
+            # blocking reads take a connection of their own pool and set its socket timeout per call
+            # (``_blocking``), so a long timeout never leaks into the commands of the shared pool above
+            self._blocking_pool = redis.ConnectionPool.from_url(self.url, socket_connect_timeout=5,
+                                                                health_check_interval=30)
         except ValueError as exc:
             raise BusError(f"bad Redis URL {self.url!r} ({exc}); use redis://host:port/db") from None
 
@@ -92,6 +106,27 @@ class Bus:
             yield
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise unreachable(self.url, exc) from exc
+
+    @contextmanager
+    def _blocking(self, block_ms: int | None) -> Iterator[redis.Redis]:
+        """The client for one read that may wait ``block_ms`` (None or 0 here: no wait, the shared client).
+
+        Otherwise a client pinned to one connection of the blocking pool, its socket timeout set to the
+        block time plus ``BLOCK_MARGIN_S`` for this call (the pool's default, redis-py's 5 s, would cut a
+        longer ``BLOCK`` short); the connection goes back to the pool afterwards."""
+        if not block_ms:
+            yield self.redis
+            return
+        timeout = block_ms / 1000 + BLOCK_MARGIN_S
+        with self._errors():
+            client = redis.Redis(connection_pool=self._blocking_pool, single_connection_client=True)
+        try:
+            conn = client.connection
+            conn.socket_timeout = timeout               # what a reconnect during the call arms
+            conn.update_current_socket_timeout(timeout)  # the socket it already has (no-op when not connected)
+            yield client
+        finally:
+            client.close()
 
     def ping(self) -> None:
         """Raise ``BusError`` unless Redis answers."""
@@ -131,8 +166,8 @@ class Bus:
              count: int = 100) -> list[tuple[str, Message]]:
         """Up to ``count`` messages after ``last_id`` (plain ``XREAD``, no group), waiting up to ``block_ms``
         for the first one (``None``: do not wait). Malformed entries are skipped with a logged warning."""
-        with self._errors():
-            reply = self.redis.xread({self.key(stream): last_id}, count=count, block=block_ms)
+        with self._errors(), self._blocking(block_ms) as client:
+            reply = client.xread({self.key(stream): last_id}, count=count, block=block_ms)
         out = []
         for _, entries in reply or []:
             for raw_id, fields in entries:
@@ -187,6 +222,7 @@ class Bus:
     def close(self) -> None:
         """Close the client's connections (the ``Bus`` reconnects if used again)."""
         self.redis.close()
+        self._blocking_pool.disconnect()
 
 
 class Backoff:
@@ -236,11 +272,28 @@ class Consumer:
     A Redis outage (the handler raising ``BusUnreachable`` or a redis-py connection error) spends no
     delivery: the entry stays pending and ``run`` waits the outage out with backoff.
     ``block_ms=0`` makes ``run_once`` read without waiting.
+
+    Concurrent handling (``lanes``; default off: one handler call at a time, in the read loop): each
+    message goes to the lane ``lane_of(message)`` names, a thread pool of ``lanes[name]`` workers
+    (names not listed share the lane ``"*"``: ``lanes["*"]`` workers, 1 if unset), so a slow lane never
+    holds up another and the read loop keeps reading while handlers run. Everything above still holds
+    per entry: the ack (with the done mark) comes only after that entry's handler returned, a failure
+    leaves it pending for a retry, dead-lettering counts the same deliveries. What changes: at most ``max_backlog``
+    entries are held at once (running or queued in a lane; the loop stops reading at the cap, so a
+    flood stays in the stream for other consumers); entries held here are never claimed again by this
+    consumer while held, and their idle time is reset every ``claim_idle_ms / 3`` (``XCLAIM JUSTID``,
+    which spends no delivery) so other consumers do not take over an entry that is merely queued or
+    slow; a second entry with the ``message_id`` of one being handled waits for that one (acked if it
+    succeeds, left pending if it fails). ``stop`` leaves queued entries pending, for a restart.
     """
 
     def __init__(self, bus: Bus, stream: str, group: str, name: str, handler: Handler, *,
                  max_deliveries: int = 5, claim_idle_ms: int = 30_000, block_ms: int = 1000, batch: int = 16,
-                 dedupe_ttl_s: int = 86_400, retry_idle_ms: int = 1000):
+                 dedupe_ttl_s: int = 86_400, retry_idle_ms: int = 1000, lanes: Mapping[str, int] | None = None,
+                 lane_of: Callable[[Message], str] | None = None, max_backlog: int = 64):
+        if lanes is not None and (not lanes or min(lanes.values()) < 1 or max_backlog < 1):
+            raise ValueError(f"lanes need at least one entry, each >= 1 worker, and max_backlog >= 1; got {dict(lanes)}, "
+                             f"max_backlog={max_backlog}")
         if max_deliveries < 1 or batch < 1 or dedupe_ttl_s < 1 or min(claim_idle_ms, block_ms, retry_idle_ms) < 0:
             raise ValueError("Consumer needs max_deliveries, batch, dedupe_ttl_s >= 1 and claim_idle_ms, block_ms, "
                              f"retry_idle_ms >= 0; got {max_deliveries}, {batch}, {dedupe_ttl_s}, {claim_idle_ms}, "
@@ -255,6 +308,15 @@ class Consumer:
         self._claim_cursor, self._last_claim = "0-0", float("-inf")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # concurrent mode (None: sequential): held entries (entry id -> message_id), message_ids being handled
+        # (-> the entry ids of their duplicates, waiting), the lanes' pools, a wake-up when an entry finishes
+        self.lanes, self.lane_of, self.max_backlog = (dict(lanes) if lanes else None), lane_of, max_backlog
+        self._held: dict[str, str] = {}
+        self._handling: dict[str, list[str]] = {}
+        self._pools: dict[str, ThreadPoolExecutor] = {}
+        self._lock = threading.Lock()
+        self._finished = threading.Event()
+        self._next_heartbeat = 0.0
         self.ensure_group()
 
     def __repr__(self) -> str:
@@ -277,8 +339,10 @@ class Consumer:
     def _pending_retries(self) -> list[tuple[str, dict, int]]:
         """Our own unacked entries that are due again: all of them after a restart, else those idle
         ``retry_idle_ms``; claimed back to us (which bumps their delivery count)."""
-        rows = self.bus.redis.xpending_range(self.key, self.group, min="-", max="+", count=self.batch,
+        held = self._held_ids()
+        rows = self.bus.redis.xpending_range(self.key, self.group, min="-", max="+", count=self.batch + len(held),
                                              consumername=self.name)
+        rows = [r for r in rows if entry_id(r["message_id"]) not in held]  # being handled here: not due
         min_idle = 0 if self._fresh else self.retry_idle_ms
         self._fresh, self._own_pending = False, bool(rows)
         self._next_own_scan = time.monotonic() + OWN_SCAN_INTERVAL_S
@@ -297,6 +361,8 @@ class Consumer:
         cursor, claimed, deleted = self.bus.redis.xautoclaim(self.key, self.group, self.name, self.claim_idle_ms,
                                                              start_id=self._claim_cursor, count=self.batch)
         self._claim_cursor = entry_id(cursor)
+        held = self._held_ids()
+        claimed = [(i, fields) for i, fields in claimed if entry_id(i) not in held]  # ours, handled right now
         if deleted:
             log.warning("%r: %d pending entries were trimmed from %s before anyone acked them (raise maxlen?)",
                         self, len(deleted), self.stream)
@@ -309,8 +375,10 @@ class Consumer:
         return [(entry_id(i), fields, n) for (i, fields), n in zip(claimed, counts)]
 
     def _read_new(self, block_ms: int | None) -> list[tuple[str, dict, int]]:
-        reply = self.bus.redis.xreadgroup(self.group, self.name, {self.key: ">"}, count=self.batch,
-                                          block=block_ms or None)
+        count = self.batch if self.lanes is None else min(self.batch, self.max_backlog - len(self._held))
+        with self.bus._blocking(block_ms) as client:
+            reply = client.xreadgroup(self.group, self.name, {self.key: ">"}, count=max(count, 1),
+                                      block=block_ms or None)
         return [(entry_id(i), fields, 1) for _, entries in reply or [] for i, fields in entries]
 
     # -- handling --------------------------------------------------------------------------------------
@@ -318,9 +386,18 @@ class Consumer:
     def run_once(self) -> int:
         """Own due pending entries first, then stale entries of other consumers, then new ones (waiting up
         to ``block_ms`` only when there was nothing else; 0: not at all). Returns how many entries it finished (handled,
-        skipped as already done, or dead-lettered); entries whose handler failed stay pending."""
+        skipped as already done, or dead-lettered; in concurrent mode also handed to a lane); entries whose
+        handler failed stay pending. In concurrent mode with ``max_backlog`` entries held it reads nothing
+        and waits (up to ``block_ms``) for one to finish."""
         try:
             with self.bus._errors():
+                if self.lanes is not None:
+                    self._heartbeat()
+                    if len(self._held) >= self.max_backlog:
+                        self._finished.clear()
+                        if len(self._held) >= self.max_backlog:
+                            self._finished.wait(max(self.block_ms, 10) / 1000)
+                        return 0
                 due = self._own_pending or time.monotonic() >= self._next_own_scan
                 entries = self._pending_retries() if due else []
                 entries = entries or self._claim_stale()
@@ -355,10 +432,78 @@ class Consumer:
             elif deliveries > self.max_deliveries:
                 finished += self._dead(eid, fields, deliveries, f"delivered {deliveries} times without an ack "
                                        f"(max_deliveries={self.max_deliveries}); did its handler kill the consumer?")
+            elif self.lanes is not None:
+                finished += self._dispatch(eid, fields, deliveries, message)
             elif self._handle(eid, fields, deliveries, message):
                 done.add(message.message_id)
                 finished += 1
         return finished
+
+    # -- concurrent mode -------------------------------------------------------------------------------
+
+    def _held_ids(self) -> set[str]:
+        with self._lock:
+            return set(self._held)
+
+    def _dispatch(self, eid: str, fields: dict, deliveries: int, message: Message) -> int:
+        """Hand the entry to its lane (or park it behind the entry handling the same ``message_id``)."""
+        with self._lock:
+            if eid in self._held:
+                return 0
+            self._held[eid] = message.message_id
+            if message.message_id in self._handling:
+                self._handling[message.message_id].append(eid)
+                return 1
+            self._handling[message.message_id] = []
+            lane = self.lane_of(message) if self.lane_of else "*"
+            lane = lane if lane in self.lanes else "*"  # unlisted names share one lane: a bounded set of pools
+            pool = self._pools.get(lane)
+            if pool is None:
+                workers = self.lanes.get(lane, 1)
+                pool = self._pools[lane] = ThreadPoolExecutor(workers, thread_name_prefix=f"{self.name}-{lane}")
+        try:
+            future = pool.submit(self._work, eid, fields, deliveries, message)
+        except RuntimeError:  # the pool was shut down by stop() meanwhile: leave the entry pending
+            self._release(eid, message.message_id, False)
+            return 0
+        # cancelled by stop() before it ran: no longer held, so a restarted loop retries it
+        future.add_done_callback(lambda f: f.cancelled() and self._release(eid, message.message_id, False))
+        return 1
+
+    def _work(self, eid: str, fields: dict, deliveries: int, message: Message) -> None:
+        """A lane worker: the handler, then the ack of the entry and of any duplicates parked behind it."""
+        ok = False
+        try:
+            if not self._stop.is_set():  # stopping: leave queued entries pending for the next life
+                ok = self._handle(eid, fields, deliveries, message)
+        except (BusUnreachable, redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("%r: Redis failed while handling %s (%s); it stays pending and is retried", self, eid, exc)
+        except Exception:  # noqa: BLE001 -- a worker must never die with the entry still marked held
+            log.exception("%r: unexpected error handling %s; it stays pending", self, eid)
+        finally:
+            self._release(eid, message.message_id, ok)
+
+    def _release(self, eid: str, message_id: str, ok: bool) -> None:
+        """The entry is no longer held; on success its parked duplicates are acked, else all stay pending."""
+        with self._lock:
+            self._held.pop(eid, None)
+            duplicates = self._handling.pop(message_id, [])
+            for dup in duplicates:
+                self._held.pop(dup, None)
+        if not ok:
+            self._own_pending = True
+        elif duplicates:  # the message is done: its other entries need only their ack
+            self._swallow(lambda: self.bus.redis.xack(self.key, self.group, *duplicates))
+        self._finished.set()
+
+    def _heartbeat(self) -> None:
+        """Reset the idle time of the entries held here (no delivery spent), so no one claims them."""
+        if time.monotonic() < self._next_heartbeat:
+            return
+        self._next_heartbeat = time.monotonic() + max(self.claim_idle_ms / 3000, 0.1)
+        held = list(self._held_ids())
+        if held:
+            self.bus.redis.xclaim(self.key, self.group, self.name, 0, held, justid=True)
 
     def _handle(self, eid: str, fields: dict, deliveries: int, message: Message) -> bool:
         """Run the handler; on success mark done and ack atomically. True when the entry is finished."""
@@ -462,3 +607,6 @@ class Consumer:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 log.warning("%r did not stop within %.1f s (a handler still running?)", self, timeout)
+        pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:  # queued entries are dropped unhandled: they stay pending
+            pool.shutdown(wait=False, cancel_futures=True)

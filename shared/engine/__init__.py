@@ -8,6 +8,7 @@
   the seam for quantized ones; ``native`` (our C++ built at first use, the fused decode step) and
   ``kernels`` (the GEMVs the fp32 and quantized layers run).
 - ``sampling``: penalties, greedy, temperature, top-k, top-p, seeded draws.
+- ``grammar``: constrained decoding (JSON schema, Lark, forced tool calls) with llguidance.
 - ``request``: one request's state, stop/tool-call handling, outputs and metrics; ``text``:
   incremental detokenization and stop strings.
 
@@ -21,10 +22,10 @@ from shared.engine.errors import EngineError
 from shared.engine.linear import DenseLinear, OneDNNLinear
 from shared.engine.model import EngineModel
 from shared.engine.params import EngineConfig, SamplingParams
-from shared.engine.request import RequestMetrics, RequestOutput, StreamDelta
+from shared.engine.request import RequestMetrics, RequestOutput, StreamDelta, TokenLogprob
 
 __all__ = [
     "Engine", "EngineStats", "RequestHandle", "EngineError", "EngineConfig", "SamplingParams",
     "EngineModel", "DenseLinear", "OneDNNLinear", "KVCache", "StepBatch",
-    "RequestMetrics", "RequestOutput", "StreamDelta",
+    "RequestMetrics", "RequestOutput", "StreamDelta", "TokenLogprob",
 ]

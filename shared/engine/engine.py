@@ -17,6 +17,11 @@ Contract:
 - Greedy output is the same token for token as HF ``generate()`` and does not depend on which
   requests share a batch; a sampled request depends only on its seed. (Up to FP32 rounding: the
   logits of a row differ by ~1e-6 with the batch's shape, which only matters at an exact tie.)
+- ``SamplingParams.logprobs`` returns each generated token's logprob (log_softmax of the raw logits,
+  before penalty, temperature and grammar mask) and top-k; ``response_format``/``grammar`` mask each
+  step's logits with the request's llguidance matcher (``shared.engine.grammar``) before sampling.
+  ``score(prompt, top_k)`` gives a prompt's own token logprobs (``prompt_logprobs``), for
+  log-likelihood evaluation through the API.
 - Every request carries ``RequestMetrics`` (time to first token, prefill tokens/s, time per output
   token, decode tokens/s); ``stats`` counts the engine's steps and tokens.
 
@@ -37,7 +42,9 @@ from shared.engine.cache import KVCache
 from shared.engine.errors import EngineError
 from shared.engine.model import EngineModel
 from shared.engine.params import EngineConfig, SamplingParams
-from shared.engine.request import Request, RequestMetrics, RequestOutput, SpecialTokens, StreamDelta
+from shared.engine.grammar import GrammarMatcher, Vocabulary, grammar_for
+from shared.engine.request import (Request, RequestMetrics, RequestOutput, SpecialTokens, StreamDelta,
+                                   token_logprobs)
 from shared.engine.sampling import sample
 from shared.engine.scheduler import Scheduler
 from shared.model.gpt import GPT
@@ -122,6 +129,7 @@ class Engine:
         self._seeds = torch.Generator().manual_seed(config.seed)
         self._ids = itertools.count()
         self._requests: dict[str, Request] = {}
+        self._logprobs: list = []  # the last step's TokenLogprob per sampled request (None: not asked)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, config: EngineConfig | None = None) -> Engine:
@@ -156,16 +164,36 @@ class Engine:
             seed = params.seed if params.seed is not None else int(
                 torch.randint(2**62, (1,), generator=self._seeds))
             generator = torch.Generator().manual_seed(seed)
+        matcher = self._matcher(params)
         seen = None
         if params.repetition_penalty != 1.0:
             seen = torch.zeros(vocab, dtype=torch.bool, device=self.model.device)
             seen[torch.tensor(ids, device=seen.device)] = True
         req = Request(request_id, ids, params, self.specials, self.tokenizer,
                       RequestMetrics(len(ids), time.perf_counter()), generator=generator, seen=seen,
-                      on_delta=on_delta, keep_deltas=stream and on_delta is None)
+                      on_delta=on_delta, grammar=matcher, keep_deltas=stream and on_delta is None)
         self._requests[request_id] = req
         self.scheduler.add(req)
         return RequestHandle(self, req)
+
+    def _matcher(self, params: SamplingParams) -> GrammarMatcher | None:
+        """The request's grammar matcher, or None when its decoding is free (``EngineError`` if invalid)."""
+        grammar = grammar_for(params)
+        if grammar is None:
+            return None
+        if self.tokenizer is None:
+            raise EngineError("response_format and grammar need a tokenizer; give the Engine one")
+        vocabulary = Vocabulary.of(self.tokenizer, self.model.config.vocab_size, self.specials.stop_ids)
+        return GrammarMatcher(vocabulary, grammar)
+
+    def score(self, prompt: str | Sequence[int], top_k: int = 0) -> RequestOutput:
+        """The prompt's own log-probabilities: ``prompt_logprobs[i]`` is token i given tokens before it
+        (None for the first), with its ``top_k`` alternatives; one forward pass over the prompt (chunked
+        by the step budget, batched with whatever else runs). The one token sampled after it (greedy)
+        is in ``token_ids``/``logprobs``."""
+        params = SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=top_k, logprobs=top_k,
+                                ignore_eos=True)
+        return self.submit(prompt, params, stream=False).result()
 
     def submit_chat(self, messages: Sequence[dict], params: SamplingParams | None = None, **kwargs) -> RequestHandle:
         """``submit`` the conversation rendered in the chat format, ending with ``<|assistant|>``."""
@@ -225,12 +253,15 @@ class Engine:
             if chunk_start == 0:
                 req.metrics.scheduled_time = start
         logits = self.model(plan.batch, self.cache)
-        tokens = sample(logits, [r.sampling_row for r in plan.sampled],
-                        self.model.greedy_tokens(logits)) if plan.sampled else []
+        for req, chunk_start, take, row in plan.scored:
+            _score_chunk(req, logits[row:row + take], chunk_start, take)
+        if plan.sample_rows is not None:
+            logits = logits[plan.sample_rows]
+        tokens = self._sample(logits, plan.sampled) if plan.sampled else []
         now = time.perf_counter()
         self.scheduler.advance(plan)
-        deltas = [req.accept(token, now, req.num_cached >= self.max_seq_len)
-                  for req, token in zip(plan.sampled, tokens)]
+        deltas = [req.accept(token, now, req.num_cached >= self.max_seq_len, logprob)
+                  for req, token, logprob in zip(plan.sampled, tokens, self._logprobs)]
         self.scheduler.settle(plan)
         for req in plan.sampled:
             if req.finished:
@@ -243,6 +274,26 @@ class Engine:
             if req.on_delta is not None:
                 req.on_delta(delta)
         return deltas
+
+    def _sample(self, logits: torch.Tensor, requests: list[Request]) -> list[int]:
+        """The next token of each request; sets ``self._logprobs`` (one entry or None per request).
+
+        Logprobs come first, from the logits as the model gave them (``sample`` penalizes in place);
+        then each constrained request's grammar mask, then the sampler."""
+        wanted = [i for i, r in enumerate(requests) if r.params.logprobs is not None]
+        raw = torch.log_softmax(logits[wanted].float(), dim=-1) if wanted else None
+        argmax = self.model.greedy_tokens(logits)
+        constrained = [i for i, r in enumerate(requests) if r.grammar is not None]
+        if constrained:
+            logits = logits.float() if logits.dtype != torch.float32 else logits
+            for i in constrained:
+                requests[i].grammar.mask_(logits[i])
+            argmax = None  # the fused step's argmax was taken before the mask
+        tokens = sample(logits, [r.sampling_row for r in requests], argmax)
+        self._logprobs = [None] * len(requests)
+        for j, i in enumerate(wanted):
+            self._logprobs[i] = token_logprobs(raw[j:j + 1], [tokens[i]], requests[i].params.logprobs)[0]
+        return tokens
 
     def run(self) -> None:
         """Step until every submitted request has finished."""
@@ -266,6 +317,16 @@ class Engine:
             raise
         self.run()
         return [h.result() for h in handles]
+
+
+def _score_chunk(req: Request, logits: torch.Tensor, start: int, take: int) -> None:
+    """Record the logprobs of prompt tokens ``start+1 .. start+take`` (those that exist) from the
+    logits at positions ``start .. start+take-1`` of a request scoring its prompt."""
+    n = min(take, len(req.prompt) - 1 - start)  # the last position predicts the reply, not the prompt
+    if n <= 0:
+        return
+    rows = torch.log_softmax(logits[:n].float(), dim=-1)
+    req.prompt_logprobs.extend(token_logprobs(rows, req.prompt[start + 1:start + 1 + n], req.params.prompt_logprobs))
 
 
 def special_tokens(tokenizer, vocab_size: int) -> SpecialTokens:

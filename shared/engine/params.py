@@ -16,6 +16,7 @@ from shared.engine.errors import EngineError
 
 LINEAR_BACKENDS = ("auto", "dense", "onednn", "gemv")
 DTYPES = ("float32", "bfloat16")
+MAX_LOGPROBS = 20  # alternatives per token, as OpenAI's top_logprobs
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,15 @@ class SamplingParams:
       else shares its batches. None: the engine draws one from its own seeded sequence.
     - ``parse_tool_calls``: treat ``<|tool_call|>{json}<|end|>`` as a tool call (finish_reason
       "tool_call", JSON parsed); False leaves those tokens in the text like any other.
+    - ``logprobs``: None, or k in [0, 20]: each generated token's logprob and the k most likely
+      alternatives, from ``log_softmax`` of the model's raw logits (before penalty, temperature,
+      top-k/p and grammar mask; what OpenAI and vLLM report).
+    - ``prompt_logprobs``: None, or k in [0, 20]: the same for every prompt token after the first,
+      given the tokens before it (scoring; the prompt's logits are computed for every position).
+    - ``response_format``: OpenAI's object, ``{"type": "text"}`` (free), ``{"type": "json_object"}``
+      or ``{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}``; ``grammar``: a raw
+      llguidance Lark grammar. Either constrains decoding (``shared.engine.grammar``); the reply
+      ends ("stop") when the grammar is complete. Not both at once.
     """
 
     max_tokens: int = 16
@@ -48,6 +58,10 @@ class SamplingParams:
     ignore_eos: bool = False
     seed: int | None = None
     parse_tool_calls: bool = True
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
+    response_format: dict | None = None
+    grammar: str | None = None
 
     def __post_init__(self):
         # Accept lists (JSON bodies) but store tuples, so params stay hashable and immutable.
@@ -80,8 +94,22 @@ class SamplingParams:
         if not isinstance(self.stop_token_ids, tuple) or bad:
             raise EngineError(f"stop_token_ids must be ints in [0, {vocab_size}) (the model's vocabulary), "
                               f"got {list(self.stop_token_ids)!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise EngineError(f"seed must be an int or None, got {self.seed!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not -2**63 <= self.seed < 2**64):
+            raise EngineError(f"seed must be an int in [-2**63, 2**64) (a 64-bit seed) or None, got {self.seed!r}")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or not 0 <= value <= MAX_LOGPROBS):
+                raise EngineError(f"{name} must be None or an int in [0, {MAX_LOGPROBS}] (how many alternatives "
+                                  f"per token), got {value!r}")
+        if self.response_format is not None and not isinstance(self.response_format, dict):
+            raise EngineError(f"response_format must be an object like {{'type': 'json_object'}}, "
+                              f"got {self.response_format!r}")
+        if self.grammar is not None and (not isinstance(self.grammar, str) or not self.grammar.strip()):
+            raise EngineError(f"grammar must be a non-empty Lark grammar string, got {self.grammar!r}")
+        if self.grammar is not None and (self.response_format or {}).get("type", "text") != "text":
+            raise EngineError("give either grammar or a response_format other than text, not both")
 
 
 def _check_number(name: str, value, *, low: float, high: float = math.inf, low_open: bool = False,

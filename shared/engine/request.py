@@ -4,6 +4,8 @@
 this order: inside a tool call, a stop token closes the call (finish_reason "tool_call", the JSON
 parsed into ``tool_call``); ``<|tool_call|>`` opens one; a stop token ends the reply ("stop");
 otherwise the token's text goes through the detokenizer and the stop strings (a match: "stop").
+A request decoding under a grammar (``shared.engine.grammar``) feeds each token to its matcher
+first; once the grammar is complete the reply ends ("stop"), the token that completed it kept.
 Then the limits: ``max_tokens`` reached or no cache position left for the next token: "length".
 
 What a caller sees:
@@ -13,6 +15,8 @@ What a caller sees:
 - ``RequestOutput`` at the end: token ids (the stop token included, as generated), text (stop
   token, stop string and tool-call tokens excluded), finish_reason ("stop", "length", "tool_call",
   "abort"), stop_reason (the stop token id or string), the tool call, and ``RequestMetrics``.
+- ``TokenLogprob``s when asked (``SamplingParams.logprobs``): one per generated token, on the
+  deltas and the output; ``prompt_logprobs`` on the output, None for the first prompt token.
 
 Tool-call tokens are not streamed as text: the caller gets the parsed call at the end. The engine
 only checks the shape ``{"name": str, "arguments": dict}``; argument schemas are ``shared.tools``'
@@ -115,14 +119,38 @@ def _rate(count: int, seconds: float | None) -> float | None:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A token's log-probability under the model and the ``k`` most likely tokens at its position
+    (``top``: ``(token_id, logprob)`` pairs, most likely first)."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+def token_logprobs(logprobs: torch.Tensor, tokens: torch.Tensor | list[int], k: int) -> list[TokenLogprob]:
+    """``TokenLogprob`` of ``tokens[i]`` under row i of ``logprobs [R, V]`` (log_softmax'ed), top-``k`` each."""
+    tokens = torch.as_tensor(tokens, device=logprobs.device)
+    chosen = logprobs.gather(1, tokens[:, None])[:, 0].tolist()
+    if k:
+        values, ids = logprobs.topk(k, dim=-1)
+        tops = [tuple(zip(i, v)) for i, v in zip(ids.tolist(), values.tolist())]
+    else:
+        tops = [()] * len(chosen)
+    return [TokenLogprob(t, lp, top) for t, lp, top in zip(tokens.tolist(), chosen, tops)]
+
+
+@dataclass(frozen=True)
 class StreamDelta:
-    """What one step added to a request; ``finished`` on the last one, with its ``finish_reason``."""
+    """What one step added to a request; ``finished`` on the last one, with its ``finish_reason``.
+    ``logprobs``: one ``TokenLogprob`` per token of ``token_ids`` when the request asked for them."""
 
     request_id: str
     token_ids: tuple[int, ...]
     text: str
     finished: bool = False
     finish_reason: str | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass
@@ -139,6 +167,8 @@ class RequestOutput:
     tool_call_text: str | None
     tool_call_error: str | None
     metrics: RequestMetrics
+    logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -162,6 +192,7 @@ class Request:
     generator: torch.Generator | None = None
     seen: torch.Tensor | None = None
     on_delta: Callable[[StreamDelta], None] | None = None
+    grammar: object | None = None  # a shared.engine.grammar.GrammarMatcher when decoding is constrained
     keep_deltas: bool = True  # queue deltas for an iterating caller (off for generate(), which reads outputs)
     status: Status = Status.WAITING
     slot: int | None = None
@@ -181,6 +212,8 @@ class Request:
         self.tool_call: dict | None = None
         self.tool_call_error: str | None = None
         self.sampling_row = SamplingRow(p, self.generator, self.seen)
+        self.logprobs: list[TokenLogprob] | None = [] if p.logprobs is not None else None
+        self.prompt_logprobs: list[TokenLogprob | None] | None = [None] if p.prompt_logprobs is not None else None
 
     @property
     def finished(self) -> bool:
@@ -188,15 +221,23 @@ class Request:
 
     # ------------------------------------------------------------------ tokens in
 
-    def accept(self, token: int, now: float, cache_full: bool) -> StreamDelta:
+    def accept(self, token: int, now: float, cache_full: bool, logprob: TokenLogprob | None = None) -> StreamDelta:
         """Record a sampled token and return its delta (see the module docstring for the rules)."""
         self.output_ids.append(token)
+        if self.logprobs is not None and logprob is not None:
+            self.logprobs.append(logprob)
         self.metrics.output_tokens += 1
         if self.metrics.first_token_time is None:
             self.metrics.first_token_time = now
         if self.seen is not None:
             self.seen[token] = True
+        grammar_done = False
+        if self.grammar is not None:
+            # A token the mask allowed always advances the matcher; False only if the mask allowed nothing.
+            grammar_done = not self.grammar.consume(token) or self.grammar.complete
         text, reason = self._interpret(token)
+        if reason is None and grammar_done:
+            reason = "stop"
         if reason is None and (len(self.output_ids) >= self.params.max_tokens or cache_full):
             reason = "length"
             if self.tool_ids is not None:
@@ -213,7 +254,8 @@ class Request:
         self.text += text
         if reason is not None:
             self._finish(reason, now)
-        return self._emit(StreamDelta(self.request_id, (token,), text, reason is not None, reason))
+        return self._emit(StreamDelta(self.request_id, (token,), text, reason is not None, reason,
+                                      (logprob,) if logprob is not None and self.logprobs is not None else None))
 
     def _interpret(self, token: int) -> tuple[str, str | None]:
         if self.tool_ids is not None:
@@ -270,4 +312,4 @@ class Request:
     def output(self) -> RequestOutput:
         return RequestOutput(self.request_id, list(self.prompt), list(self.output_ids), self.text,
                              self.finish_reason, self.stop_reason, self.tool_call, self.tool_call_text,
-                             self.tool_call_error, self.metrics)
+                             self.tool_call_error, self.metrics, self.logprobs, self.prompt_logprobs)

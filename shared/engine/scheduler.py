@@ -7,7 +7,8 @@ requests being prefilled, within ``max_tokens_per_step`` tokens:
 2. with the budget left, the next chunk of each request already prefilling (oldest first), then
    new requests from the FIFO queue while a slot is free; each chunk is at most ``prefill_chunk``.
 A request whose last prompt chunk runs this step gets its first token sampled from that step's
-logits and decodes from the next step on; one that finishes leaves between steps. So requests join
+logits (a request scoring its prompt, ``prompt_logprobs``, gets logits for every prompt row; the
+plan says which rows are sampled) and decodes from the next step on; one that finishes leaves between steps. So requests join
 and leave the running batch every step, and a long prompt is spread over several steps.
 
 Slots: a resident request owns one KV-cache slot. Invariant: the decoding requests are exactly
@@ -21,7 +22,7 @@ This module neither runs the model nor samples (``shared.engine.engine``).
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -37,6 +38,9 @@ class Plan:
     decode: list[Request]
     chunks: list[tuple[Request, int, int]]  # (request, start, length)
     sampled: list[Request]
+    # Requests scoring their prompt: (request, chunk start, chunk length, index of the chunk's first logit row).
+    scored: list[tuple[Request, int, int, int]] = field(default_factory=list)
+    sample_rows: list[int] | None = None  # logit rows of ``sampled`` when they are not all the rows, in order
 
 
 class Scheduler:
@@ -87,16 +91,23 @@ class Scheduler:
             return None
         rows = list(range(len(decode)))
         sampled = list(decode)
+        sample_rows = list(range(len(decode)))
+        scored: list[tuple[Request, int, int, int]] = []
         offset = len(decode)
         for req, start, take in chunks:
+            if req.params.prompt_logprobs is not None:  # scoring: logits at every prompt position
+                scored.append((req, start, take, len(rows)))
+                rows.extend(range(offset, offset + take))
             offset += take
             if start + take == len(req.prompt):  # the prompt is complete: its last row gives the first token
-                rows.append(offset - 1)
+                if req.params.prompt_logprobs is None:
+                    rows.append(offset - 1)
+                sample_rows.append(len(rows) - 1)
                 sampled.append(req)
         batch = StepBatch.build([(r.output_ids[-1], r.num_cached) for r in decode],
                                 [(r.slot, start, r.prompt[start:start + take]) for r, start, take in chunks],
                                 rows, dtype=dtype, device=device)
-        return Plan(batch, decode, chunks, sampled)
+        return Plan(batch, decode, chunks, sampled, scored, None if not scored else sample_rows)
 
     def _free_slot(self) -> int | None:
         for slot in range(self.n_decode, len(self.slots)):  # slots below n_decode are all decoding

@@ -61,8 +61,10 @@ class ModelPool:
         """The artifact ``name`` names; ``ServingError`` 404 when unknown, 400 when not a model."""
         try:
             artifact = self.registry.resolve(name)
-        except ArtifactNotFound as exc:
-            raise ServingError(f"unknown model {name!r}: {exc}", status=404) from None
+        except ArtifactNotFound:
+            # Not the registry's message: it names the runs directory, which a client must not learn.
+            raise ServingError(f"unknown model {name[:120]!r}: name a servable artifact id (GET /v1/models lists "
+                               "them)", status=404) from None
         if artifact.kind not in MODEL_KINDS:
             raise ServingError(f"{artifact.id} is a {artifact.kind} artifact, not a model; servable kinds: "
                                f"{', '.join(MODEL_KINDS)} (see GET /v1/models)", status=400)

@@ -15,7 +15,9 @@ _MAX_UID = 2 ** 31 - 2
 class SandboxConfig:
     """How much a snippet may use and which isolation the host must provide before one runs."""
 
-    wall_s: float = help_field(10.0, "wall-clock limit; the whole process tree is killed when it passes")
+    wall_s: float = help_field(25.0, "wall-clock limit; the whole process tree is killed when it passes (below "
+                                     "the gateway's tool_timeout_s, 30 s, so a slow snippet is stopped and says so "
+                                     "before its caller gives up)")
     cpu_s: int = help_field(5, "CPU-time limit (RLIMIT_CPU; SIGXCPU at the limit, SIGKILL one second later)")
     memory_mb: int = help_field(256, "address-space limit (RLIMIT_AS) of the snippet's interpreter")
     max_processes: int = help_field(16, "processes + threads of the sandbox user (RLIMIT_NPROC)")

@@ -2,7 +2,9 @@
 
 The model is the memorised tiny GPT of ``conftest.chat_runs``, so answers are exact: a greeting, and
 "What is 17*23?", which the model answers by calling the calculator, whose result (computed by the
-tool executor, reached over the bus) it then repeats.
+tool executor, reached over the bus) it then repeats. Over HTTP our tools run only when a request opts
+in (``journey_tools``); bus chats use the gateway's default tools. The OpenAI surface in full is
+``test_openai_conformance.py``.
 """
 from __future__ import annotations
 
@@ -53,7 +55,8 @@ def test_the_openai_client_gets_a_streamed_completion(client):
 
 
 def test_a_calculator_question_goes_through_the_tool_executor(client):
-    out = client.chat.completions.create(model="journey", messages=[{"role": "user", "content": "What is 17*23?"}])
+    out = client.chat.completions.create(model="journey", messages=[{"role": "user", "content": "What is 17*23?"}],
+                                         extra_body={"journey_tools": ["calculator"]})
     steps = out.model_extra["journey"]["tool_calls"]
     assert [s["kind"] for s in steps] == ["tool_call", "tool_result"]
     assert steps[0]["name"] == "calculator" and steps[0]["arguments"] == {"expression": "17*23"}
@@ -64,7 +67,7 @@ def test_a_calculator_question_goes_through_the_tool_executor(client):
 def test_a_disabled_tool_is_not_run(stack):
     base, _, _ = stack
     body = {"model": "journey", "messages": [{"role": "user", "content": "What is 17*23?"}], "max_tokens": 80,
-            "tools": [{"type": "function", "function": {"name": "search_docs"}}]}
+            "journey_tools": ["search_docs"]}
     steps = httpx.post(f"{base}/v1/chat/completions", json=body, timeout=60).json()["journey"]["tool_calls"]
     assert steps[1]["ok"] is False and "not enabled" in steps[1]["error"]
 
@@ -80,12 +83,13 @@ def test_models_lists_the_servable_artifacts(client):
     (b'{"model": "t/nope", "messages": [{"role": "user", "content": "hi"}]}', 404, "unknown model"),
     (b'{"model": "journey", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000}', 400, "limit"),
     (b'{"model": "journey", "messages": [{"role": "wizard", "content": "hi"}]}', 400, "role"),
-    (b'{"model": "journey", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", '
-     b'"function": {"name": "rm_rf"}}]}', 400, "unknown tool"),
+    (b'{"model": "journey", "messages": [{"role": "user", "content": "hi"}], "journey_tools": ["rm_rf"]}', 400,
+     "unknown tool"),
 ])
 def test_bad_requests_get_a_clear_4xx(stack, body, status, says):
     base, _, _ = stack
-    response = httpx.post(f"{base}/v1/chat/completions", content=body, timeout=30)
+    response = httpx.post(f"{base}/v1/chat/completions", content=body, timeout=30,
+                          headers={"content-type": "application/json"})
     assert response.status_code == status, response.text
     assert says in response.json()["error"]["message"]
 
@@ -125,7 +129,9 @@ def test_a_chat_request_over_the_bus_streams_events_back(stack):
 def test_the_gateway_remembers_a_conversation(stack, client):
     _, redis_url, _ = stack
     client.chat.completions.create(**hello(user="conv-1"))
-    stored = redis.Redis.from_url(redis_url).lrange("journey:memory:conv-1", 0, -1)
+    from shared.chat.memory import scope_for_key
+    scope = scope_for_key("unused")  # the client's API key: memory is scoped to it
+    stored = redis.Redis.from_url(redis_url).lrange(f"journey:memory:{scope}:conv-1", 0, -1)
     assert [m.decode() for m in stored][-1].endswith(f'"content": "{HELLO_ANSWER}"}}')
     assert len(stored) == 2
 

@@ -48,3 +48,47 @@ def test_a_killed_generator_replica_costs_clients_a_retry_not_an_answer(stack):
     assert answers == [HELLO_ANSWER] * 24
     assert time.monotonic() - killed_at < 180
     assert _generator_replica() is not None  # Serve replaced it
+
+
+def test_a_killed_redis_under_journey_up_comes_back_with_its_data(tmp_path):
+    """`journey up`'s Redis is supervised: SIGKILL it (a crash) and it is back, AOF replayed, without anyone
+    restarting it by hand; `down` then stops it for good."""
+    import json
+    import os
+    import shutil
+    import signal
+
+    import redis
+
+    from services.stack import UpConfig, _proc_table, _start_supervised_redis, alive, descendants, down
+    from shared.bus import Bus, free_port
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not on PATH (apt-get install redis-server)")
+    stack_dir = tmp_path / "runs" / "_stack"
+    stack_dir.mkdir(parents=True)
+    state: dict = {}
+    url = _start_supervised_redis(UpConfig(redis_port=free_port()), stack_dir, state)
+    supervisor = state["redis_supervisor_pid"]
+    try:
+        bus = Bus(url)
+        for i in range(100):
+            bus.redis.set(f"k{i}", i)
+        time.sleep(1.5)  # appendfsync everysec: what was acked a second ago is on disk
+        [server] = descendants([supervisor], _proc_table())
+        os.kill(server, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert [int(bus.redis.get(f"k{i}")) for i in range(100)] == list(range(100))
+                break
+            except (redis.ConnectionError, redis.BusyLoadingError):
+                assert time.monotonic() < deadline, "redis-server was not restarted"
+                time.sleep(0.1)
+        [restarted] = descendants([supervisor], _proc_table())
+        assert restarted != server and not alive([server])
+        assert "exited (code -9); restarting it" in (stack_dir / "redis-supervisor.log").read_text()
+        bus.close()
+    finally:
+        (stack_dir / "state.json").write_text(json.dumps(state))
+        down(str(tmp_path / "runs"))
+    assert alive([supervisor]) == []

@@ -50,13 +50,6 @@ class StubGateway:
 
 
 @pytest.fixture
-def bus(redis_url):
-    bus = Bus(redis_url)
-    yield bus
-    bus.close()
-
-
-@pytest.fixture
 def gateway(bus):
     """A running stub gateway with no delay between tokens (``token_delay_s`` can be raised per test)."""
     stub = StubGateway(bus)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.frontend.frontend_config import PASSWORD_ENV, USER_ENV, FrontendConfig
+from services.frontend.frontend_config import KEY_ENV, PASSWORD_ENV, USER_ENV, FrontendConfig
 from services.frontend.main import parse_args
 from shared.config import ConfigError, from_dict
 
@@ -12,6 +12,7 @@ from shared.config import ConfigError, from_dict
 def no_login_env(monkeypatch):
     monkeypatch.delenv(USER_ENV, raising=False)
     monkeypatch.delenv(PASSWORD_ENV, raising=False)
+    monkeypatch.delenv(KEY_ENV, raising=False)
 
 
 def test_defaults_are_a_local_open_page():

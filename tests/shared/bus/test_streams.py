@@ -10,13 +10,6 @@ from shared.bus import (CHAT_REQUESTS, MODEL_EVENTS, TOOL_REQUESTS, TOOL_RESULTS
                         ChatMessage, ChatRequest, Consumer, ModelReload, ToolRequest, ToolResult, free_port)
 
 
-@pytest.fixture
-def bus(redis_url):
-    bus = Bus(redis_url)
-    yield bus
-    bus.close()
-
-
 def wait_for(condition, timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():

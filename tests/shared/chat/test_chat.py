@@ -113,7 +113,7 @@ LIMITS = oai.Limits(max_request_bytes=2000, max_messages=3, max_message_chars=10
     (json.dumps({"model": "m", "messages": []}).encode(), 400, "messages"),
     (json.dumps({"model": "m", "messages": [{"role": "user", "content": "x" * 101}]}).encode(), 400, "101 characters"),
     (json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}] * 4}).encode(), 400, "4 messages"),
-    (json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 2}).encode(), 400, "n=1"),
+    (json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 9}).encode(), 400, "limit of 8"),
     (json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 65}).encode(), 400,
      "limit of 64"),
     (b" " * 2001, 413, "2001 bytes"),
@@ -127,7 +127,7 @@ def test_bad_requests_are_refused_with_the_reason(body, status, says):
 def test_an_openai_request_with_content_parts_and_unused_fields_parses():
     body = {"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi "},
                                                                       {"type": "text", "text": "there"}]}],
-            "presence_penalty": 0.5, "max_completion_tokens": 7,
+            "presence_penalty": 0, "max_completion_tokens": 7,
             "tools": [{"type": "function", "function": {"name": "calculator", "parameters": {}}}]}
     request = oai.parse_request(json.dumps(body).encode(), LIMITS, {"calculator"})
     assert request.messages[0].text() == "hi there" and request.limit(99) == 7
