@@ -2,6 +2,9 @@
 
     journey experiment vocab-size vocab_sizes=[1024,4096,16384] steps=200
     journey experiment lr-schedules schedules=[cosine,linear,wsd] steps=300
+    journey experiment moe --config moe-tiny run=myrun        (MoE top-1/top-2/fine-grained vs dense, in-process)
+    journey experiment parallelism parallel.workers=2 parallel.arms=[ddp,zero2,fsdp,zero3]   (DDP/FSDP2/ZeRO side by side)
+    journey experiment parallelism --config parallelism-gpu                     (on a GPU machine, NCCL)
     journey experiment finetune-methods --config finetune-methods-tiny run=myrun     (after cpt in myrun)
     journey experiment finetune-methods --config finetune-methods-tiny init_from=runs/spike/pretrain
 

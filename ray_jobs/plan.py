@@ -4,6 +4,7 @@
     journey plan preset=gpt2-124m init_from=imported/import  # from your own checkpoint (journey import)
     journey plan preset=tiny stages=[tokenizer,pretrain] pretrain.train.max_steps=100
     journey plan preset=gpt2-124m gpu=A100-40GB --json     # memory against another GPU; JSON output
+    journey plan preset=gpt2-1b                            # a 1.3B model: which parallelism fits 1, 4, 8 GPUs
 
 Each stage's config is resolved exactly as ``journey run`` resolves it (``ray_jobs.journey.stage_config``:
 ``configs/<stage>/<preset>.yaml``, the run's name, the ``<stage>.key=value`` overrides), then
@@ -12,6 +13,14 @@ tokens it trains on (or generates, or scores), its steps, its memory per GPU (we
 optimizer state, activations) and its time from measured throughput, then the total and the problems,
 each with its fix. Nothing runs: no Ray, no model, no download (a hub dataset is only asked about,
 with a short timeout; HF_HUB_OFFLINE=1 skips the request).
+
+A GPU training stage (pretrain, cpt) also gets its parallelism table: bytes per GPU of weights,
+gradients, optimizer state, buffers and activations for ddp, zero1, zero2, fsdp (with and without
+resharding after forward) and zero3 on 1, 4 and 8 GPUs of 80 GB, this job's GPUs and this machine's,
+and the simplest strategy that fits each, with the reason (``shared.plan.memory.choose_strategy``).
+
+A preset written for only some stages (``gpt2-1b``: tokenizer and pretrain) plans just those when
+``stages=`` is not given, and says so; name the stages to plan others.
 
 init_from=A plans the journey from model A instead of pretraining, as ``journey run init_from=A``
 runs it: the tokenizer and pretrain stages leave the stages, and cpt starts from A with A's own
@@ -72,6 +81,13 @@ def build_plan(argv: list[str]):
     pc = load_config(PlanConfig, "journey", None, base=given)
     run = pc.run_name
     stages = pc.stages
+    notes: list[str] = []
+    if "stages" not in given:  # a preset written for some stages only: plan those rather than report the rest
+        have = [s for s in stages if missing_preset(s, pc.preset) is None]
+        if have and len(have) < len(stages):
+            notes.append(f"preset {pc.preset} has configs for stages [{','.join(have)}] only: planning those "
+                         f"(stages=[...] to plan others)")
+            stages = have
     problems: list[Problem] = []
     configs: dict[str, Any] = {}
     for stage in stages:
@@ -84,6 +100,7 @@ def build_plan(argv: list[str]):
     visible = visible_gpus()
     plan = make_plan(configs, preset=pc.preset, run=run, runs_dir=pc.runs_dir, gpu=target_gpu(pc.gpu, visible),
                      gpus_visible=len(visible), problems=problems, check_hub=pc.check_hub)
+    plan.notes += notes
     return plan, "json" if fmt_flag else pc.format
 
 

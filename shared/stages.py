@@ -212,6 +212,25 @@ def _lr_schedule_experiment(cfg):
     return lr_schedule_experiment(cfg)
 
 
+def _moe_experiment(cfg):
+    from shared.training.moe_experiment import moe_experiment
+    return moe_experiment(cfg)
+
+
+def _parallelism_experiment(cfg):
+    # The memory planner is the experiment's theory; training may not import shared.plan (a later layer),
+    # the stage table may, so it hands the planner in.
+    from shared.plan.memory import ModelShape, Strategy, strategy_bytes
+    from shared.training.parallel_experiment import parallelism_experiment
+
+    def theory(strategy, reshard, model, ranks, batch, seq, precision):
+        shape = ModelShape(**{k: model[k] for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")})
+        # The experiment measures a rank's state between backward and the optimizer step.
+        return strategy_bytes(shape, Strategy(strategy, reshard_after_forward=reshard), ranks, batch, seq,
+                              precision).state_after_backward
+    return parallelism_experiment(cfg, theory)
+
+
 def _finetune_methods_experiment(cfg):
     from shared.training.finetune_experiment import finetune_methods_experiment
     return finetune_methods_experiment(cfg)
@@ -273,7 +292,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("experiment", "controlled experiments over pretraining and fine-tuning",
           _experiment_config, None, produces="experiment", journey="outside", entry="experiments",
           commands={"vocab-size": _vocab_size_experiment, "lr-schedules": _lr_schedule_experiment,
-                    "finetune-methods": _finetune_methods_experiment}),
+                    "finetune-methods": _finetune_methods_experiment, "moe": _moe_experiment,
+                    "parallelism": _parallelism_experiment}),
 )
 
 BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}

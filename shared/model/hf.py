@@ -337,3 +337,282 @@ def _read_weights(file: Path) -> dict[str, torch.Tensor]:
 
         return load_file(str(file))
     return torch.load(file, map_location="cpu", weights_only=True)
+
+
+# ----------------------------------------------------------------------------- MoE (Qwen2-MoE, Ernie-4.5-MoE)
+# ``shared.model.moe.MoEGPT`` uses HF's parameter names, so saving is a copy plus the config (which architecture,
+# and why: shared.model.moe). Without a shared expert, Qwen2-MoE still builds one: it is written with zero width
+# (its output is exactly 0). Ernie-4.5-MoE renames a few weights and wants interleaved-RoPE q/k rows.
+
+_MOE_TRAINING_KEYS = ("capacity_factor", "aux_weight", "z_weight", "balance", "bias_rate")
+
+
+def moe_hf_config(cfg, **extra):
+    """The ``Qwen2MoeConfig`` for a ``MoEConfig``; our training-only routing settings ride along as
+    ``journey_moe`` (HF ignores them; ``load_moe`` restores them)."""
+    from transformers import Qwen2MoeConfig
+
+    fields = dict(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd, num_hidden_layers=cfg.n_layer,
+        num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_head, max_position_embeddings=cfg.block_size,
+        rms_norm_eps=cfg.rms_norm_eps, rope_theta=cfg.rope_theta, hidden_act="silu", qkv_bias=True,
+        tie_word_embeddings=True, intermediate_size=cfg.dense_hidden, num_experts=cfg.n_experts,
+        num_experts_per_tok=max(cfg.top_k, 1), moe_intermediate_size=cfg.expert_hidden,
+        shared_expert_intermediate_size=cfg.shared_hidden, norm_topk_prob=cfg.norm_topk_prob,
+        decoder_sparse_step=1, mlp_only_layers=[], router_aux_loss_coef=cfg.aux_weight,
+        use_sliding_window=False, bos_token_id=None, eos_token_id=None, pad_token_id=None,
+        journey_moe={k: getattr(cfg, k) for k in _MOE_TRAINING_KEYS},
+    )
+    fields.update(extra)
+    return Qwen2MoeConfig(**fields)
+
+
+def moe_config_from_hf(config, source: str = "checkpoint"):
+    """Our ``MoEConfig`` from a Qwen2-MoE config (object or ``config.json`` dict), refusing what we do not model."""
+    from shared.model.moe import MoEConfig
+
+    get = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
+    if get("model_type") == "ernie4_5_moe":
+        return _moe_config_from_ernie(get, source)
+    if get("model_type") != "qwen2_moe":
+        raise CheckpointError(f"checkpoint at {source} is a {get('model_type') or 'unknown-type'} model, not "
+                              "qwen2_moe; load_moe reads the MoE checkpoints save_moe_checkpoint writes")
+    heads = get("num_attention_heads")
+    rope = get("rope_parameters") or {}
+    checks = {"num_key_value_heads": (get("num_key_value_heads", heads), {heads}),
+              "tie_word_embeddings": (get("tie_word_embeddings"), {True}),
+              "hidden_act": (get("hidden_act"), {"silu"}), "qkv_bias": (get("qkv_bias", True), {True}),
+              "use_sliding_window": (get("use_sliding_window", False), {False}),
+              "decoder_sparse_step": (get("decoder_sparse_step", 1), {1}),
+              "mlp_only_layers": (tuple(get("mlp_only_layers") or ()), {()}),
+              "rope_type": (rope.get("rope_type", "default"), {"default"})}
+    for key, (value, allowed) in checks.items():
+        if value not in allowed:
+            raise CheckpointError(f"config.json of {source} sets {key}={value!r}, which MoEGPT does not implement "
+                                  f"(it supports {sorted(map(repr, allowed))}); use transformers' Qwen2MoeForCausalLM")
+    try:
+        cfg = MoEConfig(vocab_size=get("vocab_size"), block_size=get("max_position_embeddings"),
+                        n_layer=get("num_hidden_layers"), n_head=heads, n_embd=get("hidden_size"),
+                        rope_theta=float(rope.get("rope_theta", get("rope_theta", 10000.0))),
+                        rms_norm_eps=get("rms_norm_eps"), dense_hidden=get("intermediate_size"),
+                        n_experts=get("num_experts"), top_k=get("num_experts_per_tok"),
+                        expert_hidden=get("moe_intermediate_size"),
+                        shared_hidden=get("shared_expert_intermediate_size"),
+                        norm_topk_prob=bool(get("norm_topk_prob")), **(get("journey_moe") or {}))
+        cfg.validate()
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{source} records an MoE config MoEGPT cannot build ({e}); re-save it with "
+                              "save_moe_checkpoint") from e
+    return cfg
+
+
+def moe_architecture(cfg) -> str:
+    """The HF ``model_type`` a ``MoEConfig`` is saved as, or a ``CheckpointError`` naming the field to change.
+
+    ``qwen2_moe`` unless the model selects experts with a balancing bias, which only ``ernie4_5_moe`` holds
+    (see ``shared.model.moe``); each has its own fixed choices for the other fields.
+    """
+    if cfg.balance != "bias":
+        wrong = {k: v for k, v in (("qkv_bias", cfg.qkv_bias), ("shared_gate", cfg.shared_gate)) if v is not True}
+        if wrong:
+            raise CheckpointError(f"Qwen2-MoE (the format for balance=aux) needs qkv_bias=True and shared_gate=True, "
+                                  f"got {wrong}; set them, or use balance=bias (saved as Ernie-4.5-MoE)")
+        return "qwen2_moe"
+    need = {"qkv_bias": False, "shared_gate": False, "norm_topk_prob": True}
+    wrong = {k: getattr(cfg, k) for k, v in need.items() if getattr(cfg, k) != v}
+    if cfg.shared_hidden not in (0, cfg.expert_hidden):
+        wrong["shared_hidden"] = cfg.shared_hidden
+    if not cfg.moe or wrong:
+        raise CheckpointError(
+            f"a bias-balanced MoE is saved as Ernie-4.5-MoE, which needs {need}, shared_hidden 0 or = expert_hidden "
+            f"({cfg.expert_hidden}) and n_experts > 0; got {wrong or {'n_experts': cfg.n_experts}}: build the model "
+            "with those settings (shared.training.moe_experiment's moe-fine arm does)")
+    return "ernie4_5_moe"
+
+
+def _ernie_config(cfg, **extra):
+    from transformers import Ernie4_5_MoeConfig
+
+    fields = dict(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd, num_hidden_layers=cfg.n_layer,
+        num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_head, max_position_embeddings=cfg.block_size,
+        rms_norm_eps=cfg.rms_norm_eps, rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+        hidden_act="silu", use_bias=False, tie_word_embeddings=True,
+        intermediate_size=cfg.dense_hidden,  # Ernie's dense-layer width: unused (every layer is MoE), kept for load
+        moe_intermediate_size=cfg.expert_hidden, moe_k=cfg.top_k, moe_num_experts=cfg.n_experts,
+        moe_num_shared_experts=1 if cfg.shared_hidden else 0, moe_layer_start_index=0, moe_layer_end_index=-1,
+        moe_layer_interval=1, moe_norm_min=1e-12, router_aux_loss_coef=cfg.aux_weight,
+        bos_token_id=None, eos_token_id=None, pad_token_id=None,
+        journey_moe={k: getattr(cfg, k) for k in _MOE_TRAINING_KEYS},
+    )
+    fields.update(extra)
+    return Ernie4_5_MoeConfig(**fields)
+
+
+def _interleave_rope_rows(weight: torch.Tensor, n_head: int, inverse: bool = False) -> torch.Tensor:
+    """q/k projection rows from rotate-half RoPE order (pairs i, i+d/2) to interleaved (pairs 2i, 2i+1), per head.
+
+    The same permutation of q and k leaves every q.k unchanged, so attention is identical.
+    """
+    d = weight.shape[0] // n_head
+    perm = torch.arange(d).view(2, d // 2).t().reshape(-1)  # new row 2i <- old i, 2i+1 <- old i + d/2
+    if inverse:
+        perm = torch.argsort(perm)
+    return weight.view(n_head, d, -1)[:, perm].reshape(weight.shape)
+
+
+def _to_ernie_state(sd: dict[str, torch.Tensor], cfg) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in sd.items():
+        if key.endswith(("self_attn.q_proj.weight", "self_attn.k_proj.weight")):
+            value = _interleave_rope_rows(value, cfg.n_head)
+        elif key.endswith("mlp.routing_bias"):
+            key, value = key.replace("mlp.routing_bias", "mlp.gate.moe_statics.e_score_correction_bias"), value[None]
+        key = key.replace(".mlp.shared_expert.", ".mlp.shared_experts.")
+        out[key] = value
+    return out
+
+
+def _from_ernie_state(sd: dict[str, torch.Tensor], cfg) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in sd.items():
+        if key.endswith(("self_attn.q_proj.weight", "self_attn.k_proj.weight")):
+            value = _interleave_rope_rows(value, cfg.n_head, inverse=True)
+        elif key.endswith("moe_statics.e_score_correction_bias"):  # under mlp.gate. or, as saved, mlp.
+            key = re.sub(r"mlp\.(gate\.)?moe_statics\.e_score_correction_bias$", "mlp.routing_bias", key)
+            value = value[0]
+        key = key.replace(".mlp.shared_experts.", ".mlp.shared_expert.")
+        out[key] = value
+    return out
+
+
+def _moe_config_from_ernie(get, source: str):
+    from shared.model.moe import MoEConfig
+
+    heads, rope = get("num_attention_heads"), get("rope_parameters") or {}
+    n_layer = get("num_hidden_layers")
+    checks = {"num_key_value_heads": (get("num_key_value_heads", heads), {heads}),
+              "tie_word_embeddings": (get("tie_word_embeddings"), {True}), "use_bias": (get("use_bias"), {False}),
+              "hidden_act": (get("hidden_act"), {"silu"}), "rope_type": (rope.get("rope_type", "default"), {"default"}),
+              "moe_layer_start_index": (get("moe_layer_start_index"), {0}),
+              "moe_layer_end_index": (get("moe_layer_end_index"), {-1, n_layer - 1}),
+              "moe_layer_interval": (get("moe_layer_interval"), {1}),
+              "moe_num_shared_experts": (get("moe_num_shared_experts"), {0, 1})}
+    for key, (value, allowed) in checks.items():
+        if value not in allowed:
+            raise CheckpointError(f"config.json of {source} sets {key}={value!r}, which MoEGPT does not implement "
+                                  f"(it supports {sorted(map(repr, allowed))}); use transformers' "
+                                  "Ernie4_5_MoeForCausalLM")
+    width = get("moe_intermediate_size")
+    try:
+        cfg = MoEConfig(vocab_size=get("vocab_size"), block_size=get("max_position_embeddings"), n_layer=n_layer,
+                        n_head=heads, n_embd=get("hidden_size"), rope_theta=float(rope.get("rope_theta", 10000.0)),
+                        rms_norm_eps=get("rms_norm_eps"), dense_hidden=get("intermediate_size"),
+                        n_experts=get("moe_num_experts"), top_k=get("moe_k"),
+                        expert_hidden=width, shared_hidden=width * get("moe_num_shared_experts"), shared_gate=False,
+                        qkv_bias=False, norm_topk_prob=True,
+                        **{"balance": "bias", **(get("journey_moe") or {})})
+        cfg.validate()
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{source} records an MoE config MoEGPT cannot build ({e}); re-save it with "
+                              "save_moe_checkpoint") from e
+    return cfg
+
+
+def moe_to_hf(model, **extra_config):
+    """The HF model (fp32, CPU, eval) of an ``MoEGPT``: ``Qwen2MoeForCausalLM``, or ``Ernie4_5_MoeForCausalLM``
+    for a bias-balanced one (``moe_architecture``); the same logits as ``model`` in eval mode."""
+    from transformers import Ernie4_5_MoeForCausalLM, Qwen2MoeForCausalLM
+
+    model = _unwrap(model)
+    cfg = model.config
+    arch = moe_architecture(cfg)
+    sd = {k: v.detach().to("cpu", torch.float32, copy=True) for k, v in model.state_dict().items()}
+    if arch == "qwen2_moe":
+        hf = _skeleton(lambda: Qwen2MoeForCausalLM(moe_hf_config(cfg, **extra_config)))
+        sd = {k: v for k, v in sd.items() if not k.endswith("routing_bias")}  # zero: balance=aux never moves it
+    else:
+        hf = _skeleton(lambda: Ernie4_5_MoeForCausalLM(_ernie_config(cfg, **extra_config)))
+        sd = _to_ernie_state(sd, cfg)
+    for key, value in hf.state_dict().items():  # Qwen2-MoE's zero-width shared expert (and its gate) we do not have
+        if key not in sd and ".mlp.shared_expert" in key and cfg.shared_hidden == 0:
+            sd[key] = torch.zeros(value.shape)
+    result = hf.load_state_dict(sd, strict=False, assign=True)
+    left_out = [k for k in result.missing_keys if k != "lm_head.weight"] + result.unexpected_keys
+    if left_out:
+        raise CheckpointError(f"MoEGPT and {type(hf).__name__} disagree on weights {left_out[:5]}; this is a bug "
+                              "in shared.model.hf for this transformers version: report it with the version")
+    hf.tie_weights()
+    for module in hf.modules():  # RoPE buffers are not in the state dict: compute them for real
+        if hasattr(module, "inv_freq") and module.inv_freq.is_meta:
+            inv_freq, _ = module.compute_default_rope_parameters(hf.config)
+            module.inv_freq = inv_freq
+            module.original_inv_freq = inv_freq.clone()
+    return hf.eval()
+
+
+def save_moe_checkpoint(model, out_dir, tokenizer_dir=None, extra_config: dict | None = None) -> Path:
+    """Write an ``MoEGPT`` as an HF checkpoint directory (Qwen2-MoE or Ernie-4.5-MoE, ``moe_architecture``) that
+    ``AutoModelForCausalLM`` loads with the same logits."""
+    model = _unwrap(model)
+    token_ids = {}
+    if tokenizer_dir is not None:
+        tokenizer = _load_tokenizer(Path(tokenizer_dir), model.config.vocab_size)
+        token_ids = {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id") for name in ("bos", "eos", "pad")}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    moe_to_hf(model, **token_ids, **dict(extra_config or {})).save_pretrained(out)
+    if tokenizer_dir is not None:
+        for name in TOKENIZER_FILES:
+            if (Path(tokenizer_dir) / name).is_file():
+                shutil.copy2(Path(tokenizer_dir) / name, out / name)
+    return out
+
+
+def load_moe(path, map_location="cpu"):
+    """Read a checkpoint directory ``save_moe_checkpoint`` wrote (Qwen2-MoE or Ernie-4.5-MoE) into ``MoEGPT``
+    (fp32, eval mode)."""
+    from shared.model.moe import MoEGPT
+
+    ckpt = Path(path)
+    if not (ckpt / CONFIG_FILE).is_file():
+        raise CheckpointError(f"{ckpt} has no {CONFIG_FILE}; pass a directory written by save_moe_checkpoint")
+    cfg = moe_config_from_hf(json.loads((ckpt / CONFIG_FILE).read_text()), source=str(ckpt))
+    sd = {}
+    for file in weight_files(ckpt):
+        sd.update(_read_weights(file))
+    sd = {k: v for k, v in sd.items() if not (cfg.shared_hidden == 0 and ".mlp.shared_expert" in k)}
+    sd = _fuse_experts(sd, cfg.n_experts)
+    if moe_architecture(cfg) == "ernie4_5_moe":
+        sd = _from_ernie_state(sd, cfg)
+    model = MoEGPT(cfg)
+    result = model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("routing_bias") and k != "lm_head.weight"]
+    if missing or result.unexpected_keys:
+        raise CheckpointError(f"{ckpt} does not match its config: missing {_some(missing)}, unexpected "
+                              f"{_some(result.unexpected_keys)}; re-save it with save_moe_checkpoint")
+    return model.to(map_location).eval()
+
+
+_PER_EXPERT = re.compile(r"^(.*\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+
+
+def _fuse_experts(sd: dict[str, torch.Tensor], n_experts: int) -> dict[str, torch.Tensor]:
+    """Per-expert weights (``experts.<e>.gate_proj.weight``: how ``save_pretrained`` writes Qwen2-MoE) as the
+    fused ``experts.gate_up_proj`` (E, 2F, C) and ``experts.down_proj`` (E, C, F) the model holds."""
+    out, parts = {}, {}
+    for key, value in sd.items():
+        match = _PER_EXPERT.match(key)
+        if match:
+            parts.setdefault(match.group(1), {})[(int(match.group(2)), match.group(3))] = value
+        else:
+            out[key] = value
+    for prefix, weights in parts.items():
+        try:
+            out[f"{prefix}.gate_up_proj"] = torch.stack(
+                [torch.cat([weights[(e, "gate_proj")], weights[(e, "up_proj")]]) for e in range(n_experts)])
+            out[f"{prefix}.down_proj"] = torch.stack([weights[(e, "down_proj")] for e in range(n_experts)])
+        except KeyError as e:
+            raise CheckpointError(f"{prefix} lacks expert weight {e}; the checkpoint is incomplete: copy it again "
+                                  "or re-save it with save_moe_checkpoint") from None
+    return out

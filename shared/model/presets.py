@@ -14,6 +14,10 @@ PRESETS: dict[str, GPTConfig] = {
     "bench": GPTConfig(vocab_size=8192, block_size=256, n_layer=6, n_head=6, n_embd=384),
     "gpt2-124m": GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768),
     "gpt2-350m": GPTConfig(vocab_size=50257, block_size=1024, n_layer=24, n_head=16, n_embd=1024),
+    # 1.3B with GPT-2's vocabulary and context: the 24 layers x 2048 wide of GPT-3 XL (Brown et al. 2020,
+    # Table 2.1, 1.3B) and Pythia-1.4B (Biderman et al. 2023, 16 heads of 128), within the issue's
+    # 24-36 x 1536-2048. 1,313,638,400 parameters with the 50,263 ids of our GPT-2 tokenizer.
+    "gpt2-1b": GPTConfig(vocab_size=50257, block_size=1024, n_layer=24, n_head=16, n_embd=2048),
 }
 
 

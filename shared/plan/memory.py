@@ -31,11 +31,40 @@ never stores, so it is dropped: ``34·s·b·h`` per layer. fp32 activations doub
 checkpointing (full recomputation, §4.3 of the paper) a layer keeps only its input (``2·s·b·h``)
 and one layer at a time is recomputed (``34·s·b·h``). The output layer adds ``4·s·b·V`` (fp32
 logits for the cross-entropy loss, §4.1); a sequence classifier's head has one output instead of V.
+
+Parallelism strategies (``strategy_bytes``; pretraining's ``parallelism`` key), bytes per GPU with Ψ
+parameters on N GPUs, ``choose_strategy`` picking the simplest that fits:
+
+- ``ddp`` (torch DistributedDataParallel, autocast as above): every rank holds all the state, plus
+  DDP's gradient buckets, a second copy of the gradients (the default ``gradient_as_bucket_view=False``)
+  when N > 1.
+- ``zero1`` / ``zero2`` / ``zero3`` (DeepSpeed): the ZeRO paper's 16-bit accounting, Table 1 of arXiv
+  1910.02054: ``16Ψ``, ``4Ψ + 12Ψ/N``, ``2Ψ + 14Ψ/N``, ``16Ψ/N`` (stage 0 = the paper's DDP). In fp32
+  DeepSpeed still clones an fp32 master partition: 4 / 4 / (4 + 8), divided the same way (measured by
+  ``journey experiment parallelism`` for every stage). ZeRO-1's full gradients live only until the
+  end of backward, when DeepSpeed reduces them into each rank's partition (``stage_1_and_2.py``
+  ``ipg_epilogue``): they count in the peak (``state``, the paper's 2Ψ), and what a rank still holds
+  between backward and step is ``state_after_backward`` (gradients /N, as in ZeRO-2). Stages 1-2 keep
+  a gradient reduce bucket (``reduce_bucket_size``, 5e8 elements by default, two with ``overlap_comm``:
+  allocated whole whatever the model's size, ``setup_buckets``) beside the state. Offload moves the
+  optimizer state (and, in stage 3, the weights) to host memory.
+- ``fsdp`` (PyTorch FSDP2 ``fully_shard``, one unit per block plus the root): parameters, gradients and
+  AdamW state sharded in the parameters' dtype (fp32; ``MixedPrecisionPolicy`` only casts what is
+  gathered), 16Ψ/N. Full shard (``reshard_after_forward=True``, ZeRO-3-like) gathers the root
+  (embeddings) and about two blocks at a time (the one computing, the one prefetched) in the compute
+  dtype, plus one block's unsharded gradients; ``reshard_after_forward=False`` (ZeRO-2-like) keeps
+  every gathered weight from the forward through the backward: Ψ in the compute dtype. CPU offload
+  (``CPUOffloadPolicy``) keeps the sharded state in host memory.
+
+Activations are the same per micro-batch under every strategy (none divides them); activation
+checkpointing is the rule above. A GPU "fits" a configuration when its total is at most
+``USABLE_FRACTION`` of its memory: the rest is the CUDA context, cuBLAS/NCCL workspaces and the
+caching allocator's fragmentation, which no formula here counts.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Optional
 
 GIB = 1024 ** 3
@@ -162,10 +191,11 @@ class MemoryEstimate:
     activations: float
     trainable: int = 0  # parameters that get gradients
     notes: list[str] = field(default_factory=list)
+    buffers: float = 0.0  # communication buckets and gathered weights (see ``strategy_bytes``)
 
     @property
     def total(self) -> float:
-        return self.weights + self.gradients + self.optimizer + self.activations
+        return self.weights + self.gradients + self.optimizer + self.activations + self.buffers
 
 
 @dataclass(frozen=True)
@@ -279,6 +309,226 @@ def round_up(n: int, multiple: int) -> int:
     return int(math.ceil(n / multiple) * multiple)
 
 
-__all__ = ["GIB", "MemoryEstimate", "ModelShape", "ParamCount", "StateBytes", "activation_bytes", "gib",
-           "inference_memory", "lora_param_count", "lora_targets", "param_count", "round_up", "state_bytes",
-           "training_memory"]
+# ----------------------------------------------------------------------------- parallelism strategies
+
+#: The strategies of pretraining's ``parallelism`` key (``shared.training.parallel.STRATEGIES``, which
+#: imports torch; a test keeps the two equal).
+STRATEGIES = ("ddp", "fsdp", "zero1", "zero2", "zero3")
+#: Share of a GPU's memory a plan may fill (see the module docstring: context, workspaces, fragmentation).
+USABLE_FRACTION = 0.9
+#: DeepSpeed ZeRO-1/2 gradient reduce bucket, in elements (``reduce_bucket_size`` default), and how many
+#: (two with ``overlap_comm``, which ``shared.training.deepspeed_config`` turns on for GPUs).
+DS_REDUCE_BUCKET = 500_000_000
+DS_REDUCE_BUFFERS = 2
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One way to lay the training state out over the GPUs: a ``STRATEGIES`` name and its options."""
+
+    name: str
+    reshard_after_forward: bool = True  # fsdp only: False keeps gathered weights until backward (ZeRO-2-like)
+    offload: bool = False  # state in host memory: the optimizer's (zero1/2/3), every shard (fsdp)
+    activation_checkpointing: bool = False
+    offload_params: bool = False  # zero3 only: the weights' partitions in host memory too
+
+    def __post_init__(self) -> None:
+        if self.name not in STRATEGIES:
+            raise ValueError(f"unknown parallelism strategy {self.name!r}; choose one of {list(STRATEGIES)}")
+        if self.offload and self.name == "ddp":
+            raise ValueError("ddp keeps every tensor on each GPU and cannot offload; use zero1, zero2, zero3 or "
+                             "fsdp with offload")
+        if self.offload_params and self.name != "zero3":
+            raise ValueError(f"offload_params needs zero3 (only ZeRO-3 partitions the weights), not {self.name}")
+
+    @property
+    def label(self) -> str:
+        name = self.name + (" (no reshard)" if self.name == "fsdp" and not self.reshard_after_forward else "")
+        extras = [x for x, on in (("offload", self.offload or self.offload_params),
+                                  ("ckpt", self.activation_checkpointing)) if on]
+        return name + (" + " + " + ".join(extras) if extras else "")
+
+
+#: The table's rows, and the order ``choose_strategy`` tries them: least communication and fewest
+#: moving parts first (DDP, then sharding the optimizer, the gradients, the weights).
+STRATEGY_ROWS = (Strategy("ddp"), Strategy("zero1"), Strategy("zero2"), Strategy("fsdp", reshard_after_forward=False),
+                 Strategy("fsdp"), Strategy("zero3"))
+
+
+@dataclass
+class StrategyBytes:
+    """Bytes per GPU of one strategy on ``n_gpus``: persistent state (weights, gradients, optimizer),
+    ``buffers`` (DDP buckets, ZeRO reduce buckets, weights gathered by FSDP / ZeRO-3), activations;
+    ``host`` the bytes per rank kept in host memory instead (offload)."""
+
+    strategy: Strategy
+    n_gpus: int
+    params: int
+    weights: float
+    gradients: float
+    optimizer: float
+    buffers: float = 0.0
+    activations: float = 0.0
+    host: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    gradients_after_backward: Optional[float] = None  # ZeRO-1: its partition once reduced; None: ``gradients``
+
+    @property
+    def state(self) -> float:
+        """Weights + gradients + optimizer state of one rank at its peak (the ZeRO paper's accounting)."""
+        return self.weights + self.gradients + self.optimizer
+
+    @property
+    def state_after_backward(self) -> float:
+        """``state`` between backward and the optimizer step, when ZeRO-1 has reduced its gradients into
+        its partition: what ``journey experiment parallelism`` measures (``state_bytes_per_rank``)."""
+        grads = self.gradients if self.gradients_after_backward is None else self.gradients_after_backward
+        return self.weights + grads + self.optimizer
+
+    @property
+    def total(self) -> float:
+        return self.state + self.buffers + self.activations
+
+
+def compute_bytes(precision: str) -> int:
+    """Bytes of one element in the compute dtype: 4 in fp32, 2 in bf16/fp16."""
+    return 4 if precision == "fp32" else 2
+
+
+def state_per_gpu(params: int, strategy: Strategy, n_gpus: int, precision: str = "bf16") -> StrategyBytes:
+    """Weights, gradients and optimizer state per GPU of ``params`` trained parameters (AdamW).
+
+    ddp: ``state_bytes(precision)`` on every rank. zero1/2/3: the 16-bit ZeRO accounting
+    (2 / 2 / 12), divided by N for the optimizer (stage ≥ 1), gradients (≥ 2), weights (3); in fp32
+    4 / 4 / (4 + 8), the fp32 master partition cloned all the same. fsdp: 4 / 4 / 8, all /N.
+    ``offload`` moves the divided optimizer state (zero1/2/3) or every shard (fsdp) to ``host``,
+    ``offload_params`` zero3's weight partitions. No buffers or activations (``strategy_bytes`` adds them).
+    """
+    if n_gpus < 1:
+        raise ValueError(f"n_gpus must be >= 1, got {n_gpus}")
+    s, n = strategy, n_gpus
+    notes: list[str] = []
+    host = 0.0
+    if s.name == "ddp":
+        per = state_bytes(precision)
+        return StrategyBytes(s, n, params, params * per.weights, params * per.gradients, params * per.optimizer)
+    if s.name == "fsdp":
+        per = state_bytes("fp32")
+        weights, grads, optim = (params * b / n for b in (per.weights, per.gradients, per.optimizer))
+        if s.offload:
+            host, weights, grads, optim = weights + grads + optim, 0.0, 0.0, 0.0
+            notes.append("sharded weights, gradients and AdamW state in host memory (CPUOffloadPolicy)")
+        return StrategyBytes(s, n, params, weights, grads, optim, host=host, notes=notes)
+    stage = int(s.name[-1])
+    per = state_bytes(precision, zero=True)
+    optim_per = per.optimizer + (4 if precision == "fp32" else 0)  # fp32 master partition, cloned in fp32 too
+    weights, grads, optim = params * per.weights, params * per.gradients, params * optim_per / n
+    if stage >= 2:
+        grads /= n
+    if stage >= 3:
+        weights /= n
+    if s.offload:
+        host, optim = optim, 0.0
+    if s.offload_params:
+        host, weights = host + weights, 0.0
+    if s.offload or s.offload_params:
+        notes.append(" and ".join(w for w, on in (("optimizer state", s.offload), ("weights", s.offload_params))
+                                  if on) + " offloaded to host memory")
+    return StrategyBytes(s, n, params, weights, grads, optim, host=host, notes=notes,
+                         gradients_after_backward=grads / n if stage == 1 else None)
+
+
+def strategy_bytes(shape: ModelShape, strategy: Strategy | str, n_gpus: int, micro_batch: int, seq_len: int,
+                   precision: str = "bf16", offload: bool = False, activation_checkpointing: bool = False,
+                   reshard_after_forward: bool = True) -> StrategyBytes:
+    """Bytes per GPU of training ``shape`` under ``strategy`` on ``n_gpus``, ``micro_batch`` sequences of
+    ``seq_len`` tokens per step per GPU: ``state_per_gpu`` plus buffers and activations (module docstring).
+
+    ``strategy`` is a ``Strategy`` or a name (the keyword options then build it). ValueError for an
+    unknown name or ddp with offload.
+    """
+    if isinstance(strategy, str):
+        strategy = Strategy(strategy, reshard_after_forward, offload, activation_checkpointing)
+    s = strategy
+    params = param_count(shape).total
+    out = state_per_gpu(params, s, n_gpus, precision)
+    c = compute_bytes(precision)
+    root = param_count(replace(shape, n_layer=0)).total  # embeddings and the final norm
+    block = param_count(replace(shape, n_layer=1)).total - root
+    if s.name == "ddp" and n_gpus > 1:
+        out.buffers = params * state_bytes(precision).gradients
+        out.notes.append("DDP gradient buckets: a second copy of the gradients")
+    elif s.name in ("zero1", "zero2"):
+        out.buffers = DS_REDUCE_BUFFERS * DS_REDUCE_BUCKET * state_bytes(precision, zero=True).gradients
+        out.notes.append(f"ZeRO reduce buckets: {DS_REDUCE_BUFFERS} x {DS_REDUCE_BUCKET:.0e} gradient elements")
+    elif s.name == "zero3" or s.name == "fsdp":
+        gathered = (root + 2 * block) if s.reshard_after_forward else params
+        out.buffers = gathered * c + block * c  # + one block's unsharded gradients before reduce-scatter
+        out.notes.append(f"gathered weights: {'root + 2 blocks' if s.reshard_after_forward else 'all'} "
+                         f"in {'fp32' if c == 4 else '16-bit'}")
+    out.activations = activation_bytes(shape, micro_batch, seq_len, precision, s.activation_checkpointing)
+    return out
+
+
+@dataclass
+class StrategyChoice:
+    """What ``choose_strategy`` picked for ``n_gpus`` GPUs of ``gpu_memory`` bytes, and why.
+    ``choice`` is None when nothing fits; ``tried`` holds every configuration it computed, in order."""
+
+    n_gpus: int
+    gpu_memory: float
+    choice: Optional[StrategyBytes]
+    reason: str
+    tried: list[StrategyBytes] = field(default_factory=list)
+
+
+def candidates() -> list[Strategy]:
+    """The configurations ``choose_strategy`` tries, simplest first: ``STRATEGY_ROWS``, then each with
+    activation checkpointing, then the sharded ones with checkpointing and offload."""
+    plain = list(STRATEGY_ROWS)
+    ckpt = [replace(s, activation_checkpointing=True) for s in plain]
+    off = [replace(s, activation_checkpointing=True, offload=True, offload_params=s.name == "zero3")
+           for s in plain if s.name != "ddp"]
+    return plain + ckpt + off
+
+
+def max_micro_batch(shape: ModelShape, strategy: Strategy, n_gpus: int, seq_len: int, precision: str,
+                    gpu_memory: float) -> int:
+    """The largest micro-batch whose total fits ``USABLE_FRACTION`` of ``gpu_memory`` (0: not even one):
+    activations grow linearly with the micro-batch, everything else does not."""
+    one = strategy_bytes(shape, strategy, n_gpus, 1, seq_len, precision)
+    room = USABLE_FRACTION * gpu_memory - (one.total - one.activations)
+    return max(0, int(room // one.activations))
+
+
+def choose_strategy(shape: ModelShape, n_gpus: int, gpu_memory: float, micro_batch: int, seq_len: int,
+                    precision: str = "bf16") -> StrategyChoice:
+    """The simplest configuration of ``candidates`` whose total per GPU fits ``USABLE_FRACTION`` of
+    ``gpu_memory``, with the reason as a sentence (what it needs, what the simpler ones needed)."""
+    usable = USABLE_FRACTION * gpu_memory
+    tried: list[StrategyBytes] = []
+    where = f"{n_gpus} x {gpu_memory / 1e9:.0f} GB"
+    for s in candidates():
+        b = strategy_bytes(shape, s, n_gpus, micro_batch, seq_len, precision)
+        tried.append(b)
+        if b.total <= usable:
+            simpler = tried[:-1]
+            why = (f"{s.label} is the simplest that fits {where}: {gib(b.total)} GiB per GPU of the "
+                   f"{gib(usable)} GiB usable ({USABLE_FRACTION:.0%} of {gib(gpu_memory)} GiB)")
+            if simpler:
+                least = min(simpler, key=lambda t: t.total)
+                why += f"; each simpler one needs more (the least, {least.strategy.label}, {gib(least.total)} GiB)"
+            if b.host:
+                why += f"; it keeps {gib(b.host)} GiB per rank in host memory"
+            return StrategyChoice(n_gpus, gpu_memory, b, why + ".", tried)
+    least = min(tried, key=lambda t: t.total)
+    return StrategyChoice(n_gpus, gpu_memory, None,
+                          f"nothing fits {where} at micro-batch {micro_batch} x {seq_len}: the least, "
+                          f"{least.strategy.label}, needs {gib(least.total)} GiB per GPU of the {gib(usable)} GiB "
+                          f"usable; lower the micro-batch or add GPUs.", tried)
+
+
+__all__ = ["GIB", "STRATEGIES", "STRATEGY_ROWS", "USABLE_FRACTION", "MemoryEstimate", "ModelShape", "ParamCount",
+           "StateBytes", "Strategy", "StrategyBytes", "StrategyChoice", "activation_bytes", "candidates",
+           "choose_strategy", "gib", "inference_memory", "lora_param_count", "lora_targets", "max_micro_batch",
+           "param_count", "round_up", "state_bytes", "state_per_gpu", "strategy_bytes", "training_memory"]

@@ -13,8 +13,12 @@ way ``journey run`` does) and builds a ``Plan`` without running anything: no Ray
   stages that do not train are timed only from an earlier artifact (scaled by their work).
 - **Problems**, each with its fix: a GPU stage with no GPU here, data that is missing, unreachable
   or has the wrong fields, a model whose vocabulary is smaller than, or not a padded copy of, the
-  tokenizer's, a model or artifact nothing makes, memory above the GPU's, and the presets missing
-  (found by the caller and passed in).
+  tokenizer's, a model or artifact nothing makes, memory above ``USABLE_FRACTION`` of the GPU's (the
+  fix names the parallelism ``choose_strategy`` picks for a pretraining stage), and the presets
+  missing (found by the caller and passed in).
+- **Parallelism** of a GPU pretraining stage (``shared.plan.parallelism``): its model under every
+  strategy on 1, 4 and 8 GPUs of 80 GB, this job's GPUs and this machine's, and the choice for each;
+  the row's own memory is the strategy its config names (``parallelism`` and options).
 """
 from __future__ import annotations
 
@@ -29,7 +33,9 @@ from shared.model.presets import PRESETS, model_config
 from shared.plan import data_check
 from shared.plan.data_check import DataCheck
 from shared.plan.hardware import Gpu
-from shared.plan.memory import MemoryEstimate, ModelShape, inference_memory, round_up, training_memory
+from shared.plan.memory import (USABLE_FRACTION, MemoryEstimate, ModelShape, Strategy, inference_memory, round_up,
+                                strategy_bytes, training_memory)
+from shared.plan.parallelism import ParallelismPlan, plan_parallelism, settings_for
 from shared.plan.throughput import (Throughput, measured_throughput, measured_wall, read_shape,
                                     reference_throughput)
 from shared.registry import Artifact, ArtifactNotFound, Registry
@@ -70,6 +76,7 @@ class StageRow:
     time_s: Optional[float] = None
     time_basis: str = ""
     notes: list[str] = field(default_factory=list)
+    parallelism: Optional[ParallelismPlan] = None  # a GPU training stage: every strategy on 1/4/8 GPUs and here
 
 
 @dataclass
@@ -82,6 +89,7 @@ class Plan:
     problems: list[Problem]
     gpu: Gpu
     gpus_visible: int
+    notes: list[str] = field(default_factory=list)  # about the plan as a whole (e.g. stages left out)
 
     @property
     def total_s(self) -> float:
@@ -247,11 +255,15 @@ def _gpu_checks(ctx: _Context, stage: str, row: StageRow, use_gpu: bool) -> None
     elif use_gpu and row.workers > ctx.gpus_visible > 0:
         ctx.problem(stage, f"num_workers={row.workers} GPUs asked, {ctx.gpus_visible} visible",
                     f"set {stage}.num_workers={ctx.gpus_visible} (raise train.grad_accum to keep the tokens per step)")
-    if use_gpu and row.memory is not None and row.memory.total > ctx.gpu.memory:
+    if use_gpu and row.memory is not None and row.memory.total > USABLE_FRACTION * ctx.gpu.memory:
+        job = next((sp.choice for sp in (row.parallelism.settings if row.parallelism else [])
+                    if (sp.setting.n_gpus, sp.setting.memory) == (row.workers, ctx.gpu.memory)), None)
+        pick = (f"; or set {strategy_overrides(stage, job.choice.strategy)} ({job.reason.rstrip('.')})"
+                if job is not None and job.choice is not None else "")
         ctx.problem(stage, f"needs ~{row.memory.total / 1e9:.0f} GB per GPU, the {ctx.gpu.name} has "
-                           f"{ctx.gpu.memory / 1e9:.0f} GB",
+                           f"{ctx.gpu.memory / 1e9:.0f} GB (a plan fills at most {USABLE_FRACTION:.0%})",
                     f"lower {stage}.train.batch_size and raise {stage}.train.grad_accum by the same factor, or "
-                    "enable gradient checkpointing / a ZeRO stage where the stage has them")
+                    "enable gradient checkpointing / a ZeRO stage where the stage has them" + pick)
 
 
 def _add_data(ctx: _Context, stage: str, row: StageRow, check: DataCheck) -> None:
@@ -402,13 +414,47 @@ def _plan_pretrain(ctx: _Context, stage: str, cfg: PretrainConfig, row: StageRow
     if seq:
         row.tokens = t.batch_size * seq * t.grad_accum * cfg.num_workers * t.max_steps
         row.tokens_what = f"trained ({t.batch_size * seq * t.grad_accum * cfg.num_workers:,}/step)"
-        row.memory = training_memory(row.model, batch=t.batch_size, seq=seq, precision=row.precision,
-                                     num_workers=cfg.num_workers)
+        strategy = configured_strategy(cfg)
+        sb = strategy_bytes(row.model, strategy, cfg.num_workers, t.batch_size, seq, row.precision)
+        row.memory = MemoryEstimate(sb.weights, sb.gradients, sb.optimizer, sb.activations, sb.params,
+                                    [f"parallelism {strategy.label} over {cfg.num_workers} worker(s)", *sb.notes],
+                                    buffers=sb.buffers)
+        if sb.host:
+            row.notes.append(f"host memory: {sb.host / 1e9:,.1f} GB per worker (offloaded state)")
+        if cfg.use_gpu:
+            visible = [ctx.gpu] * ctx.gpus_visible if ctx.gpu.visible else None
+            row.parallelism = plan_parallelism(row.model, t.batch_size, seq, row.precision,
+                                               settings_for(cfg.num_workers, ctx.gpu, visible))
     if cfg.data.max_bytes:
         row.notes.append(f"corpus capped at {cfg.data.max_bytes / 1e6:,.0f} MB of text")
     _gpu_checks(ctx, stage, row, cfg.use_gpu)
     _time_training(ctx, stage, row, cfg.use_gpu, seq or 0)
     row.notes.append("time: the training loop only (tokenizing the corpus comes first)")
+
+
+def configured_strategy(cfg: Any) -> Strategy:
+    """The ``Strategy`` a pretraining config asks for: its ``parallelism`` and the fsdp / zero /
+    activation-checkpointing keys beside it (``PretrainConfig``; absent keys mean ddp, no options)."""
+    opt = lambda name, default: getattr(cfg, name, default)  # noqa: E731
+    return Strategy(opt("parallelism", "ddp"), reshard_after_forward=bool(opt("fsdp_reshard_after_forward", True)),
+                    offload=bool(opt("fsdp_cpu_offload", False) or opt("zero_offload_optimizer", False)),
+                    activation_checkpointing=bool(opt("activation_checkpointing", False)),
+                    offload_params=bool(opt("zero_offload_params", False)))
+
+
+def strategy_overrides(stage: str, strategy: Strategy) -> str:
+    """The ``<stage>.key=value`` overrides that make a pretraining config ask for ``strategy`` (the
+    inverse of ``configured_strategy``)."""
+    keys = [f"parallelism={strategy.name}"]
+    if strategy.name == "fsdp" and not strategy.reshard_after_forward:
+        keys.append("fsdp_reshard_after_forward=false")
+    if strategy.activation_checkpointing:
+        keys.append("activation_checkpointing=true")
+    if strategy.offload:
+        keys.append("fsdp_cpu_offload=true" if strategy.name == "fsdp" else "zero_offload_optimizer=true")
+    if strategy.offload_params:
+        keys.append("zero_offload_params=true")
+    return " ".join(f"{stage}.{k}" for k in keys)
 
 
 def _plan_posttrain(ctx: _Context, stage: str, cfg: PostTrainConfig, row: StageRow) -> None:
@@ -577,4 +623,5 @@ _PLANNERS: dict[str, Callable[[_Context, str, Any, StageRow], None]] = {
     "quantize": _plan_quantize, "index": _plan_index, "eval": _plan_eval, "interpret": _plan_interpret,
 }
 
-__all__ = ["Plan", "Problem", "StageRow", "make_plan", "tokenizer_vocab", "vocab_mismatch"]
+__all__ = ["Plan", "Problem", "StageRow", "configured_strategy", "make_plan", "strategy_overrides", "tokenizer_vocab",
+           "vocab_mismatch"]

@@ -2,7 +2,9 @@
 
 ``open_model(artifact_or_path)`` opens a saved model on the runtime its kind names (``RUNTIMES``):
 
-- ``hf-model`` (an HF checkpoint directory): our ``Engine`` (``Engine.from_checkpoint``);
+- ``hf-model`` (an HF checkpoint directory): our ``Engine`` (``Engine.from_checkpoint``); an MoE one
+  (``model_type`` qwen2_moe or ernie4_5_moe, ``shared.model.hf.save_moe_checkpoint``) on
+  ``shared.engine.moe_model.MoEEngineModel``;
 - ``quantized`` (``quantization.json`` + ``quantized.safetensors``, ``shared.quant.quantized_checkpoint``):
   our ``Engine`` over the quantized engine model, with the directory's tokenizer when it has one;
 - ``gguf`` (a ``*.gguf`` file, ``shared.quant.gguf_export`` / llama.cpp's quantizer): llama.cpp.
@@ -85,7 +87,27 @@ def artifact_kind(path: str | Path) -> str | None:
 
 
 def _open_hf(path: Path, config: EngineConfig, **_) -> OpenModel:
+    if _is_moe(path):
+        return OpenModel("hf-model", path, engine=_moe_engine(path, config))
     return OpenModel("hf-model", path, engine=Engine.from_checkpoint(path, config))
+
+
+def _is_moe(path: Path) -> bool:
+    """An MoE checkpoint (``shared.model.hf.save_moe_checkpoint``: Qwen2-MoE or Ernie-4.5-MoE); GPT-2 loading
+    would refuse it."""
+    import json
+
+    return json.loads((path / CONFIG_FILE).read_text()).get("model_type") in ("qwen2_moe", "ernie4_5_moe")
+
+
+def _moe_engine(path: Path, config: EngineConfig) -> Engine:
+    from shared.engine.engine import _DTYPES
+    from shared.engine.moe_model import MoEEngineModel
+    from shared.model.hf import load_moe
+
+    dtype = _DTYPES[config.dtype]
+    tokenizer = load_tokenizer(path) if (path / TOKENIZER_FILE).is_file() else None
+    return Engine(MoEEngineModel.from_moe(load_moe(path), dtype=dtype), tokenizer, config)
 
 
 def _open_quantized(path: Path, config: EngineConfig, **_) -> OpenModel:

@@ -64,3 +64,29 @@ def deepspeed_dict(cfg: DeepSpeedConfig, on_cpu: bool) -> dict[str, Any] | None:
         # No "scheduler" entry: the HF Trainer then drives the lr with its own schedule (cosine, ...),
         # the same one as without DeepSpeed.
     }
+
+
+def pretrain_deepspeed_dict(zero_stage: int, *, micro_batch: int, grad_accum: int, world: int, grad_clip: float,
+                            precision: str, on_cpu: bool, offload_optimizer: bool = False,
+                            offload_params: bool = False) -> dict[str, Any]:
+    """The ``deepspeed.initialize`` config for our own pretraining loop (``shared.training.parallel``).
+
+    Same ZeRO section as ``deepspeed_dict``; without a Trainer to fill in ``"auto"`` the values come from
+    the loop's config. No ``optimizer`` entry: the loop hands DeepSpeed its own AdamW (weight-decay
+    groups as under DDP, so strategies compare like for like) and sets the lr itself every step.
+    """
+    cfg = DeepSpeedConfig(zero_stage, offload_optimizer, offload_params)
+    cfg.validate()
+    zero = deepspeed_dict(cfg, on_cpu)["zero_optimization"]
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": grad_accum,
+        "train_batch_size": micro_batch * grad_accum * world,
+        "gradient_clipping": grad_clip,
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16"},
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,  # torch's AdamW, which DeepSpeed does not list as tested
+        "steps_per_print": 10 ** 9,  # the loop logs; keep DeepSpeed quiet
+        "wall_clock_breakdown": False,
+    }

@@ -5,6 +5,10 @@
   validation bits per byte (tokenizer-independent, unlike loss per token), tokens/s and the share
   of parameters spent on embeddings.
 - ``lr_schedule_experiment``: the same model and data under each LR schedule; loss curves side by side.
+- ``moe_experiment`` (in ``moe_experiment``): MoE top-1/top-2/fine-grained against dense models of equal active
+  and equal total parameters; its settings are ``ExperimentConfig.moe``.
+- ``parallelism_experiment`` (in ``parallel_experiment``): one tiny model under DDP, FSDP2 and ZeRO-1/2/3 on N
+  ranks, measured memory, step time and communication beside the memory planner; settings ``ExperimentConfig.parallel``.
 - ``finetune_methods_experiment`` (in ``finetune_experiment``): full fine-tuning vs LoRA ranks (vs QLoRA on a
   GPU) from one start model; it shares ``ExperimentConfig`` and the table writer defined here.
 
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,7 @@ from shared.config import ConfigError, JobConfig, deep_merge, help_field, load_c
 from shared.registry import Artifact, Registry  # noqa: E402
 from shared.tokenizer.artifact import train_tokenizer_artifact  # noqa: E402
 from shared.tokenizer.tokenizer_config import TokenizerConfig  # noqa: E402
+from shared.training.parallel_experiment import ParallelExperimentConfig  # noqa: E402
 from shared.training.pretrain_config import PretrainConfig  # noqa: E402
 from shared.training.runner import run_pretraining  # noqa: E402
 from shared.training.schedules import SCHEDULES, lr_at  # noqa: E402
@@ -58,6 +63,10 @@ class ExperimentConfig(JobConfig):
                                     "finetune-methods arms: full, lora-r<rank>, qlora-r<rank> (qlora needs CUDA)")
     finetune: dict = help_field({}, "overrides for every finetune-methods arm: SFT job keys on the sft preset "
                                 "(e.g. train.batch_size=8, data=..., use_gpu=true)")
+    parallel: ParallelExperimentConfig = field(default_factory=ParallelExperimentConfig, metadata={
+        "help": "parallelism experiment: arms, workers, model and batch, memory budget"})
+    moe: dict = help_field({}, "moe experiment settings (shared.training.moe_experiment.DEFAULTS): arms, n_experts, "
+                           "expert_hidden, capacity_factor, aux_weight, z_weight, bias_rate, save")
 
     def validate(self) -> None:
         super().validate()
@@ -70,6 +79,7 @@ class ExperimentConfig(JobConfig):
         if bad or not self.methods:
             raise ConfigError(f"unknown finetune method arm {bad[0] if bad else '(none)'!r}; write full, lora-r<rank> "
                              "or qlora-r<rank>, e.g. methods=[full,lora-r8,lora-r16]")
+        self.parallel.validate()
 
 
 def _pretrain_cfg(cfg: ExperimentConfig, stage: str, tokenizer: str, **extra: Any) -> PretrainConfig:

@@ -13,6 +13,7 @@ from typing import ClassVar, Literal, Optional
 from shared.config import ConfigError, TrainJobConfig, TrainLoopConfig, help_field, require_positive
 from shared.data.split import DOC_SPLIT_SEED, DOC_VAL_FRACTION
 from shared.model.presets import PRESETS
+from shared.training.parallel import STRATEGIES, ParallelOptions
 from shared.training.schedules import SCHEDULES
 
 
@@ -97,7 +98,20 @@ class PretrainConfig(TrainJobConfig):
               "(codeparrot's `content`) with FineWeb-Edu (`text`) held out as general needs both")
     train: PretrainLoopConfig = field(default_factory=PretrainLoopConfig,
                                       metadata={"help": "optimizer, schedule and the eval/log/checkpoint cadence"})
-    compile: Literal["auto", "on", "off"] = help_field("off", "torch.compile the model (auto = on CUDA only)")
+    compile: Literal["auto", "on", "off"] = help_field("off", "torch.compile the model (auto = on CUDA only; "
+                                                       "parallelism=ddp only)")
+    parallelism: str = help_field("ddp", f"data-parallel strategy across the workers: {list(STRATEGIES)}; ddp "
+                                  "replicates everything, fsdp is PyTorch FSDP2 (fully_shard per block), zero1/2/3 "
+                                  "DeepSpeed ZeRO (shared/training/parallel.py)")
+    fsdp_reshard_after_forward: bool = help_field(True, "fsdp: free gathered parameters after forward (ZeRO-3-like); "
+                                                  "false keeps them until backward (ZeRO-2-like, more memory, "
+                                                  "one all-gather less)")
+    fsdp_cpu_offload: bool = help_field(False, "fsdp: keep parameter, gradient and optimizer shards in host memory "
+                                        "(needs CUDA)")
+    activation_checkpointing: bool = help_field(False, "recompute each block's activations in backward instead of "
+                                                "storing them (any strategy)")
+    zero_offload_optimizer: bool = help_field(False, "zero1/2/3: keep the optimizer state in CPU memory (ZeRO-Offload)")
+    zero_offload_params: bool = help_field(False, "zero3: keep the parameters in CPU memory too")
     max_failures: int = help_field(2, "Ray Train restarts from the last checkpoint after a worker failure")
     fail_at_step: Optional[int] = help_field(None, "testing hook: raise once in rank 0 after this step")
     tensorboard: bool = help_field(False, "also write TensorBoard event files into the artifact")
@@ -111,6 +125,15 @@ class PretrainConfig(TrainJobConfig):
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.data.val_fraction}")
         if not 0 <= self.data.repeat_fraction <= 1:
             raise ConfigError(f"data.repeat_fraction must be in [0, 1], got {self.data.repeat_fraction}")
+        self.parallel_options().validate(self.use_gpu)
+        if self.compile == "on" and self.parallelism != "ddp":
+            raise ConfigError(f"compile=on works with parallelism=ddp only (got {self.parallelism!r}); "
+                              "set compile=off or parallelism=ddp")
+
+    def parallel_options(self) -> ParallelOptions:
+        """The ``parallelism`` keys as ``shared.training.parallel`` takes them."""
+        return ParallelOptions(self.parallelism, self.fsdp_reshard_after_forward, self.fsdp_cpu_offload,
+                               self.activation_checkpointing, self.zero_offload_optimizer, self.zero_offload_params)
 
 
 @dataclass

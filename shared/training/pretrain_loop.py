@@ -7,8 +7,12 @@ Contract of ``train_loop_per_worker(spec)``:
 - Each step samples its micro-batches from a generator seeded by ``(seed, step, rank, micro)``,
   so a run resumed from a checkpoint sees exactly the batches an uninterrupted run would: with
   the model, optimizer and step restored, the loss curve continues identically.
+- The data-parallel strategy (``parallelism``: ddp, fsdp, zero1/2/3) lives in ``shared.training.parallel``;
+  the loop only calls its ``Parallel``. Whatever the strategy, the checkpoint's ``model`` is the full,
+  gathered fp32 state dict under the ``GPT`` keys, so the driver writes the same HF artifact.
 - Every ``train.ckpt_every`` steps (``checkpoint_interval()``) and at the end, rank 0 reports a Ray
-  Train checkpoint holding the model, optimizer, step and metric history, plus ``checkpoint.json``
+  Train checkpoint holding the model, optimizer, step, metric history and the strategy (with the world
+  size: a ZeRO optimizer state is per rank), plus ``checkpoint.json``
   (its step and the state file's size, written after the state: ``checkpoint_step`` reads it to
   tell a complete checkpoint from one cut short); other ranks report the same metrics without one
   (Ray Train v2 wants every rank to call ``report``).
@@ -26,7 +30,6 @@ It does not write artifacts: the driver turns the final checkpoint into an HF ar
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -45,7 +48,7 @@ from shared.model.gpt import GPT, GPTConfig
 from shared.model.hf import save_hf_checkpoint
 from shared.progress import report_progress
 from shared.training.hardware import autocast, peak_flops, resolve_precision
-from shared.training.optim import build_adamw
+from shared.training.parallel import Parallel, wrap
 from shared.training.pretrain_config import PretrainConfig
 from shared.training.schedules import lr_at
 
@@ -124,12 +127,9 @@ def evaluate(model: torch.nn.Module, datasets: dict[str, TokenDataset], batches:
     return out
 
 
-def _save_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int,
-                history: list[dict[str, Any]]) -> None:
-    raw = model.module if hasattr(model, "module") else model
-    torch.save({"model": raw.state_dict(), "optimizer": opt.state_dict(), "step": step, "history": history},
-               path / STATE_FILE)
-    (path / MARKER_FILE).write_text(json.dumps({"step": step, "bytes": (path / STATE_FILE).stat().st_size}))
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    torch.save(state, path / STATE_FILE)
+    (path / MARKER_FILE).write_text(json.dumps({"step": state["step"], "bytes": (path / STATE_FILE).stat().st_size}))
 
 
 def checkpoint_step(directory: str | Path) -> int | None:
@@ -149,23 +149,38 @@ def load_state(directory: str | Path) -> dict[str, Any]:
     return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
 
 
-def _report(metrics: dict[str, Any], model, opt, step: int, history: list, rank: int, with_ckpt: bool) -> None:
+def _report(metrics: dict[str, Any], par: Parallel, step: int, history: list, rank: int, with_ckpt: bool) -> None:
     import ray.train
     if not with_ckpt:
         ray.train.report(metrics)
         return
+    # Every rank takes part in gathering (FSDP and ZeRO hold shards); rank 0 gets the full state.
+    model_state, optimizer_state = par.full_state_dict(), par.optimizer_state()
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:  # side effects on rank 0 only
-            _save_state(Path(tmp), model, opt, step, history)
+            _save_state(Path(tmp), {"model": model_state, "optimizer": optimizer_state, "step": step,
+                                    "history": history, **par.checkpoint_extra()})
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def _maybe_snapshot(spec: TrainSpec, model: GPT, step: int, rank: int) -> None:
+def _maybe_snapshot(spec: TrainSpec, source: Parallel | GPT, step: int, rank: int) -> None:
+    """Save the snapshot due at ``step`` from ``source``: the run's ``Parallel`` (every rank calls: a sharded
+    model is gathered first) or, on one process, a plain ``GPT``."""
     every = spec.config.train.snapshot_every
-    if rank != 0 or not every or not spec.snapshot_dir or step % every:
+    if not every or not spec.snapshot_dir or step % every:
         return
+    if isinstance(source, Parallel):
+        state = source.full_state_dict()  # a collective: every rank gathers, rank 0 gets the weights
+        if rank != 0:
+            return
+        model = GPT(GPTConfig(**spec.model))
+        model.load_state_dict(state)
+    elif rank != 0:
+        return
+    else:
+        model = source
     save_hf_checkpoint(model, Path(spec.snapshot_dir) / f"step_{step:06d}", tokenizer_dir=spec.tokenizer_dir)
 
 
@@ -180,20 +195,14 @@ def _maybe_fail(spec: TrainSpec, step: int, rank: int) -> None:
     raise InjectedFailure(f"injected failure after step {step} (fail_at_step)")
 
 
-def _restore(model: GPT, opt: torch.optim.Optimizer, resume_from: str | None) -> tuple[int, list[dict[str, Any]]]:
-    """Load the checkpoint to start from (see the module docstring); ``(step, history)`` of it, or ``(0, [])``."""
+def _checkpoint_to_start_from(resume_from: str | None) -> dict[str, Any] | None:
+    """The checkpoint to start from (see the module docstring), or None to start at step 0."""
     import ray.train
     ckpt = ray.train.get_checkpoint()  # this fit's own latest: newer than resume_from when there is one
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            state = load_state(d)
-    elif resume_from:
-        state = load_state(resume_from)
-    else:
-        return 0, []
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    return state["step"], state["history"]
+            return load_state(d)
+    return load_state(resume_from) if resume_from else None
 
 
 def train_loop_per_worker(spec_dict: dict[str, Any]) -> None:
@@ -205,9 +214,18 @@ def train_loop_per_worker(spec_dict: dict[str, Any]) -> None:
     device = _device(cfg.use_gpu)
     precision = resolve_precision(cfg.precision, device)
     model = _build_model(spec, device)
-    opt = build_adamw(model, o.lr, o.weight_decay, (o.beta1, o.beta2))
-    start, history = _restore(model, opt, spec.resume_from)
-    train_model = _wrap(model, cfg, device, world)
+    saved = _checkpoint_to_start_from(spec.resume_from)
+    if saved is not None:  # the full weights go into the plain model, before any strategy shards it
+        model.load_state_dict(saved["model"])
+    par = wrap(model, cfg.parallel_options(), device, world, precision, lr=o.lr, weight_decay=o.weight_decay,
+               betas=(o.beta1, o.beta2), grad_clip=o.grad_clip, grad_accum=o.grad_accum, micro_batch=o.batch_size)
+    start, history = 0, []
+    if saved is not None:
+        par.check_resume(saved)
+        par.load_optimizer_state(saved["optimizer"])
+        start, history = saved["step"], saved["history"]
+    model = par.model  # the network to evaluate (DeepSpeed's engine.module; the sharded module under FSDP)
+    train_model = _compile(par.forward_model, cfg, device)
     train_ds = TokenDataset(spec.train_dir, "train")
     val_sets = {name: TokenDataset(d, "val") for name, d in spec.val_dirs.items()}
     B, T = o.batch_size, spec.model["block_size"]
@@ -216,7 +234,7 @@ def train_loop_per_worker(spec_dict: dict[str, Any]) -> None:
     if start == 0:
         metrics = {"step": 0, "tokens": 0, **evaluate(model, val_sets, o.eval_batches, B, T, precision, device)}
         history.append(metrics)
-        _maybe_snapshot(spec, model, 0, rank)
+        _maybe_snapshot(spec, par, 0, rank)
     progress = _progress(rank, start, o.max_steps)
     ckpt_every = o.checkpoint_interval()
     if rank == 0:
@@ -224,14 +242,13 @@ def train_loop_per_worker(spec_dict: dict[str, Any]) -> None:
     t0, window_tokens = time.perf_counter(), 0
     for step in range(start, o.max_steps):
         lr = lr_at(step, o.max_steps, o.lr, o.schedule, o.warmup, o.min_lr_ratio, o.decay_ratio)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        loss = _train_step(train_model, opt, train_ds, cfg, step, rank, precision, device, T)
+        par.set_lr(lr)
+        loss = _train_step(par, train_model, train_ds, cfg, step, rank, precision, device, T)
         done = step + 1
         window_tokens += tokens_per_step
         _maybe_fail(spec, done, rank)
         if done < o.max_steps:  # the final weights are the artifact itself
-            _maybe_snapshot(spec, model, done, rank)
+            _maybe_snapshot(spec, par, done, rank)
         metrics = {"step": done, "tokens": done * tokens_per_step, "train_loss": loss, "lr": lr}
         logged = done % o.log_every == 0 or done == o.max_steps
         if logged:
@@ -249,25 +266,23 @@ def train_loop_per_worker(spec_dict: dict[str, Any]) -> None:
         progress.update(1)
         progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
         if done % ckpt_every == 0 or done == o.max_steps:
-            _report(metrics, model, opt, done, history, rank, with_ckpt=True)
+            _report(metrics, par, done, history, rank, with_ckpt=True)
     if start >= o.max_steps:  # resumed from the final checkpoint (the driver died before registering): hand it back
-        _report(history[-1], model, opt, start, history, rank, with_ckpt=True)
+        _report(history[-1], par, start, history, rank, with_ckpt=True)
     progress.close()
 
 
-def _wrap(model: GPT, cfg: PretrainConfig, device: torch.device, world: int) -> torch.nn.Module:
-    """DDP across workers (Ray Train set up the process group), then optionally torch.compile."""
-    wrapped: torch.nn.Module = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    use_compile = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
-    return torch.compile(wrapped) if use_compile else wrapped
+def _compile(module: torch.nn.Module, cfg: PretrainConfig, device: torch.device) -> torch.nn.Module:
+    """torch.compile the training forward when asked (``auto``: on CUDA under DDP; the config allows ``on`` with
+    DDP only)."""
+    use_compile = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda" and cfg.parallelism == "ddp")
+    return torch.compile(module) if use_compile else module
 
 
-def _train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, ds: TokenDataset, cfg: PretrainConfig,
+def _train_step(par: Parallel, model: torch.nn.Module, ds: TokenDataset, cfg: PretrainConfig,
                 step: int, rank: int, precision: str, device: torch.device, block_size: int) -> float:
-    """One optimizer step over ``grad_accum`` micro-batches; returns the mean micro-batch loss."""
+    """One optimizer step over ``grad_accum`` micro-batches (``model`` is ``par``'s training forward, compiled or
+    not); returns the mean micro-batch loss."""
     o = cfg.train
     accum = o.grad_accum
     total = 0.0
@@ -275,18 +290,12 @@ def _train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, ds: TokenDat
         generator = _batch_generator(cfg.seed, step, rank, micro)
         x, y = repeat_spans(*ds.get_batch(o.batch_size, block_size, generator), cfg.data.repeat_fraction, generator,
                             ds.vocab_size if cfg.data.repeat_source == "random" else None)
-        sync = micro == accum - 1 or not hasattr(model, "no_sync")
-        # DDP: skip the gradient all-reduce on all but the last micro-batch.
-        ctx = model.no_sync() if not sync else contextlib.nullcontext()
-        with ctx:
+        with par.micro_batch(last=micro == accum - 1):
             with autocast(precision, device):
                 _, loss = model(x.to(device), y.to(device))
-            (loss / accum).backward()
+            par.backward(loss)
         total += loss.item()
-    if o.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
+    par.step()
     return total / accum
 
 

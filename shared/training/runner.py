@@ -8,7 +8,9 @@
    stage has no ``journey.json`` and its checkpoints were written under the same config, tokenizer,
    start model and data), printing ``resuming <stage> from step N (checkpoint ...)`` when it does,
 4. runs ``train_loop_per_worker`` under ``TorchTrainer`` with ``FailureConfig(max_failures)``: a worker
-   that dies is restarted from the last reported checkpoint,
+   that dies is restarted from the last reported checkpoint; the workers split the model and its state
+   by ``parallelism`` (ddp, fsdp, zero1/2/3: ``shared.training.parallel``), and every checkpoint holds
+   the full gathered weights, so what follows is the same for every strategy,
 5. converts the final checkpoint to an HF ``GPT2LMHeadModel`` directory with the tokenizer, writes
    the metric history (``metrics.jsonl``) and a loss-curve PNG, registers the artifact (with
    ``extra["resumed_from_step"]``: 0 when it started fresh) and deletes the checkpoints.

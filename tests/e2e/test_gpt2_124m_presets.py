@@ -91,6 +91,38 @@ def test_pretrain_preset_is_build_nanogpts_half_million_token_step_on_one_gpu():
     assert (p["train"]["lr"], p["train"]["warmup"], p["train"]["max_steps"]) == (6e-4, 715, 19073)
 
 
+@pytest.mark.parametrize("stage", ["tokenizer", "pretrain"])
+def test_gpt2_1b_presets_are_one_experiment_on_1_and_8_gpus(stage):
+    """gpt2-1b is written for tokenizer and pretrain: both presets exist, start with their command, and
+    differ only in placement, with GPT-3 XL's 1M-token step (B x T x accumulation x workers)."""
+    one, eight = (read_yaml(CONFIGS_DIR / stage / f"{name}.yaml") for name in ("gpt2-1b", "gpt2-1b-8gpu"))
+    for name in ("gpt2-1b", "gpt2-1b-8gpu"):
+        first = (CONFIGS_DIR / stage / f"{name}.yaml").read_text().splitlines()[0]
+        assert first.startswith("# journey ") and f"preset={name}" in first, (stage, name, first)
+    a, b = _flat(one), _flat(eight)
+    assert {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} <= PLACEMENT_KEYS
+    if stage == "pretrain":
+        assert one["model"] == {"preset": "gpt2-1b"} and (one["num_workers"], eight["num_workers"]) == (1, 8)
+        for p in (one, eight):
+            assert p["num_workers"] * p["train"]["batch_size"] * p["train"]["grad_accum"] * 1024 == 2 ** 20
+
+
+@pytest.mark.parametrize("name", ["gpt2-1b", "gpt2-1b-8gpu"])
+def test_gpt2_1b_parallelism_is_the_planners_choice_for_its_gpus(name):
+    """The preset's ``parallelism`` (and options) is what ``choose_strategy`` picks for its workers x 80 GB."""
+    from shared.config import load_config
+    from shared.model.presets import model_config
+    from shared.plan.hardware import KNOWN_GPUS
+    from shared.plan.memory import ModelShape, choose_strategy
+    from shared.plan.plan import configured_strategy
+    from shared.training.pretrain_config import PretrainConfig
+    cfg = load_config(PretrainConfig, "pretrain", name)
+    g = model_config(cfg.model.preset, vocab_size=VOCAB)
+    shape = ModelShape(g.vocab_size, g.block_size, g.n_layer, g.n_head, g.n_embd)
+    choice = choose_strategy(shape, cfg.num_workers, KNOWN_GPUS["H100"], cfg.train.batch_size, g.block_size, "bf16")
+    assert configured_strategy(cfg) == choice.choice.strategy, choice.reason
+
+
 # ----------------------------------------------------------------------------- local copies of the hub data
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:

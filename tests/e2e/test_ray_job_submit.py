@@ -42,8 +42,11 @@ def ray_head():
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}:{os.environ['PATH']}", "HOME": temp}
     env.pop("RAY_ADDRESS", None)
     _ray("get-auth-token", "--generate", env=env)
-    port, dash = _free_port(), _free_port()
+    port, dash, agent = _free_port(), _free_port(), _free_port()
+    # The agent's own port too: its default (52365) is taken by any other Ray on the machine, and an agent
+    # that cannot bind it runs without its HTTP service, so every job submission answers "No available agent".
     _ray("start", "--head", f"--port={port}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
+         f"--dashboard-agent-listen-port={agent}",
          "--num-cpus=2", f"--temp-dir={temp}", "--include-dashboard=true", env=env)
     try:
         yield env, f"http://127.0.0.1:{dash}"

@@ -40,3 +40,72 @@ def test_lr_schedule_experiment_plots_each_arm(tmp_path, ray_session):
 def test_experiment_config_rejects_unknown_schedule(tmp_path):
     with pytest.raises(ValueError, match="unknown schedule 'step'"):
         _cfg(tmp_path, schedules=["step"])
+
+
+@pytest.mark.e2e
+def test_moe_experiment_compares_moe_with_dense_arms(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from shared.training.moe_experiment import ARMS, moe_experiment
+
+    cfg = _cfg(tmp_path, steps=10, pretrain={"data": {"max_bytes": 120_000, "engine": "local"}, "cpus_per_worker": 1,
+                                             "train": {"eval_batches": 2, "batch_size": 8, "eval_every": 5}},
+               moe={"n_experts": 4, "expert_hidden": 32})
+    art = moe_experiment(cfg)
+    rows = {r["arm"]: r for r in json.loads((art.dir / "experiment-moe.json").read_text())}
+    assert set(rows) == set(ARMS)
+    # equal active parameters (top-1 adds only the router) and equal total parameters (up to the router)
+    top1, active, total = rows["moe-top1"], rows["dense-active"], rows["dense-total"]
+    assert top1["active_params"] - active["active_params"] == 2 * 4 * 32  # 2 layers x (4 experts x 32 wide router)
+    assert abs(top1["total_params"] - total["total_params"]) == 2 * 4 * 32
+    assert top1["flops_per_token"] < rows["moe-top2"]["flops_per_token"] < total["flops_per_token"]
+    for arm in ("moe-top1", "moe-top2", "moe-fine"):
+        assert 0 <= rows[arm]["dropped_pct"] < 100 and rows[arm]["expert_load_max"] > 0
+    assert rows["moe-fine"]["dropped_pct"] is not None and rows["dense-active"]["dropped_pct"] is None
+    assert all(r["final_val_loss"] < 6.3 and r["tokens_per_s"] > 0 for r in rows.values())  # ln(512) = 6.24
+    curves = json.loads((art.dir / "curves.json").read_text())
+    assert [p["step"] for p in curves["moe-top1"]] == [0, 5, 10] and "load" in curves["moe-top1"][-1]
+    for png in ("experiment-moe.png", "experiment-moe-experts.png"):
+        assert (art.dir / png).stat().st_size > 5000
+    assert AutoModelForCausalLM.from_pretrained(art.dir / "moe-top1").config.model_type == "qwen2_moe"
+    assert AutoModelForCausalLM.from_pretrained(art.dir / "moe-fine").config.model_type == "ernie4_5_moe"
+    assert art.kind == "experiment" and art.parents == ["exp/tokenizer"]
+
+
+def test_moe_experiment_rejects_an_unknown_arm(tmp_path):
+    from shared.config import ConfigError
+    from shared.training.moe_experiment import moe_settings
+
+    with pytest.raises(ConfigError, match="unknown moe arm 'sparse'"):
+        moe_settings(_cfg(tmp_path, moe={"arms": ["sparse"]}))
+
+
+def test_parallelism_experiment_measures_every_strategy(tmp_path, ray_session):
+    """`journey experiment parallelism` for real: 2 CPU ranks, every strategy, table + chart beside the planner."""
+    from shared import stages
+    cfg = load_config(ExperimentConfig, "experiment", None, base={
+        "run": "exp", "runs_dir": str(tmp_path),
+        "parallel": {"workers": 2, "steps": 3, "warmup_steps": 1, "batch_size": 2, "block_size": 32, "n_embd": 32,
+                     "vocab_size": 256, "memory_budget_mb": 64}})
+    art = stages.get("experiment").commands["parallelism"](cfg)
+    rows = {r["arm"]: r for r in json.loads((art.dir / "experiment-parallelism.json").read_text())}
+    assert list(rows) == ["ddp", "zero1", "zero2", "fsdp-noreshard", "fsdp", "zero3"]
+    ddp, fsdp = rows["ddp"], rows["fsdp"]
+    params = ddp["params"]
+    # fp32 AdamW: DDP holds 16 bytes per parameter on each rank, FSDP exactly half of it on 2 ranks
+    assert ddp["state_bytes_per_rank"] == 16 * params
+    assert fsdp["state_bytes_per_rank"] == 8 * params
+    assert ddp["planner_state_bytes"] == ddp["state_bytes_per_rank"]  # the planner, handed in by the stage table
+    # every sharded strategy holds less than DDP, and ZeRO-3 less than ZeRO-1
+    assert all(r["state_bytes_per_rank"] < ddp["state_bytes_per_rank"] for a, r in rows.items() if a != "ddp")
+    assert rows["zero3"]["state_bytes_per_rank"] < rows["zero1"]["state_bytes_per_rank"]
+    # communication per step (ring): DDP all-reduces the fp32 gradients, 2Ψ·4·(N-1)/N; FSDP moves 3Ψ
+    assert ddp["comm_bytes_per_step"] == pytest.approx(4 * params, rel=0.01)
+    assert fsdp["comm_bytes_per_step"] == pytest.approx(1.5 * ddp["comm_bytes_per_step"], rel=0.02)
+    assert rows["fsdp-noreshard"]["comm_bytes_per_step"] < fsdp["comm_bytes_per_step"]  # no re-gather in backward
+    # the same computation laid out differently: the losses agree
+    assert all(r["final_loss"] == pytest.approx(ddp["final_loss"], rel=1e-4) for r in rows.values())
+    assert all(r["max_batch_in_budget"] > 0 and r["step_s"] > 0 and len(r["per_rank"]) == 2 for r in rows.values())
+    assert rows["zero3"]["max_batch_in_budget"] >= ddp["max_batch_in_budget"]
+    assert (art.dir / "experiment-parallelism.png").stat().st_size > 5000
+    assert "max_batch_in_budget" in (art.dir / "experiment-parallelism.md").read_text()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -91,3 +92,66 @@ def test_a_model_whose_vocabulary_does_not_match_the_tokenizer_is_found(capsys, 
     assert code == 0, out
     assert plan_cli.load_config(plan_cli.PlanConfig, "journey", None, base={"init_from": "imp/import"}).stages == \
         [s for s in DEFAULT_JOURNEY if s not in ("tokenizer", "pretrain")]
+
+
+GPT2_GGUF = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tokenizers" / "ggml-vocab-gpt-2.gguf"
+
+
+def _gpt2_1b_argv(runs_dir, *extra, preset="gpt2-1b"):
+    """``journey plan preset=gpt2-1b`` offline: GPT-2's vocabulary from the local GGUF file when it is here."""
+    tok = [f"tokenizer.pretrained={GPT2_GGUF}"] if GPT2_GGUF.is_file() else []
+    return [f"preset={preset}", f"runs_dir={runs_dir}", "check_hub=false", *tok, *extra]
+
+
+def _gpt2_1b_choice(n: int) -> str:
+    """What ``choose_strategy`` picks for the preset's micro-batch and context on ``n`` x 80 GB (bf16: an H100)."""
+    from shared.config import load_config
+    from shared.model.presets import model_config
+    from shared.plan.hardware import KNOWN_GPUS
+    from shared.plan.memory import ModelShape, choose_strategy
+    from shared.training.pretrain_config import PretrainConfig
+    cfg = load_config(PretrainConfig, "pretrain", "gpt2-1b")
+    g = model_config(cfg.model.preset, vocab_size=50263)  # GPT-2's 50,257 ids + our 6 special tokens
+    shape = ModelShape(g.vocab_size, g.block_size, g.n_layer, g.n_head, g.n_embd)
+    return choose_strategy(shape, n, KNOWN_GPUS["H100"], cfg.train.batch_size, g.block_size, "bf16") \
+        .choice.strategy.label
+
+
+def test_gpt2_1b_plan_prints_every_strategy_and_the_choice_for_1_4_8_gpus(capsys, runs_dir):
+    code, out, _ = _run(capsys, *_gpt2_1b_argv(runs_dir))
+    # exit 1: FineWeb-Edu is not checked (check_hub=false), and without a GPU use_gpu=true is a problem too
+    assert code == 1 and "[pretrain] hub dataset HuggingFaceFW/fineweb-edu is not checked" in out
+    assert "preset gpt2-1b has configs for stages [tokenizer,pretrain] only" in out
+    assert "1.3B L24 d2048 h16 V50263 T1024" in out
+    assert "parallelism of pretrain: 1.3B parameters, micro-batch 16 x 1024 tokens per GPU, bf16" in out
+    header = next(line for line in out.splitlines() if line.startswith("gpus "))
+    assert header.split() == ["gpus", "strategy", "weights", "grads", "optim", "buffers", "activ", "total", "host",
+                              "fits", "max", "micro-batch"]
+    for n in (1, 4, 8):
+        for label in ("ddp", "zero1", "zero2", "fsdp (no reshard)", "fsdp", "zero3"):
+            assert any(line.startswith(f"{n} x 80 GB") and f"  {label}  " in line for line in out.splitlines()), \
+                (n, label)
+        assert f"choice on {n} x H100 (80 GB): {_gpt2_1b_choice(n)}\n" in out
+    assert "is the simplest that fits" in out
+
+
+def test_gpt2_1b_8gpu_plan_json_has_the_choices_and_the_configured_strategy(capsys, runs_dir):
+    code, out, _ = _run(capsys, *_gpt2_1b_argv(runs_dir, "--json", preset="gpt2-1b-8gpu"))
+    data = json.loads(out)
+    pretrain = next(s for s in data["stages"] if s["stage"] == "pretrain")
+    settings = pretrain["parallelism"]["settings"]
+    assert [s["setting"]["n_gpus"] for s in settings[:3]] == [1, 4, 8]
+    assert [s["choice"]["choice"]["label"] for s in settings[:3]] == [_gpt2_1b_choice(n) for n in (1, 4, 8)]
+    eight = settings[2]["choice"]["choice"]
+    # the row's memory is the configured strategy on the job's 8 GPUs: the planner's choice for 8 x 80 GB
+    assert pretrain["memory"]["total"] == pytest.approx(eight["total"])
+    assert pretrain["workers"] == 8
+
+
+def test_a_strategy_that_does_not_fit_gets_the_planners_choice_as_its_fix(capsys, runs_dir):
+    from shared.plan.memory import STRATEGY_ROWS
+    code, out, _ = _run(capsys, *_gpt2_1b_argv(runs_dir, "gpu=A100-40GB", preset="gpt2-1b-8gpu"))
+    assert code == 1 and "[pretrain] needs ~" in out and "the A100-40GB has 40 GB" in out
+    job = out[out.index("choice on this job: 8 x A100-40GB (40 GB): "):].splitlines()[0].rsplit(": ", 1)[1]
+    assert job in {s.label for s in STRATEGY_ROWS} - {"ddp"}  # sharding is what makes it fit
+    assert f"or set pretrain.parallelism={job.split()[0]}" in out

@@ -54,7 +54,9 @@ def test_journey_help_lists_every_stage_of_the_table(capsys):
     printed = capsys.readouterr().out
     for s in stages.STAGES:
         assert f"journey {s.name} {s.usage}" in printed and f"(ray_jobs.{s.entry})" in printed, s.name
-    assert "journey experiment vocab-size|lr-schedules|finetune-methods [--config P]" in printed
+    experiments = "|".join(stages.BY_NAME["experiment"].commands)
+    assert experiments.startswith("vocab-size|lr-schedules|finetune-methods|")
+    assert f"journey experiment {experiments} [--config P]" in printed
     assert "journey run " in printed and "journey submit STAGE" in printed
 
 
