@@ -267,13 +267,24 @@ def save_hf_checkpoint(model: GPT, out_dir, tokenizer_dir=None, extra_config: di
     if clash:
         raise CheckpointError(f"extra_config may not set architecture fields {clash}; they come from the model's "
                               "GPTConfig: change that instead")
-    token_ids = {}
-    if tokenizer_dir is not None:
-        tokenizer = _load_tokenizer(Path(tokenizer_dir), model.config.vocab_size)
-        token_ids = {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id") for name in ("bos", "eos", "pad")}
+    return _write_checkpoint(gpt_to_hf(model, **_special_token_ids(tokenizer_dir, model.config.vocab_size), **extra),
+                             out_dir, tokenizer_dir)
+
+
+def _special_token_ids(tokenizer_dir, vocab_size: int) -> dict[str, int | None]:
+    """The tokenizer's bos/eos/pad ids as HF config entries (none without a tokenizer); the tokenizer is
+    checked against ``vocab_size`` first (``_load_tokenizer``)."""
+    if tokenizer_dir is None:
+        return {}
+    tokenizer = _load_tokenizer(Path(tokenizer_dir), vocab_size)
+    return {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id") for name in ("bos", "eos", "pad")}
+
+
+def _write_checkpoint(hf_model, out_dir, tokenizer_dir) -> Path:
+    """``hf_model.save_pretrained(out_dir)`` plus the tokenizer's files, so the checkpoint is self-contained."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    gpt_to_hf(model, **token_ids, **extra).save_pretrained(out)
+    hf_model.save_pretrained(out)
     if tokenizer_dir is not None:
         for name in TOKENIZER_FILES:
             if (Path(tokenizer_dir) / name).is_file():
@@ -555,18 +566,8 @@ def save_moe_checkpoint(model, out_dir, tokenizer_dir=None, extra_config: dict |
     """Write an ``MoEGPT`` as an HF checkpoint directory (Qwen2-MoE or Ernie-4.5-MoE, ``moe_architecture``) that
     ``AutoModelForCausalLM`` loads with the same logits."""
     model = _unwrap(model)
-    token_ids = {}
-    if tokenizer_dir is not None:
-        tokenizer = _load_tokenizer(Path(tokenizer_dir), model.config.vocab_size)
-        token_ids = {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id") for name in ("bos", "eos", "pad")}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    moe_to_hf(model, **token_ids, **dict(extra_config or {})).save_pretrained(out)
-    if tokenizer_dir is not None:
-        for name in TOKENIZER_FILES:
-            if (Path(tokenizer_dir) / name).is_file():
-                shutil.copy2(Path(tokenizer_dir) / name, out / name)
-    return out
+    hf = moe_to_hf(model, **_special_token_ids(tokenizer_dir, model.config.vocab_size), **dict(extra_config or {}))
+    return _write_checkpoint(hf, out_dir, tokenizer_dir)
 
 
 def load_moe(path, map_location="cpu"):
