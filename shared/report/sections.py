@@ -118,6 +118,11 @@ def _timings(view: StageView) -> str:
     return f"It took {duration(view.wall_s)}" + (f" ({', '.join(parts)})" if len(parts) > 1 else "") + "."
 
 
+def _is_rows(v: Any) -> bool:
+    """A metric that is a table: a non-empty list of dicts (an experiment's rows, one per arm)."""
+    return isinstance(v, list) and bool(v) and all(isinstance(row, dict) for row in v)
+
+
 def stage_part(view: StageView, data: RunData, claimed: set) -> list[Block]:
     spec = stage_table.BY_NAME.get(view.stage)
     blocks: list[Block] = [Subheading(f"{view.stage} · {view.kind}", f"stage-{view.stage}")]
@@ -149,7 +154,12 @@ def stage_part(view: StageView, data: RunData, claimed: set) -> list[Block]:
     if missing:
         blocks.append(Para(f"Not recorded: {', '.join(missing)}.", muted=True))
     scored = [k for k in view.metrics if k.startswith("eval/")]
-    rest = [k for k in view.metrics if k not in shown and k not in scored]
+    tables = {k: v for k, v in view.metrics.items() if k not in shown and _is_rows(v)}
+    for key, rows in tables.items():  # an experiment's arms: one row each
+        columns = list(dict.fromkeys(c for row in rows for c in row))
+        blocks.append(Table(columns, [["–" if row.get(c) is None else value(c, row.get(c)) for c in columns]
+                                      for row in rows], caption=f"{view.stage}: {label(key)}"))
+    rest = [k for k in view.metrics if k not in shown and k not in scored and k not in tables]
     if rest:
         blocks.append(Details(f"All {len(rest)} other metrics of {view.stage}",
                               [Table(["metric", "value"], [[k, value(k, view.metrics[k])] for k in rest])]))

@@ -142,3 +142,16 @@ def test_the_report_loads_no_torch():
     code = "import sys\nimport shared.report\nprint('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
+
+
+def test_an_experiments_arms_are_a_table_with_its_plots(tmp_path):
+    from tests.shared.report.small_run import _stage
+    registry = build(tmp_path / "runs", with_eval=False, with_quantize=False)
+    rows = [{"arm": "dense", "val_loss": 5.355, "dropped_pct": None},
+            {"arm": "moe-top2", "val_loss": 5.267, "dropped_pct": 3.006}]
+    _stage(registry, "experiment-moe", "experiment", metrics={"rows": rows}, pngs=["experiment-moe.png"])
+    md = (write_report(registry, RUN).parent / "report.md").read_text()
+    assert "| arm | val_loss | dropped_pct |" in md
+    assert "| dense | 5.355 | – |" in md and "| moe-top2 | 5.267 | 3.006 |" in md
+    assert "experiment-moe-experiment-moe.png" in md  # its picture, beside report.md
+    assert "{'arm'" not in md  # the rows are not dumped as a metric
