@@ -1,7 +1,7 @@
-"""Fine-tune any HF causal LM (full, LoRA r=8/16/32, QLoRA) with DeepSpeed ZeRO 1/2/3, under Ray Train.
+"""Fine-tune any HF causal LM (full, LoRA r=8/16/32, QLoRA) under any parallelism (DDP, FSDP2, DeepSpeed ZeRO 1/2/3), under Ray Train.
 
     python -m ray_jobs.finetune --config tiny run=myrun method.method=lora method.lora_r=8
-    python -m ray_jobs.finetune --config zero2-cpu run=myrun deepspeed.zero_stage=3
+    python -m ray_jobs.finetune --config zero2-cpu run=myrun parallelism=zero3
     python -m ray_jobs.finetune --config llama3.1-8b-qlora          (one GPU)
 
 The data is chat (SFT: loss on the assistant's tokens) or a text corpus (domain fine-tuning:

@@ -220,15 +220,21 @@ def _moe_experiment(cfg):
 def _parallelism_experiment(cfg):
     # The memory planner is the experiment's theory; training may not import shared.plan (a later layer),
     # the stage table may, so it hands the planner in.
-    from shared.plan.memory import ModelShape, Strategy, strategy_bytes
+    from shared.plan.memory import ModelShape, Strategy, largest_micro_batch, strategy_bytes
     from shared.training.parallel_experiment import parallelism_experiment
 
+    def shape_of(model):
+        return ModelShape(**{k: model[k] for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")})
+
     def theory(strategy, reshard, model, ranks, batch, seq, precision):
-        shape = ModelShape(**{k: model[k] for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")})
         # The experiment measures a rank's state between backward and the optimizer step.
-        return strategy_bytes(shape, Strategy(strategy, reshard_after_forward=reshard), ranks, batch, seq,
+        return strategy_bytes(shape_of(model), Strategy(strategy, reshard_after_forward=reshard), ranks, batch, seq,
                               precision).state_after_backward
-    return parallelism_experiment(cfg, theory)
+
+    def planner_batch(strategy, reshard, model, ranks, seq, precision, budget, on_gpu):
+        return largest_micro_batch(shape_of(model), Strategy(strategy, reshard_after_forward=reshard), ranks, seq,
+                                   precision, budget, on_gpu=on_gpu)
+    return parallelism_experiment(cfg, theory, planner_batch)
 
 
 def _finetune_methods_experiment(cfg):

@@ -356,6 +356,14 @@ def _read_weights(file: Path) -> dict[str, torch.Tensor]:
 # (its output is exactly 0). Ernie-4.5-MoE renames a few weights and wants interleaved-RoPE q/k rows.
 
 _MOE_TRAINING_KEYS = ("capacity_factor", "aux_weight", "z_weight", "balance", "bias_rate")
+#: The HF ``model_type`` of the MoE checkpoints ``save_moe_checkpoint`` writes (serving and GGUF export ask this).
+MOE_MODEL_TYPES = ("qwen2_moe", "ernie4_5_moe")
+
+
+def is_moe_checkpoint(ckpt: str | Path) -> bool:
+    """Whether ``ckpt`` holds one of our MoE checkpoints (by its ``config.json``'s ``model_type``)."""
+    config = Path(ckpt) / CONFIG_FILE
+    return config.is_file() and json.loads(config.read_text()).get("model_type") in MOE_MODEL_TYPES
 
 
 def moe_hf_config(cfg, **extra):

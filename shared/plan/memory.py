@@ -9,7 +9,7 @@ Training state per parameter (weights / gradients / optimizer state), for AdamW 
 - ``bf16``/``fp16`` under torch autocast, which is how our pretraining loop and the HF Trainer
   (``bf16=True``) train: the parameters stay fp32 and autocast keeps a 16-bit copy of each weight
   for the backward pass, gradients are fp32: 4+2 / 4 / 8 = 18 bytes.
-- DeepSpeed ZeRO in 16-bit (``deepspeed.zero_stage`` > 0): 16-bit weights and gradients, the fp32
+- DeepSpeed ZeRO in 16-bit (``parallelism=zero1|zero2|zero3``): 16-bit weights and gradients, the fp32
   master copy counted with the optimizer state: 2 / 2 / 4+8 = 16 bytes, the "2Ψ + 2Ψ + KΨ, K = 12"
   of the ZeRO paper (Rajbhandari et al. 2020, §3.1). Stage 1 divides the optimizer state across
   the data-parallel workers, stage 2 also the gradients, stage 3 also the weights; offloading moves
@@ -45,9 +45,12 @@ parameters on N GPUs, ``choose_strategy`` picking the simplest that fits:
   end of backward, when DeepSpeed reduces them into each rank's partition (``stage_1_and_2.py``
   ``ipg_epilogue``): they count in the peak (``state``, the paper's 2Ψ), and what a rank still holds
   between backward and step is ``state_after_backward`` (gradients /N, as in ZeRO-2). Stages 1-2 keep
-  a gradient reduce bucket (``reduce_bucket_size``, 5e8 elements by default, two with ``overlap_comm``:
-  allocated whole whatever the model's size, ``setup_buckets``) beside the state. Offload moves the
-  optimizer state (and, in stage 3, the weights) to host memory.
+  a gradient reduce bucket (``reduce_bucket_size``: DeepSpeed's 5e8 elements, capped at the model's size
+  by ``shared.training.deepspeed_config.zero_bucket_elements``; two with ``overlap_comm``; allocated whole,
+  ``setup_buckets``) beside the state; stage 3 one such
+  bucket in the parameters' dtype (``stage3.py``, with ``contiguous_gradients``), found by the batch
+  search of ``journey experiment parallelism``. Offload moves the optimizer state (and, in stage 3, the
+  weights) to host memory.
 - ``fsdp`` (PyTorch FSDP2 ``fully_shard``, one unit per block plus the root): parameters, gradients and
   AdamW state sharded in the parameters' dtype (fp32; ``MixedPrecisionPolicy`` only casts what is
   gathered), 16Ψ/N. Full shard (``reshard_after_forward=True``, ZeRO-3-like) gathers the root
@@ -66,6 +69,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Optional
+
+from shared.training.deepspeed_config import zero_bucket_elements
+from shared.training.parallel_config import STRATEGIES
 
 GIB = 1024 ** 3
 
@@ -311,14 +317,10 @@ def round_up(n: int, multiple: int) -> int:
 
 # ----------------------------------------------------------------------------- parallelism strategies
 
-#: The strategies of pretraining's ``parallelism`` key (``shared.training.parallel.STRATEGIES``, which
-#: imports torch; a test keeps the two equal).
-STRATEGIES = ("ddp", "fsdp", "zero1", "zero2", "zero3")
 #: Share of a GPU's memory a plan may fill (see the module docstring: context, workspaces, fragmentation).
 USABLE_FRACTION = 0.9
-#: DeepSpeed ZeRO-1/2 gradient reduce bucket, in elements (``reduce_bucket_size`` default), and how many
-#: (two with ``overlap_comm``, which ``shared.training.deepspeed_config`` turns on for GPUs).
-DS_REDUCE_BUCKET = 500_000_000
+#: How many ZeRO-1/2 gradient reduce buckets (``zero_bucket_elements`` each): two with ``overlap_comm``, which
+#: ``shared.training.deepspeed_config`` turns on for GPUs.
 DS_REDUCE_BUFFERS = 2
 
 
@@ -440,12 +442,13 @@ def state_per_gpu(params: int, strategy: Strategy, n_gpus: int, precision: str =
 
 def strategy_bytes(shape: ModelShape, strategy: Strategy | str, n_gpus: int, micro_batch: int, seq_len: int,
                    precision: str = "bf16", offload: bool = False, activation_checkpointing: bool = False,
-                   reshard_after_forward: bool = True) -> StrategyBytes:
+                   reshard_after_forward: bool = True, on_gpu: bool = True) -> StrategyBytes:
     """Bytes per GPU of training ``shape`` under ``strategy`` on ``n_gpus``, ``micro_batch`` sequences of
     ``seq_len`` tokens per step per GPU: ``state_per_gpu`` plus buffers and activations (module docstring).
 
     ``strategy`` is a ``Strategy`` or a name (the keyword options then build it). ValueError for an
-    unknown name or ddp with offload.
+    unknown name or ddp with offload. ``on_gpu=False`` (the CPU experiment): ZeRO-1/2 keep one reduce bucket,
+    not two (``shared.training.deepspeed_config`` turns ``overlap_comm`` on for GPUs only).
     """
     if isinstance(strategy, str):
         strategy = Strategy(strategy, reshard_after_forward, offload, activation_checkpointing)
@@ -459,13 +462,18 @@ def strategy_bytes(shape: ModelShape, strategy: Strategy | str, n_gpus: int, mic
         out.buffers = params * state_bytes(precision).gradients
         out.notes.append("DDP gradient buckets: a second copy of the gradients")
     elif s.name in ("zero1", "zero2"):
-        out.buffers = DS_REDUCE_BUFFERS * DS_REDUCE_BUCKET * state_bytes(precision, zero=True).gradients
-        out.notes.append(f"ZeRO reduce buckets: {DS_REDUCE_BUFFERS} x {DS_REDUCE_BUCKET:.0e} gradient elements")
+        bucket = zero_bucket_elements(params)
+        buffers = DS_REDUCE_BUFFERS if on_gpu else 1
+        out.buffers = buffers * bucket * state_bytes(precision, zero=True).gradients
+        out.notes.append(f"ZeRO reduce buckets: {buffers} x {bucket:.2g} gradient elements")
     elif s.name == "zero3" or s.name == "fsdp":
         gathered = (root + 2 * block) if s.reshard_after_forward else params
         out.buffers = gathered * c + block * c  # + one block's unsharded gradients before reduce-scatter
         out.notes.append(f"gathered weights: {'root + 2 blocks' if s.reshard_after_forward else 'all'} "
                          f"in {'fp32' if c == 4 else '16-bit'}")
+    if s.name == "zero3":
+        out.buffers += zero_bucket_elements(params) * c
+        out.notes.append(f"ZeRO-3 reduce bucket: {zero_bucket_elements(params):.2g} gradient elements")
     out.activations = activation_bytes(shape, micro_batch, seq_len, precision, s.activation_checkpointing)
     return out
 
@@ -492,13 +500,21 @@ def candidates() -> list[Strategy]:
     return plain + ckpt + off
 
 
+def largest_micro_batch(shape: ModelShape, strategy: Strategy | str, n_gpus: int, seq_len: int, precision: str,
+                        budget: float, on_gpu: bool = True) -> int:
+    """The largest micro-batch whose ``strategy_bytes(...).total`` per GPU is at most ``budget`` bytes (0: not
+    even one): activations grow linearly with the micro-batch, everything else does not. ``journey plan``
+    (through ``max_micro_batch``) and ``journey experiment parallelism`` (its planned column, beside the
+    batch it finds by training) both ask here."""
+    one = strategy_bytes(shape, strategy, n_gpus, 1, seq_len, precision, on_gpu=on_gpu)
+    room = budget - (one.total - one.activations)
+    return max(0, int(room // one.activations))
+
+
 def max_micro_batch(shape: ModelShape, strategy: Strategy, n_gpus: int, seq_len: int, precision: str,
                     gpu_memory: float) -> int:
-    """The largest micro-batch whose total fits ``USABLE_FRACTION`` of ``gpu_memory`` (0: not even one):
-    activations grow linearly with the micro-batch, everything else does not."""
-    one = strategy_bytes(shape, strategy, n_gpus, 1, seq_len, precision)
-    room = USABLE_FRACTION * gpu_memory - (one.total - one.activations)
-    return max(0, int(room // one.activations))
+    """The largest micro-batch whose total fits ``USABLE_FRACTION`` of ``gpu_memory`` (0: not even one)."""
+    return largest_micro_batch(shape, strategy, n_gpus, seq_len, precision, USABLE_FRACTION * gpu_memory)
 
 
 def choose_strategy(shape: ModelShape, n_gpus: int, gpu_memory: float, micro_batch: int, seq_len: int,
@@ -530,5 +546,6 @@ def choose_strategy(shape: ModelShape, n_gpus: int, gpu_memory: float, micro_bat
 
 __all__ = ["GIB", "STRATEGIES", "STRATEGY_ROWS", "USABLE_FRACTION", "MemoryEstimate", "ModelShape", "ParamCount",
            "StateBytes", "Strategy", "StrategyBytes", "StrategyChoice", "activation_bytes", "candidates",
-           "choose_strategy", "gib", "inference_memory", "lora_param_count", "lora_targets", "max_micro_batch",
-           "param_count", "round_up", "state_bytes", "state_per_gpu", "strategy_bytes", "training_memory"]
+           "choose_strategy", "gib", "inference_memory", "largest_micro_batch", "lora_param_count", "lora_targets",
+           "max_micro_batch", "param_count", "round_up", "state_bytes", "state_per_gpu", "strategy_bytes",
+           "training_memory"]

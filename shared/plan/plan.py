@@ -463,7 +463,9 @@ def _plan_posttrain(ctx: _Context, stage: str, cfg: PostTrainConfig, row: StageR
     row.model, row.model_from = _resolve_model(ctx, stage, cfg.init_from, f"{stage}.init_from")
     if row.model is not None:
         ctx.models[stage] = row.model
-    t, m, ds = cfg.train, cfg.method, cfg.deepspeed
+    t, m, par = cfg.train, cfg.method, cfg.parallel_options()
+    # FSDP2 divides the state as ZeRO-3 does (ZeRO-2 when it keeps the gathered weights until backward).
+    fsdp_stage = (3 if par.fsdp_reshard_after_forward else 2) if par.strategy == "fsdp" else 0
     row.workers, row.device, row.steps = cfg.num_workers, "gpu" if cfg.use_gpu else "cpu", t.max_steps
     row.precision = _precision(cfg.precision, cfg.use_gpu, ctx.gpu)
     per_step = t.batch_size * t.max_length * t.grad_accum * cfg.num_workers * (2 if paired else 1)
@@ -478,9 +480,12 @@ def _plan_posttrain(ctx: _Context, stage: str, cfg: PostTrainConfig, row: StageR
         row.memory = training_memory(
             row.model, batch=t.batch_size * (2 if paired else 1), seq=t.max_length, precision=row.precision,
             method=m.method, optimizer=t.optim, lora_r=m.lora_r, lora_targets_spec=m.target_modules,
-            double_quant=m.double_quant, checkpointing=m.gradient_checkpointing, zero_stage=ds.zero_stage,
-            num_workers=cfg.num_workers, offload_optimizer=ds.offload_optimizer, offload_params=ds.offload_params,
+            double_quant=m.double_quant, checkpointing=cfg.checkpointing, zero_stage=par.zero_stage or fsdp_stage,
+            num_workers=cfg.num_workers, offload_optimizer=par.zero_offload_optimizer or par.fsdp_cpu_offload,
+            offload_params=par.zero_offload_params or (par.fsdp_cpu_offload and fsdp_stage == 3),
             frozen_copies=frozen, outputs=1 if isinstance(cfg, RewardJobConfig) else None)
+        if fsdp_stage:
+            row.memory.notes.append(f"parallelism=fsdp counted as ZeRO-{fsdp_stage}")
         if frozen:
             row.memory.notes.append(f"{frozen} frozen model(s) of the same shape (reference / reward model)")
     if isinstance(cfg, RLJobConfig):

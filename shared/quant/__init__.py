@@ -1,6 +1,8 @@
 """Quantization and quantized runtimes.
 
-- ``gguf_export``: an HF GPT-2 checkpoint dir (ours) -> a llama.cpp GGUF file (F32/F16), tokenizer included.
+- ``gguf_export``: an HF GPT-2 checkpoint dir (ours) -> a llama.cpp GGUF file (F32/F16), tokenizer included;
+  the writer, tensor and tokenizer helpers every architecture shares.
+- ``gguf_moe``: our MoE checkpoints (Qwen2-MoE, Ernie-4.5-MoE) -> GGUF ``qwen2moe`` / ``ernie4_5-moe``.
 - ``llama_cpp``: run GGUF files with llama-cpp-python (load, logits, generation with tokens/s) and
   quantize them with llama.cpp (F16, Q8_0, Q4_0, Q4_K).
 - ``weight_only``: INT8 / INT4 weight-only and dynamic INT8 linear layers for ``shared.engine`` (torch CPU kernels).

@@ -1,6 +1,8 @@
-"""Export an HF GPT-2 checkpoint directory (ours) to a llama.cpp GGUF file, tokenizer included.
+"""Export an HF checkpoint directory (ours) to a llama.cpp GGUF file, tokenizer included.
 
-``export_gguf(hf_dir, out_path, dtype="f16" | "f32")`` writes a GGUF v3 file that llama.cpp loads as
+``export_gguf(hf_dir, out_path, dtype="f16" | "f32")`` is the one entry point for every checkpoint we
+write: an MoE one (Qwen2-MoE / Ernie-4.5-MoE, ``shared.model.hf.save_moe_checkpoint``) is handed to
+``shared.quant.gguf_moe``; a GPT-2 one is written here as a GGUF v3 file that llama.cpp loads as
 architecture ``gpt2``:
 
 * hyper-parameters: ``gpt2.context_length`` (n_positions), ``embedding_length``, ``block_count``,
@@ -21,6 +23,10 @@ architecture ``gpt2``:
   tokenizer, ``eot = <|end|>`` (end of turn: llama.cpp stops generating there), ``add_bos`` as the
   HF tokenizer does it, and the Jinja chat template as ``tokenizer.chat_template``.
 
+What every architecture shares lives here, once, and ``gguf_moe`` uses it: ``check_dtype`` (the export
+dtypes), ``gguf_writer`` (the atomic write below), ``add_tensors`` (the F16/F32 policy) and
+``add_tokenizer`` (the ``tokenizer.ggml.*`` keys above).
+
 The checkpoint is read and validated by ``shared.model.hf.load_gpt`` (GPT-2 only, tied head, shapes
 match config; a ``CheckpointError`` names the fix). Tokenizer problems raise ``GGUFExportError``.
 The file is written beside ``out_path`` and renamed into place, so a failed export never leaves a
@@ -31,9 +37,11 @@ read GGUF vocabs back as HF tokenizers (``shared.tokenizer.gguf_vocab``).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -43,7 +51,7 @@ import torch
 from gguf import GGUFReader, GGUFWriter, LlamaFileType, MODEL_ARCH, MODEL_TENSOR, TENSOR_NAMES, TokenType
 
 from shared.model.gpt import GPT
-from shared.model.hf import load_gpt
+from shared.model.hf import is_moe_checkpoint, load_gpt
 from shared.chat_format import END
 from shared.tokenizer.hf_format import load_tokenizer
 
@@ -94,24 +102,21 @@ def gguf_tensors(model: GPT) -> dict[str, np.ndarray]:
 
 def export_gguf(hf_dir: str | Path, out_path: str | Path, dtype: Literal["f16", "f32"] = "f16",
                 name: str | None = None) -> Path:
-    """Write the GPT-2 checkpoint in ``hf_dir`` (weights + tokenizer) to GGUF ``out_path``; return the path.
+    """Write the checkpoint in ``hf_dir`` (weights + tokenizer) to GGUF ``out_path``; return the path.
 
     ``dtype`` is the type of the matrices (norms and biases stay F32); ``name`` is ``general.name``
-    (default: the directory name).
+    (default: the directory name). A GPT-2 checkpoint is written here; an MoE one (Qwen2-MoE or
+    Ernie-4.5-MoE, ``shared.model.hf.save_moe_checkpoint``) by ``shared.quant.gguf_moe``.
     """
-    if dtype not in DTYPES:
-        raise GGUFExportError(f"dtype {dtype!r} is not exportable; choose one of {', '.join(DTYPES)} "
-                              "(quantize further with shared.quant.llama_cpp.quantize_gguf)")
+    np_dtype, file_type = check_dtype(dtype)
     hf_dir, out_path = Path(hf_dir), Path(out_path)
+    if is_moe_checkpoint(hf_dir):
+        from shared.quant.gguf_moe import export_moe_gguf  # it imports this module's helpers
+        return export_moe_gguf(hf_dir, out_path, dtype=dtype, name=name)
     model = load_gpt(hf_dir)
     tokenizer = load_tokenizer(hf_dir)
-    np_dtype, file_type = DTYPES[dtype]
     cfg = model.config
-
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = out_path.with_name(out_path.name + ".partial")
-    writer = GGUFWriter(partial, ARCH)
-    try:
+    with gguf_writer(out_path, ARCH) as writer:
         writer.add_name(name or hf_dir.resolve().name)
         writer.add_context_length(cfg.block_size)
         writer.add_embedding_length(cfg.n_embd)
@@ -120,9 +125,32 @@ def export_gguf(hf_dir: str | Path, out_path: str | Path, dtype: Literal["f16", 
         writer.add_head_count(cfg.n_head)
         writer.add_layer_norm_eps(cfg.layer_norm_eps)
         writer.add_file_type(int(file_type))
-        _add_tokenizer(writer, tokenizer, cfg.vocab_size, hf_dir)
-        for tensor_name, array in gguf_tensors(model).items():
-            writer.add_tensor(tensor_name, _cast(tensor_name, array, np_dtype))
+        add_tokenizer(writer, tokenizer, cfg.vocab_size, hf_dir)
+        add_tensors(writer, gguf_tensors(model), np_dtype)
+    return out_path
+
+
+# ----------------------------------------------------------------------------- shared by every architecture
+# (``shared.quant.gguf_moe`` writes its files with these: one place for the dtype policy, the atomic write
+# and the tokenizer.)
+
+def check_dtype(dtype: str) -> tuple[type, LlamaFileType]:
+    """The numpy type of the matrices and the ``general.file_type`` of an export ``dtype``, or why not."""
+    if dtype not in DTYPES:
+        raise GGUFExportError(f"dtype {dtype!r} is not exportable; choose one of {', '.join(DTYPES)} "
+                              "(quantize further with shared.quant.llama_cpp.quantize_gguf)")
+    return DTYPES[dtype]
+
+
+@contextlib.contextmanager
+def gguf_writer(out_path: Path, arch: str) -> Iterator[GGUFWriter]:
+    """A ``GGUFWriter`` for architecture ``arch``: the block adds metadata and tensors; on leaving it the file
+    is written beside ``out_path`` and renamed into place, and on an error nothing is left behind."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = out_path.with_name(out_path.name + ".partial")
+    writer = GGUFWriter(partial, arch)
+    try:
+        yield writer
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -132,7 +160,15 @@ def export_gguf(hf_dir: str | Path, out_path: str | Path, dtype: Literal["f16", 
         raise
     writer.close()
     os.replace(partial, out_path)
-    return out_path
+
+
+def add_tensors(writer: GGUFWriter, tensors: dict[str, np.ndarray], np_dtype: type,
+                keep_f32: Iterable[str] = ()) -> None:
+    """Add ``tensors`` (GGUF name -> fp32 array in llama.cpp's layout): matrices as ``np_dtype``, 1-D tensors and
+    the names in ``keep_f32`` as F32."""
+    keep = set(keep_f32)
+    for tensor_name, array in tensors.items():
+        writer.add_tensor(tensor_name, _cast(tensor_name, array, np.float32 if tensor_name in keep else np_dtype))
 
 
 def _cast(name: str, array: np.ndarray, np_dtype: type) -> np.ndarray:
@@ -159,7 +195,7 @@ def _merges(tokenizer, hf_dir: Path) -> list[str]:
     return [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
 
 
-def _add_tokenizer(writer: GGUFWriter, tokenizer, vocab_size: int, hf_dir: Path) -> None:
+def add_tokenizer(writer: GGUFWriter, tokenizer, vocab_size: int, hf_dir: Path) -> None:
     """Write the ``tokenizer.ggml.*`` keys (see the module docstring) for a model with ``vocab_size`` rows."""
     n = len(tokenizer)
     if n > vocab_size:

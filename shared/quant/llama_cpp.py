@@ -2,10 +2,15 @@
 
 * ``gguf_file(path)``: the model file of a GGUF artifact directory (``*.gguf`` in it), or ``path``
   itself when it is a ``.gguf`` file; None when there is none.
-* ``load_llama(path, n_ctx, n_threads, logits_all)``: a ``llama_cpp.Llama`` on CPU, quiet. ``n_ctx``
-  defaults to the model's trained context and may not exceed it (GPT-2 has learned positions: a
-  position past them has no embedding).
-* ``llama_logits(model_or_path, token_ids)``: float32 logits (len(ids), n_vocab) for every position.
+* ``load_llama(path, n_ctx, n_threads, logits_all, kv_cache)``: a ``llama_cpp.Llama`` on CPU, quiet.
+  ``n_ctx`` defaults to the model's trained context and may not exceed it (GPT-2 has learned positions:
+  a position past them has no embedding; RoPE models were never trained past it). Any architecture
+  llama.cpp knows loads: GPT-2 and, from ``shared.quant.gguf_moe``, qwen2moe / ernie4_5-moe / qwen2.
+  ``kv_cache`` is the K/V cache type: ``"f16"`` (llama.cpp's default, what serving uses) or ``"f32"``,
+  which makes an F32 file's logits match transformers' to ~1e-6 instead of ~1e-3 (F16 rounding of K
+  and V), for exactness checks.
+* ``llama_logits(model_or_path, token_ids, kv_cache=...)``: float32 logits (len(ids), n_vocab) for every
+  position.
 * ``llama_tokenize(llama, text, special=True)``: llama.cpp's own tokenizer; ``special=True`` parses
   control tokens (``<|user|>``) as single ids, as our HF tokenizer does.
 * ``llama_generate(model_or_path, prompt, max_new_tokens, temperature=0.0)``: ``LlamaGeneration``
@@ -51,6 +56,8 @@ INSTALL_HINT = ("install it with scripts/install_llama_cpp.sh (a portable build:
 QUANT_TYPES = {"f32": "LLAMA_FTYPE_ALL_F32", "f16": "LLAMA_FTYPE_MOSTLY_F16", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
                "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q4_k": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
                "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q4_k_s": "LLAMA_FTYPE_MOSTLY_Q4_K_S"}
+#: K/V cache type -> name of the ggml type constant.
+KV_CACHE_TYPES = {"f16": "GGML_TYPE_F16", "f32": "GGML_TYPE_F32"}
 _LOG_WARN, _LOG_ERROR, _LOG_CONT = 3, 4, 5  # ggml.h ggml_log_level (llama_cpp._logger's table is older)
 
 
@@ -134,10 +141,13 @@ def _problems(lines: list[tuple[int, str]], limit: int = 6) -> str:
 
 
 def load_llama(path: str | Path, n_ctx: int | None = None, n_threads: int | None = None,
-               logits_all: bool = False, seed: int = 0):
+               logits_all: bool = False, seed: int = 0, kv_cache: str = "f16"):
     """A CPU ``llama_cpp.Llama`` for GGUF ``path`` (see the module docstring); ``n_threads=None``: library default."""
+    if kv_cache not in KV_CACHE_TYPES:
+        raise ValueError(f"kv_cache={kv_cache!r} is not a K/V cache type; choose one of {', '.join(KV_CACHE_TYPES)}")
     meta = check_gguf(path)  # before importing llama_cpp: a bad file is reported the same either way
     lc = llama_cpp_module()
+    kv_type = getattr(lc, KV_CACHE_TYPES[kv_cache])
     trained = meta.get(f"{meta['general.architecture']}.context_length")
     if n_ctx is None:
         n_ctx = int(trained or 512)
@@ -149,7 +159,7 @@ def load_llama(path: str | Path, n_ctx: int | None = None, n_threads: int | None
             # n_batch = n_ctx: a whole prompt is one llama_decode call, so prefill timings are one batch.
             return lc.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
                             n_threads=n_threads, n_threads_batch=n_threads, logits_all=logits_all,
-                            seed=seed, n_gpu_layers=0, verbose=False)
+                            seed=seed, n_gpu_layers=0, type_k=kv_type, type_v=kv_type, verbose=False)
         except ValueError as err:
             raise LlamaCppError(f"llama.cpp could not load {path} ({err}); llama.cpp says: {_problems(lines)}. "
                                 "Re-export the file with shared.quant.gguf_export or upgrade llama-cpp-python "
@@ -195,9 +205,10 @@ def llama_tokenize(llama, text: str, special: bool = True, add_special: bool = F
     return llama.tokenize(text.encode("utf-8"), add_bos=add_special, special=special)
 
 
-def llama_logits(model, token_ids: Sequence[int], n_threads: int | None = None) -> np.ndarray:
-    """Float32 logits (len(token_ids), n_vocab) of a Llama loaded with ``logits_all=True``, or of a GGUF path."""
-    with _opened(model, logits_all=True, n_threads=n_threads) as llama:
+def llama_logits(model, token_ids: Sequence[int], n_threads: int | None = None, kv_cache: str = "f16") -> np.ndarray:
+    """Float32 logits (len(token_ids), n_vocab) of a Llama loaded with ``logits_all=True``, or of a GGUF path
+    (loaded with ``kv_cache``)."""
+    with _opened(model, logits_all=True, n_threads=n_threads, kv_cache=kv_cache) as llama:
         if not getattr(llama, "_logits_all", False):  # without it llama.cpp keeps only the last row
             raise ValueError("this Llama keeps logits for the last position only; load it with "
                              "load_llama(path, logits_all=True) or pass the GGUF path")

@@ -18,7 +18,7 @@ class QuantizeConfig(JobConfig):
     """Quantize a model artifact into each variant, register them, and measure speed and quality side by side."""
 
     stage: str = help_field("quantize", "stage name of the comparison report; variants are <stage>-<variant>")
-    init_from: str = help_field("dpo", "the model artifact to quantize (an HF GPT-2 checkpoint)")
+    init_from: str = help_field("dpo", "the model artifact to quantize (an HF GPT-2 or MoE checkpoint; MoE: gguf and fp32/bf16 variants)")
     variants: list[str] = help_field(["fp32", "bf16", "int8", "int4", "gguf-f16", "gguf-q8_0", "gguf-q4_0"],
                                      f"variants to build and measure, out of {list(VARIANTS)}")
     group_size: int = help_field(32, "INT4 group size (input features per scale)")

@@ -72,6 +72,9 @@ def write_report(result: dict[str, Any], out_dir: Path) -> None:
           f"(perplexity {result['reference']['ppl']:.2f}).", "", table(result), "", explanation(result), "",
           "![variants](variants.png)", "", "![prefill vs decode](prefill_vs_decode.png)", "",
           "![throughput vs batch](throughput_vs_batch.png)", ""]
+    skipped = result.get("skipped") or {}
+    if skipped:
+        md += ["**Not made for this model:**", "", *[f"- {variant}: {why}" for variant, why in skipped.items()], ""]
     (out_dir / "quantize.md").write_text("\n".join(md))
     _plots(result, out_dir)
 

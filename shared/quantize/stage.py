@@ -19,7 +19,11 @@
 Then it registers the report artifact ``<stage>`` (``quantize.md`` / ``.json``, ``variants.png``,
 ``prefill_vs_decode.png``, ``throughput_vs_batch.png``), with the variants and the parent as parents.
 
-The parent must be an ``hf-model`` artifact (its registry kind says so). Every variant is measured as
+The parent must be an ``hf-model`` artifact (its registry kind says so): a GPT-2, or an MoE (Qwen2-MoE /
+Ernie-4.5-MoE, ``shared.model.hf.save_moe_checkpoint``, or its dense twin), which our engine runs at fp32 / bf16
+and ``shared.quant.gguf_moe`` exports for the ``gguf-*`` variants. Our INT8/INT4 format quantizes GPT-2's
+linear layers only (``MOE_UNSUPPORTED``): for an MoE parent those variants are skipped with a printed line
+and the reason under ``skipped`` in ``quantize.json``. Every variant is measured as
 ``shared.serving.runtime.open_model`` opens it, the path the generator serves it through: ``fp32`` /
 ``bf16`` the parent artifact with that dtype, each saved variant its own artifact, registered (kind
 ``quantized`` or ``gguf``) as soon as its files are written so that the registry's kind picks the
@@ -41,7 +45,7 @@ from shared.data.heldout import HELDOUT_SETS, heldout_text
 from shared.data.instructions.builtin import load_instructions
 from shared.engine import Engine, EngineConfig
 from shared.engine.measure import engine_concurrent, engine_single, hf_single, request_timeline
-from shared.model.hf import gpt_to_hf, load_gpt
+from shared.model.hf import gpt_to_hf, is_moe_checkpoint, load_gpt, load_moe, moe_to_hf
 from shared.quant.gguf_export import export_gguf
 from shared.quant.llama_cpp import llama_generate, llama_logits, quantize_gguf
 from shared.quant.quality import decode_logits, sequence_logits
@@ -54,6 +58,10 @@ from shared.chat_format import render_chat
 from shared.tokenizer.hf_format import load_tokenizer
 
 LogitsFn = Callable[[list[int]], torch.Tensor]  # token ids -> [T, vocab] logits (float32)
+#: Variants an MoE parent cannot have, and why (see the module docstring).
+MOE_UNSUPPORTED = {v: "our INT8/INT4 format (shared.quant.quantized_checkpoint) quantizes GPT-2's linear layers; "
+                      "it has no layout or kernels for an MoE's 3-D expert tensors: use gguf-q8_0 / gguf-q4_0"
+                   for v in ("int8", "int8-dynamic", "int4")}
 
 
 # ---------------------------------------------------------------- quality
@@ -217,9 +225,14 @@ def run_quantize(cfg: QuantizeConfig):
     if parent.kind != "hf-model":  # the registry's kind says what the artifact is: quantize the HF weights
         raise ConfigError(f"init_from={cfg.init_from!r} is {parent.id}, a {parent.kind} artifact; the quantize stage "
                           "starts from an hf-model artifact (pretrain, cpt, sft, dpo, rl)")
+    moe = is_moe_checkpoint(parent.dir)
+    skipped = {v: MOE_UNSUPPORTED[v] for v in cfg.variants if moe and v in MOE_UNSUPPORTED}
+    if len(skipped) == len(cfg.variants):
+        raise ConfigError(f"{parent.id} is an MoE model and none of variants={cfg.variants} applies to it: "
+                          f"{MOE_UNSUPPORTED[cfg.variants[0]]}; e.g. variants=[fp32,gguf-f16,gguf-q8_0]")
     report_dir = registry.stage_dir(cfg.run, cfg.stage, overwrite=cfg.overwrite)
     t0 = time.perf_counter()
-    gpt = load_gpt(parent.dir).eval()
+    gpt = (load_moe if moe else load_gpt)(parent.dir).eval()  # the FP32 reference: MoEGPT or GPT
     tokenizer = load_tokenizer(parent.dir)
     block = gpt.config.block_size
     windows = heldout_windows(tokenizer, cfg.quality_text, block, cfg.ppl_tokens)
@@ -235,13 +248,16 @@ def run_quantize(cfg: QuantizeConfig):
     timeline = None
     seq_len = min(block, len(prompt) + cfg.new_tokens)
     if cfg.hf_baseline:
-        hf = gpt_to_hf(gpt).eval()
+        hf = (moe_to_hf if moe else gpt_to_hf)(gpt).eval()
         rows["hf-generate-fp32"] = {"runtime": "HF generate()", "bytes": file_bytes(parent.dir / "model.safetensors"),
                                     **hf_single(hf, prompt, cfg.new_tokens, cfg.repeats)[0],
                                     "loss": reference["loss"], "ppl": reference["ppl"], "top1_agreement": 1.0}
         del hf
     scratch = tempfile.TemporaryDirectory(prefix="quantize-")
     for variant in cfg.variants:
+        if variant in skipped:
+            print(f"quantize: {variant} skipped for this MoE model: {skipped[variant]}", flush=True)
+            continue
         print(f"quantize: {variant}", flush=True)
         # fp32 / bf16 are the parent's own weights at that dtype; every other variant is saved and registered.
         saved = variant not in ("fp32", "bf16")
@@ -267,7 +283,7 @@ def run_quantize(cfg: QuantizeConfig):
     result = {"parent": parent.id, "quality_text": cfg.quality_text,
               "reference": {"loss": reference["loss"], "ppl": reference["ppl"]},
               "prompt_tokens": len(prompt), "new_tokens": cfg.new_tokens, "threads": cfg.threads, "rows": rows,
-              "timeline": timeline}
+              "timeline": timeline, "skipped": skipped}
     write_report(result, report_dir)
     headline = {f"{v}/{k}": r[k] for v, r in rows.items() for k in ("decode_tokens_per_s", "ppl_delta")
                 if isinstance(r.get(k), (int, float))}

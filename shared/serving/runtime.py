@@ -7,7 +7,8 @@
   ``shared.engine.moe_model.MoEEngineModel``;
 - ``quantized`` (``quantization.json`` + ``quantized.safetensors``, ``shared.quant.quantized_checkpoint``):
   our ``Engine`` over the quantized engine model, with the directory's tokenizer when it has one;
-- ``gguf`` (a ``*.gguf`` file, ``shared.quant.gguf_export`` / llama.cpp's quantizer): llama.cpp.
+- ``gguf`` (a ``*.gguf`` file, ``shared.quant.gguf_export`` / llama.cpp's quantizer): llama.cpp, whatever the
+  architecture (gpt2, or an MoE's qwen2moe / ernie4_5-moe / qwen2 from ``shared.quant.gguf_moe``).
 
 An ``Artifact`` carries its kind; a path with a ``journey.json`` is read as that artifact; a bare path
 without one (a checkpoint copied out of a run, a test's directory) has its kind inferred from its files
@@ -87,17 +88,12 @@ def artifact_kind(path: str | Path) -> str | None:
 
 
 def _open_hf(path: Path, config: EngineConfig, **_) -> OpenModel:
-    if _is_moe(path):
+    from shared.model.hf import is_moe_checkpoint
+
+    if is_moe_checkpoint(path):
         return OpenModel("hf-model", path, engine=_moe_engine(path, config))
     return OpenModel("hf-model", path, engine=Engine.from_checkpoint(path, config))
 
-
-def _is_moe(path: Path) -> bool:
-    """An MoE checkpoint (``shared.model.hf.save_moe_checkpoint``: Qwen2-MoE or Ernie-4.5-MoE); GPT-2 loading
-    would refuse it."""
-    import json
-
-    return json.loads((path / CONFIG_FILE).read_text()).get("model_type") in ("qwen2_moe", "ernie4_5_moe")
 
 
 def _moe_engine(path: Path, config: EngineConfig) -> Engine:

@@ -23,7 +23,9 @@ The experiment artifact ``<run>/experiment-moe`` holds the table (md/json), ``ex
 against FLOPs and against wall time, tokens/s) and ``experiment-moe-experts.png`` (expert utilisation over
 training), the per-arm curves in ``curves.json``, and the arms named in ``moe.save`` (default ``moe-top1``, saved
 as Qwen2-MoE, and ``moe-fine``, as Ernie-4.5-MoE) as HF checkpoints with the tokenizer in ``<arm>/``, which
-``AutoModelForCausalLM`` and our engine (``shared.serving.runtime.open_model``) load.
+``AutoModelForCausalLM`` and our engine (``shared.serving.runtime.open_model``) load, and each as an F16 GGUF in
+``gguf/<arm>-f16.gguf`` (``shared.quant.gguf_moe``), with llama.cpp's top-1 agreement with transformers on a
+validation batch in the ``llama_top1`` column (None for arms not saved, or when llama.cpp is missing: ``gguf_why``).
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ from shared.data import TokenDataset  # noqa: E402
 from shared.model.hf import save_moe_checkpoint  # noqa: E402
 from shared.model.moe import MoEConfig, MoEGPT  # noqa: E402
 from shared.model.presets import model_config  # noqa: E402
+from shared.quant.gguf_moe import export_and_check  # noqa: E402
 from shared.registry import Artifact, Registry  # noqa: E402
 from shared.training.experiments import ExperimentConfig, _pretrain_cfg, _tokenizer, write_experiment  # noqa: E402
 from shared.training.optim import build_adamw  # noqa: E402
@@ -57,7 +60,7 @@ DEFAULTS: dict[str, Any] = {"arms": list(ARMS), "n_experts": 4, "expert_hidden":
                             "aux_weight": 1e-2, "z_weight": 1e-3, "bias_rate": 1e-3,
                             "save": ["moe-top1", "moe-fine"]}
 COLUMNS = ["arm", "experts", "total_params", "active_params", "flops_per_token", "final_val_loss", "train_s",
-           "tokens_per_s", "dropped_pct", "expert_load_min", "expert_load_max", "unused_experts"]
+           "tokens_per_s", "dropped_pct", "expert_load_min", "expert_load_max", "unused_experts", "llama_top1"]
 
 
 def moe_settings(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -253,6 +256,11 @@ def _run_arms(cfg, s, pcfg, base, train, val, tok, out, rows, curves) -> None:
                      "threads": pcfg.cpus_per_worker, "tokens": o.batch_size * acfg.block_size * cfg.steps})
         if arm in s["save"]:
             save_moe_checkpoint(model, out / arm, tokenizer_dir=tok.dir)
+            windows = [row.tolist() for row in next(iter(val.iter_eval_batches(4, acfg.block_size, 1)))[0]]
+            check = export_and_check(out / arm, out / "gguf" / f"{arm}-f16.gguf", windows)
+            rows[-1].update(llama_top1=check["llama_top1"], llama_max_abs_diff=check["llama_max_abs_diff"],
+                            gguf_why=check["why"])
+        rows[-1].setdefault("llama_top1", None)
 
 
 def _plot_curves(rows: list[dict[str, Any]], curves: dict[str, list[dict]], steps: int):

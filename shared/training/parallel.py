@@ -27,53 +27,22 @@ Strategies (``STRATEGIES``): ``ddp`` (gradients all-reduced, everything replicat
 (``fully_shard`` on every transformer block and the root; ``reshard_after_forward`` true frees the
 gathered parameters after forward, ZeRO-3-like, false keeps them until backward, ZeRO-2-like),
 ``zero1/2/3`` (DeepSpeed's engine around our model and our AdamW, config from
-``shared.training.deepspeed_config.pretrain_deepspeed_dict``). On CPU DeepSpeed needs
-``DS_ACCELERATOR=cpu`` before its first import: ``wrap`` sets it.
+``shared.training.deepspeed_config.pretrain_deepspeed_dict``). The options themselves (``ParallelOptions``,
+``STRATEGIES``, ``ZERO_STAGES``) are declared in ``shared.training.parallel_config`` and re-exported
+here. On CPU DeepSpeed needs ``DS_ACCELERATOR=cpu`` before its first import: ``wrap`` sets it.
 """
 from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 
-from shared.config import ConfigError
 from shared.training.optim import build_adamw
-
-STRATEGIES = ("ddp", "fsdp", "zero1", "zero2", "zero3")
-ZERO_STAGES = {"zero1": 1, "zero2": 2, "zero3": 3}
-
-
-@dataclass
-class ParallelOptions:
-    """The strategy and its knobs (the ``parallelism`` keys of ``PretrainConfig``)."""
-
-    strategy: str = "ddp"
-    fsdp_reshard_after_forward: bool = True
-    fsdp_cpu_offload: bool = False
-    activation_checkpointing: bool = False
-    zero_offload_optimizer: bool = False
-    zero_offload_params: bool = False
-
-    def validate(self, use_gpu: bool) -> None:
-        """Raise ``ConfigError`` naming the field and the fix for an unknown or unsupported combination."""
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"parallelism: unknown strategy {self.strategy!r}; choose one of {list(STRATEGIES)}")
-        if self.strategy != "fsdp" and (self.fsdp_cpu_offload or not self.fsdp_reshard_after_forward):
-            raise ConfigError("fsdp_cpu_offload / fsdp_reshard_after_forward=false apply to parallelism=fsdp only; "
-                              f"set parallelism=fsdp or drop them (for ZeRO offload use zero_offload_optimizer)")
-        if self.fsdp_cpu_offload and not use_gpu:
-            raise ConfigError("fsdp_cpu_offload needs CUDA (FSDP2 offloads GPU shards to host memory; on CPU there "
-                              "is nothing to offload); set use_gpu=true, drop fsdp_cpu_offload, or use "
-                              "parallelism=zero1|zero2|zero3 with zero_offload_optimizer=true")
-        if self.strategy not in ZERO_STAGES and (self.zero_offload_optimizer or self.zero_offload_params):
-            raise ConfigError("zero_offload_optimizer / zero_offload_params need parallelism=zero1, zero2 or zero3 "
-                              f"(got {self.strategy!r}); for FSDP use fsdp_cpu_offload")
-        if self.zero_offload_params and self.strategy != "zero3":
-            raise ConfigError("zero_offload_params needs parallelism=zero3 (only ZeRO-3 partitions parameters)")
+# The keys live torch-free in parallel_config (config modules import them); re-exported here.
+from shared.training.parallel_config import STRATEGIES, ZERO_STAGES, ParallelOptions
 
 
 def _storage_bytes(tensors, seen: set[int]) -> int:
@@ -242,7 +211,8 @@ class DeepSpeedParallel(Parallel):
                                          grad_accum=self.grad_accum, world=self.world, grad_clip=self.grad_clip,
                                          precision=self.precision, on_cpu=self.device.type != "cuda",
                                          offload_optimizer=self.opts.zero_offload_optimizer,
-                                         offload_params=self.opts.zero_offload_params)
+                                         offload_params=self.opts.zero_offload_params,
+                                         n_params=sum(p.numel() for p in self.model.parameters()))
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=self.model, optimizer=make_optimizer(self.model),
                                                                  config=config, dist_init_required=False)
         self.forward_model = self.engine

@@ -1,10 +1,23 @@
 """Configs of the post-training jobs: fine-tune / SFT, preference pairs, DPO, reward model, RL.
 
 Every trainer job shares ``PostTrainConfig`` (a ``TrainJobConfig``: run, stage, workers, seed,
-precision; plus what to start from, the data, the fine-tuning method, DeepSpeed and the ``train:``
-loop) and adds its algorithm's knobs, TRL style (``<algo>`` config beside ``<algo>`` trainer). The
+precision; the ``parallelism`` keys of pretraining, ``shared.training.parallel_config.ParallelismFields``;
+plus what to start from, the data, the fine-tuning method and the ``train:`` loop) and adds its
+algorithm's knobs, TRL style (``<algo>`` config beside ``<algo>`` trainer). The
 prefs job samples rather than trains: ``PrefsJobConfig`` is a plain ``JobConfig``. Presets live in
 ``configs/{finetune,sft,prefs,dpo,reward,rl}/``; the shared names are in docs/architecture.md, Configs.
+
+Parallelism in post-training (``shared.training.trl_worker`` maps it onto ``TrainingArguments``): ``ddp``
+is the HF Trainer's own DDP; ``zero1/2/3`` the DeepSpeed dict of ``shared.training.deepspeed_config``;
+``fsdp`` accelerate's FSDP2 plugin (``fully_shard`` per ``_no_split_modules`` block, full state dict on
+save). ``activation_checkpointing`` and ``method.gradient_checkpointing`` ask for the same thing (either
+turns it on): HF gradient checkpointing, or FSDP's own under fsdp with method=full. Refused
+here, before any worker starts: ``parallelism=fsdp`` with ``method=qlora`` (4-bit bitsandbytes weights
+are not sharded by FSDP2 here; use ddp or zero1/zero2 with qlora, or method=lora), plus what
+``ParallelOptions.validate`` refuses (``fsdp_cpu_offload`` without CUDA, options of another strategy).
+With ``num_workers=1`` the strategies run for real on one shard (useful for the offload options).
+The old ``deepspeed: {zero_stage, offload_optimizer, offload_params}`` section is gone: a config that
+sets it gets one error naming the ``parallelism`` key that replaces it.
 """
 from __future__ import annotations
 
@@ -13,11 +26,14 @@ from typing import ClassVar, Literal, Optional
 
 from shared.config import (ConfigError, JobConfig, Precision, TrainJobConfig, TrainLoopConfig, help_field,
                            require_positive)
-from shared.training.deepspeed_config import DeepSpeedConfig
 from shared.training.finetune_config import MethodConfig
+from shared.training.parallel_config import ParallelismFields
 
 HF_SCHEDULES = ("cosine", "linear", "constant_with_warmup", "warmup_stable_decay")
 REWARD_METHODS = ("full", "lora")
+#: The removed ``deepspeed:`` section, and what replaces it (``from_dict`` names it in its error).
+DEEPSPEED_RENAMED = ("parallelism=zero1|zero2|zero3 (deepspeed.zero_stage=N is now parallelism=zeroN, 0 is "
+                     "parallelism=ddp; offload: zero_offload_optimizer / zero_offload_params)")
 REWARD_METHOD_ERROR = ("the reward model supports method=full or method=lora (4-bit loading here is for causal "
                        "LMs; the reward model is a sequence classifier); set method.method=lora")
 
@@ -34,7 +50,7 @@ class PostTrainLoopConfig(TrainLoopConfig):
     schedule: str = help_field("cosine", f"HF lr schedule: {list(HF_SCHEDULES)}")
     eval_every: int = help_field(50, "evaluate the held-out loss every N steps")
     optim: str = help_field("adamw_torch", "HF optimizer name (paged_adamw_8bit for QLoRA on a GPU); with "
-                            "DeepSpeed the optimizer is DeepSpeed's AdamW")
+                            "parallelism=zero1|2|3 the optimizer is DeepSpeed's AdamW (torch's implementation)")
     max_length: int = help_field(128, "tokens per sequence (prompt + response); longer ones are truncated")
 
     def validate(self) -> None:
@@ -43,8 +59,10 @@ class PostTrainLoopConfig(TrainLoopConfig):
 
 
 @dataclass
-class PostTrainConfig(TrainJobConfig):
+class PostTrainConfig(ParallelismFields, TrainJobConfig):
     """What every post-training trainer job needs."""
+
+    RENAMED: ClassVar[dict[str, str]] = {"deepspeed": DEEPSPEED_RENAMED}
 
     stage: str = help_field("finetune", "stage name of the artifact this job writes")
     seed: int = help_field(1234, "seed of init, shuffling and sampling")
@@ -56,15 +74,22 @@ class PostTrainConfig(TrainJobConfig):
     max_examples: Optional[int] = help_field(None, "use at most this many training examples")
     eval_examples: int = help_field(200, "held-out examples for eval loss and the generation checks")
     method: MethodConfig = field(default_factory=MethodConfig, metadata={"help": "full / lora / qlora"})
-    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig, metadata={"help": "ZeRO stage, offload"})
     train: PostTrainLoopConfig = field(default_factory=PostTrainLoopConfig, metadata={"help": "optimizer and loop"})
     max_new_tokens: int = help_field(48, "generation budget of the after-training checks")
+
+    @property
+    def checkpointing(self) -> bool:
+        """Activation checkpointing in force: ``activation_checkpointing`` or ``method.gradient_checkpointing``."""
+        return self.activation_checkpointing or self.method.gradient_checkpointing
 
     def validate(self) -> None:
         super().validate()
         self.method.validate()
-        self.deepspeed.validate()
         self.train.validate()
+        self.parallel_options().validate(self.use_gpu)
+        if self.parallelism == "fsdp" and self.method.method == "qlora":
+            raise ConfigError("parallelism=fsdp does not shard method.method=qlora's 4-bit bitsandbytes weights; use "
+                              "parallelism=ddp or zero1|zero2 with qlora, or method.method=lora with fsdp")
         if self.max_examples is not None and self.max_examples < 1:
             raise ConfigError(f"max_examples must be >= 1 or unset, got {self.max_examples}")
         if self.eval_examples < 0:

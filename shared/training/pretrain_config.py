@@ -13,7 +13,7 @@ from typing import ClassVar, Literal, Optional
 from shared.config import ConfigError, TrainJobConfig, TrainLoopConfig, help_field, require_positive
 from shared.data.split import DOC_SPLIT_SEED, DOC_VAL_FRACTION
 from shared.model.presets import PRESETS
-from shared.training.parallel import STRATEGIES, ParallelOptions
+from shared.training.parallel_config import ParallelismFields
 from shared.training.schedules import SCHEDULES
 
 
@@ -32,6 +32,18 @@ class DataConfig:
     repeat_source: Literal["text", "random"] = help_field(
         "text", "what the repeated span is: the window's own text, or random token ids written twice "
         "(the synthetic copy task; only copying predicts the second copy)")
+    copy_warmup_steps: int = help_field(0, "the first N optimizer steps train on a synthetic copy task instead of the "
+                                        "corpus (repeats.periodic_copies: random blocks repeated, which only an "
+                                        "induction head predicts); train.max_steps counts them, and the lr schedule "
+                                        "runs over the steps after them; 0 = off")
+    copy_batch_size: int = help_field(32, "copy warmup: sequences per step")
+    copy_len: int = help_field(64, "copy warmup: tokens per sequence (at most the context length)")
+    copy_max_period: int = help_field(16, "copy warmup: each sequence repeats a block of 2..N random ids")
+    copy_lr: float = help_field(3e-3, "copy warmup: constant learning rate of those steps")
+    copy_rows: int = help_field(0, "after the warmup (or without one): this many copy-task sequences "
+                                "(copy_len, copy_max_period) added to every corpus micro-batch, their loss "
+                                "weighted by copy_weight; train_loss reports the corpus loss alone; 0 = off")
+    copy_weight: float = help_field(0.5, "weight of the copy rows' mean loss next to the corpus batch's")
 
 
 @dataclass
@@ -74,8 +86,9 @@ class PretrainLoopConfig(TrainLoopConfig):
 
 
 @dataclass
-class PretrainConfig(TrainJobConfig):
-    """Pretraining from scratch (``init_from`` unset) or continued pretraining (``init_from`` set)."""
+class PretrainConfig(ParallelismFields, TrainJobConfig):
+    """Pretraining from scratch (``init_from`` unset) or continued pretraining (``init_from`` set), under any
+    ``parallelism`` strategy (the keys of ``shared.training.parallel_config.ParallelismFields``)."""
 
     # Keys of the pre-``train:`` layout, so an old preset or override names its new key.
     RENAMED: ClassVar[dict[str, str]] = {
@@ -100,18 +113,6 @@ class PretrainConfig(TrainJobConfig):
                                       metadata={"help": "optimizer, schedule and the eval/log/checkpoint cadence"})
     compile: Literal["auto", "on", "off"] = help_field("off", "torch.compile the model (auto = on CUDA only; "
                                                        "parallelism=ddp only)")
-    parallelism: str = help_field("ddp", f"data-parallel strategy across the workers: {list(STRATEGIES)}; ddp "
-                                  "replicates everything, fsdp is PyTorch FSDP2 (fully_shard per block), zero1/2/3 "
-                                  "DeepSpeed ZeRO (shared/training/parallel.py)")
-    fsdp_reshard_after_forward: bool = help_field(True, "fsdp: free gathered parameters after forward (ZeRO-3-like); "
-                                                  "false keeps them until backward (ZeRO-2-like, more memory, "
-                                                  "one all-gather less)")
-    fsdp_cpu_offload: bool = help_field(False, "fsdp: keep parameter, gradient and optimizer shards in host memory "
-                                        "(needs CUDA)")
-    activation_checkpointing: bool = help_field(False, "recompute each block's activations in backward instead of "
-                                                "storing them (any strategy)")
-    zero_offload_optimizer: bool = help_field(False, "zero1/2/3: keep the optimizer state in CPU memory (ZeRO-Offload)")
-    zero_offload_params: bool = help_field(False, "zero3: keep the parameters in CPU memory too")
     max_failures: int = help_field(2, "Ray Train restarts from the last checkpoint after a worker failure")
     fail_at_step: Optional[int] = help_field(None, "testing hook: raise once in rank 0 after this step")
     tensorboard: bool = help_field(False, "also write TensorBoard event files into the artifact")
@@ -125,15 +126,21 @@ class PretrainConfig(TrainJobConfig):
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.data.val_fraction}")
         if not 0 <= self.data.repeat_fraction <= 1:
             raise ConfigError(f"data.repeat_fraction must be in [0, 1], got {self.data.repeat_fraction}")
+        d = self.data
+        if d.copy_warmup_steps < 0:
+            raise ConfigError(f"data.copy_warmup_steps must be >= 0 (0 = off), got {d.copy_warmup_steps}")
+        if d.copy_warmup_steps and d.copy_warmup_steps >= self.train.max_steps:
+            raise ConfigError(f"data.copy_warmup_steps={d.copy_warmup_steps} leaves no corpus steps of "
+                              f"train.max_steps={self.train.max_steps}; raise train.max_steps (it counts both)")
+        if d.copy_rows < 0 or d.copy_weight < 0:
+            raise ConfigError(f"data.copy_rows and data.copy_weight must be >= 0, got {d.copy_rows}, {d.copy_weight}")
+        if (d.copy_warmup_steps or d.copy_rows) and not 2 <= d.copy_max_period <= d.copy_len // 2:
+            raise ConfigError(f"data.copy_max_period must be in [2, copy_len // 2 = {d.copy_len // 2}], "
+                              f"got {d.copy_max_period}")
         self.parallel_options().validate(self.use_gpu)
         if self.compile == "on" and self.parallelism != "ddp":
             raise ConfigError(f"compile=on works with parallelism=ddp only (got {self.parallelism!r}); "
                               "set compile=off or parallelism=ddp")
-
-    def parallel_options(self) -> ParallelOptions:
-        """The ``parallelism`` keys as ``shared.training.parallel`` takes them."""
-        return ParallelOptions(self.parallelism, self.fsdp_reshard_after_forward, self.fsdp_cpu_offload,
-                               self.activation_checkpointing, self.zero_offload_optimizer, self.zero_offload_params)
 
 
 @dataclass

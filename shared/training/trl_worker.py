@@ -9,10 +9,11 @@ pickles, so Ray ships it as is), the start model and the rows (``TrainRows``). `
    one-score sequence classifier (full, or LoRA which TRL applies from the trainer's ``peft_config``),
 2. asks the algorithm for a TRL trainer over that model, ``build_trainer(model, tokenizer, cfg,
    rows, args)``; ``args`` are the common ``TrainingArguments`` keywords built here
-   (``training_arguments``; DeepSpeed ZeRO when ``deepspeed.zero_stage`` > 0: the HF Trainer owns
-   the engine, Ray Train owns the processes and the process group), to which the algorithm's TRL
-   config adds its own keys,
-3. trains, evaluates, saves on every rank (ZeRO-3 gathers the partitioned weights while saving),
+   (``training_arguments``, with the job's ``parallelism`` mapped by ``parallel_arguments``: the HF
+   Trainer owns the DeepSpeed engine or the FSDP2 sharding, Ray Train owns the processes and the
+   process group), to which the algorithm's TRL config adds its own keys,
+3. trains, evaluates, saves on every rank (ZeRO-3 and FSDP gather the sharded weights while saving:
+   the artifact is the same full HF checkpoint whatever the strategy),
 4. on rank 0 turns what was saved into a plain HF checkpoint (LoRA adapters merged, the adapter
    kept in ``adapter/``) plus ``log_history.json``, and reports it as the Ray Train checkpoint.
 
@@ -24,6 +25,20 @@ saved and reported right away). With ``spec.resume_from`` (an interrupted attemp
 and the log history carries on from step N. On rank 0, every log line goes to
 ``spec.progress_file`` (``shared.progress``) with the step, ``max_steps`` and the latest numbers.
 
+Parallelism (``parallel_arguments``; the keys are ``shared.training.parallel_config``'s): ``ddp`` adds
+nothing (the Trainer wraps the model in DDP itself); ``zero1/2/3`` pass the DeepSpeed dict of
+``shared.training.deepspeed_config``; ``fsdp`` turns on accelerate's FSDP2 plugin (``fsdp_config``
+version 2, ``fully_shard`` on each block the model's ``_no_split_modules`` names, then the root;
+``reshard_after_forward`` and ``cpu_offload`` from the keys; ``FULL_STATE_DICT``, so ``save_model``
+gathers one full checkpoint on rank 0; a LoRA adapter is gathered the same way and merged as under
+ddp). Activation checkpointing (``cfg.checkpointing``) is FSDP's own under fsdp with method=full, HF
+gradient checkpointing on the model otherwise (``_fsdp_checkpoints`` says why). On CPU, accelerate
+(1.16) keeps its FSDP plugin only for GPU-like device types and silently falls back to DDP for
+``MULTI_CPU``, although FSDP2 runs on CPU over gloo (our pretraining uses it): ``_accelerate_fsdp_on_cpu``
+configures accelerate's state as FSDP before the trainer exists, the TrainingArguments reuse it
+(``accelerator_config.use_configured_state``), and ``_check_strategy`` refuses to train under any
+other strategy than the config's.
+
 Not here: resolving artifacts, reading datasets, registering (the drivers; ``posttrain`` runs this
 worker). This module imports no algorithm: each algorithm module hands its ``Algorithm`` in.
 """
@@ -34,7 +49,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -108,12 +123,74 @@ def training_arguments(cfg: PostTrainConfig, output_dir: str, has_eval: bool, ch
         report_to=[],
         seed=cfg.seed, data_seed=cfg.seed, bf16=precision == "bf16", fp16=precision == "fp16",
         use_cpu=not cfg.use_gpu, dataloader_num_workers=0, disable_tqdm=_rank() != 0,
-        deepspeed=deepspeed_dict(cfg.deepspeed, on_cpu=not cfg.use_gpu),
-        gradient_checkpointing=False,  # the method config enables it on the model itself
+        gradient_checkpointing=False,  # enabled on the model itself (load_model), or FSDP's own
         ddp_find_unused_parameters=False,  # every parameter that trains gets a gradient each step
         **(dict(save_strategy="steps", save_steps=loop.checkpoint_interval(), save_total_limit=2)
            if checkpoints else dict(save_strategy="no")),
+        **parallel_arguments(cfg),
     )
+
+
+def parallel_arguments(cfg: PostTrainConfig) -> dict[str, Any]:
+    """The ``TrainingArguments`` keys of ``cfg``'s ``parallelism`` (see the module docstring)."""
+    opts = cfg.parallel_options()
+    if opts.zero_stage:
+        return {"deepspeed": deepspeed_dict(opts, on_cpu=not cfg.use_gpu)}
+    if opts.strategy != "fsdp":
+        return {}  # ddp: the Trainer's own DistributedDataParallel when there are several workers
+    fsdp_config = {
+        "version": 2,
+        "reshard_after_forward": opts.fsdp_reshard_after_forward,
+        "cpu_offload": opts.fsdp_cpu_offload,
+        # No transformer_layer_cls_to_wrap: accelerate then wraps the classes the model's _no_split_modules
+        # names (GPT2Block, LlamaDecoderLayer, ...), also through a PEFT wrapper.
+        "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+        "state_dict_type": "FULL_STATE_DICT",  # save_model gathers the full weights on rank 0
+        "activation_checkpointing": _fsdp_checkpoints(cfg),
+        # Every worker loads the full model anyway (load_model); sharding from rank 0's copy would only
+        # save host memory after loading.
+        "cpu_ram_efficient_loading": False,
+    }
+    args: dict[str, Any] = {"fsdp": True, "fsdp_config": fsdp_config}
+    if not cfg.use_gpu:
+        args["accelerator_config"] = {"use_configured_state": True}  # _accelerate_fsdp_on_cpu's state
+    return args
+
+
+def _fsdp_checkpoints(cfg: PostTrainConfig) -> bool:
+    """FSDP's own activation checkpointing, rather than HF gradient checkpointing on the model.
+
+    Not for adapters: FSDP's checkpoint wrapper renames the blocks (``._checkpoint_wrapped_module``), and
+    PEFT finds the adapter weights to save by module name, so it would save an empty adapter (measured:
+    peft with accelerate 1.16); HF gradient checkpointing keeps the names and runs under FSDP2 as well.
+    """
+    return cfg.checkpointing and cfg.parallelism == "fsdp" and cfg.method.method == "full"
+
+
+def _accelerate_fsdp_on_cpu(args: dict[str, Any]) -> None:
+    """Configure accelerate's process state as FSDP2 over gloo, for a trainer built from ``args`` on CPU.
+
+    accelerate's ``AcceleratorState`` keeps the FSDP plugin only for GPU-like distributed types; for
+    ``MULTI_CPU`` it drops it and the Trainer runs plain DDP. The plugin's code path itself (fully_shard,
+    full state dict gathering, gradient clipping over DTensors) is device-agnostic, so the state is set
+    up here as accelerate would on a GPU: the same plugin the Trainer would build (from a
+    ``TrainingArguments`` of the same ``args``), its mixed precision, ``distributed_type`` FSDP. The
+    trainer's ``TrainingArguments`` reuse this state (``accelerator_config.use_configured_state``).
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+    from transformers import TrainingArguments
+
+    probe = TrainingArguments(**{k: v for k, v in args.items() if k != "accelerator_config"})
+    plugin = FullyShardedDataParallelPlugin(**probe.fsdp_plugin_args)
+    Accelerator(cpu=True, mixed_precision=probe.mixed_precision)  # MULTI_CPU over the existing process group
+    state = AcceleratorState()
+    if state.mixed_precision != "no":
+        plugin.set_mixed_precision(state.mixed_precision)
+    state.fsdp_plugin = plugin
+    state.distributed_type = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
 
 def _rank() -> int:
@@ -132,11 +209,13 @@ def load_model(algorithm: Algorithm, model_path: str, cfg: PostTrainConfig):
     from transformers import set_seed
 
     set_seed(cfg.seed)
+    # HF gradient checkpointing on the model, unless FSDP checkpoints the blocks itself (parallel_arguments).
+    method = replace(cfg.method, gradient_checkpointing=cfg.checkpointing and not _fsdp_checkpoints(cfg))
     if algorithm.sequence_classifier:
-        return load_sequence_classifier(model_path, cfg.method, cfg.device)
+        return load_sequence_classifier(model_path, method, cfg.device)
     # finetune_methods imports peft (seconds): only workers and preflight pay for it, not every import of a stage.
     from shared.training.finetune_methods import load_for_finetuning
-    return load_for_finetuning(model_path, cfg.method, cfg.device)
+    return load_for_finetuning(model_path, method, cfg.device)
 
 
 def load_sequence_classifier(path: str, method, device: str = "cpu"):
@@ -179,8 +258,11 @@ def trl_train_worker(loop_config: dict[str, Any]) -> None:
         args = training_arguments(cfg, spec.checkpoint_dir or str(Path(work) / "trainer"),
                                   has_eval=bool(spec.rows.eval), checkpoints=spec.checkpoint_dir is not None,
                                   resuming=spec.resume_from is not None)
+        if cfg.parallelism == "fsdp" and not cfg.use_gpu:
+            _accelerate_fsdp_on_cpu(args)
         model, tokenizer = load_model(spec.algorithm, spec.model_path, cfg)
         trainer = spec.algorithm.build_trainer(model, tokenizer, cfg, spec.rows, args)
+        _check_strategy(trainer, cfg)
         trainer.add_callback(stage_callback(spec.progress_file))
         trainer.train(resume_from_checkpoint=spec.resume_from)
         final = trainer.evaluate() if spec.rows.eval else {}
@@ -193,6 +275,14 @@ def trl_train_worker(loop_config: dict[str, Any]) -> None:
             (out / LOG_HISTORY).write_text(json.dumps(trainer.state.log_history + [{"final_eval": final}]))
             checkpoint = ray.train.Checkpoint.from_directory(str(out))
         ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def _check_strategy(trainer, cfg: PostTrainConfig) -> None:
+    """Refuse to train under another strategy than the config's (accelerate falls back to DDP silently)."""
+    wanted = {"fsdp": trainer.is_fsdp_enabled, "ddp": not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled)}
+    if not wanted.get(cfg.parallelism, trainer.is_deepspeed_enabled):
+        raise RuntimeError(f"parallelism={cfg.parallelism} was asked for but the HF Trainer set up "
+                           f"{trainer.accelerator.state.distributed_type}; see shared/training/trl_worker.py")
 
 
 def stage_callback(progress_path: Optional[str]):
@@ -245,4 +335,5 @@ def _load_base(spec: TrlSpec):
 
 
 __all__ = ["Algorithm", "BuildTrainer", "LOG_HISTORY", "TrainRows", "TrlSpec", "finalize_checkpoint",
-           "load_model", "load_sequence_classifier", "stage_callback", "training_arguments", "trl_train_worker"]
+           "load_model", "load_sequence_classifier", "parallel_arguments", "stage_callback", "training_arguments",
+           "trl_train_worker"]

@@ -51,7 +51,7 @@ def test_deepspeed_zero_two_workers_loss_falls(base_model, ray_session, stage):
     from transformers import AutoModelForCausalLM
     from shared.training.sft import run_sft
     cfg = _sft_config(base_model, f"zero{stage}", max_examples=400, eval_examples=32, num_workers=2,
-                      cpus_per_worker=1, deepspeed={"zero_stage": stage},
+                      cpus_per_worker=1, parallelism=f"zero{stage}",
                       train={"max_steps": 16, "lr": 0.005, "batch_size": 8, "max_length": 64, "eval_every": 8,
                              "log_every": 4})
     art = run_sft(cfg)

@@ -11,7 +11,8 @@ from shared.model.gpt import GPT
 from shared.model.presets import model_config
 from shared.plan.hardware import KNOWN_GPUS
 from shared.plan.memory import (STRATEGY_ROWS, USABLE_FRACTION, ModelShape, Strategy, activation_bytes,
-                                choose_strategy, max_micro_batch, param_count, state_per_gpu, strategy_bytes)
+                                choose_strategy, largest_micro_batch, max_micro_batch, param_count, state_per_gpu,
+                                strategy_bytes)
 
 H100 = KNOWN_GPUS["H100"]  # 80 GB
 G = model_config("gpt2-1b", vocab_size=50263)  # GPT-2's vocabulary + our six special tokens
@@ -138,6 +139,26 @@ def test_max_micro_batch_is_the_largest_that_fits():
         b = max_micro_batch(GPT2_1B, s, 8, 1024, "bf16", H100)
         assert strategy_bytes(GPT2_1B, s, 8, b, 1024, "bf16").total <= USABLE_FRACTION * H100
         assert strategy_bytes(GPT2_1B, s, 8, b + 1, 1024, "bf16").total > USABLE_FRACTION * H100
+
+
+def test_largest_micro_batch_is_the_one_place_both_plan_and_experiment_ask():
+    """``max_micro_batch`` (journey plan) is ``largest_micro_batch`` at 90% of the GPU; any budget: the boundary."""
+    for s in STRATEGY_ROWS:
+        assert max_micro_batch(GPT2_1B, s, 8, 1024, "bf16", H100) == \
+            largest_micro_batch(GPT2_1B, s, 8, 1024, "bf16", USABLE_FRACTION * H100)
+        for budget in (20e9, 40e9):
+            b = largest_micro_batch(GPT2_1B, s, 4, 1024, "bf16", budget)
+            assert b == 0 or strategy_bytes(GPT2_1B, s, 4, b, 1024, "bf16").total <= budget
+            assert strategy_bytes(GPT2_1B, s, 4, b + 1, 1024, "bf16").total > budget
+    assert largest_micro_batch(GPT2_1B, "zero3", 4, 1024, "bf16", 40e9) > 0
+    assert largest_micro_batch(GPT2_1B, "ddp", 1, 1024, "bf16", 1e9) == 0  # not even the state fits
+
+
+def test_zero3_counts_its_reduce_bucket():
+    """DeepSpeed ZeRO-3 allocates one ``reduce_bucket_size`` (5e8) buffer in the parameters' dtype (found by the
+    experiment's batch search on CPU, where it made ZeRO-3 fit no batch at all under a small budget)."""
+    z3, fsdp = (strategy_bytes(GPT2_1B, s, 8, 1, 1024, "bf16") for s in ("zero3", "fsdp"))
+    assert z3.buffers - fsdp.buffers == pytest.approx(2 * 5e8)
 
 
 def test_activations_do_not_depend_on_the_strategy():

@@ -46,7 +46,7 @@ def test_deepspeed_config_comes_from_the_loop_config():
     assert ds["bf16"] == {"enabled": True} and ds["fp16"] == {"enabled": False}
     assert ds["zero_optimization"]["stage"] == 3 and ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     assert "optimizer" not in ds  # the loop hands DeepSpeed its own AdamW
-    with pytest.raises(ConfigError, match="offload_params needs deepspeed.zero_stage=3"):
+    with pytest.raises(ConfigError, match="zero_offload_params needs parallelism=zero3"):
         pretrain_deepspeed_dict(2, micro_batch=1, grad_accum=1, world=1, grad_clip=0, precision="fp32",
                                 on_cpu=True, offload_params=True)
 

@@ -101,3 +101,73 @@ def test_the_algorithms_and_prefs_do_not_import_each_other(name):
     imported = _imported_modules(ROOT / "shared" / "training" / f"{name}.py")
     others = {f"shared.training.{other}" for other in INDEPENDENT if other != name}
     assert not imported & others, f"{name} imports {sorted(imported & others)}"
+
+
+# ----------------------------------------------------------------------------- parallelism (issue 22)
+
+def test_post_training_has_the_pretraining_parallelism_keys_declared_once():
+    from dataclasses import fields
+
+    from shared.training.parallel_config import ParallelismFields
+    from shared.training.pretrain_config import PretrainConfig
+    keys = {f.name for f in fields(ParallelismFields)}
+    assert keys == {"parallelism", "fsdp_reshard_after_forward", "fsdp_cpu_offload", "activation_checkpointing",
+                    "zero_offload_optimizer", "zero_offload_params"}
+    for cls in (PretrainConfig, *TRAINERS.values()):
+        assert issubclass(cls, ParallelismFields) and keys <= {f.name for f in fields(cls)}
+    cfg = load_config(SFTJobConfig, "sft", "smoke", overrides=["parallelism=zero3", "zero_offload_optimizer=true",
+                                                                  "zero_offload_params=true"])
+    assert (cfg.parallel_options().zero_stage, cfg.zero_offload_params) == (3, True)
+
+
+def test_parallel_arguments_map_each_strategy_onto_training_arguments():
+    from shared.training.trl_worker import parallel_arguments, training_arguments
+    sft_cfg = lambda *over: load_config(SFTJobConfig, "sft", "smoke", overrides=list(over))  # noqa: E731
+    assert parallel_arguments(sft_cfg("parallelism=ddp", "num_workers=2")) == {}
+    ds = parallel_arguments(sft_cfg("parallelism=zero2", "zero_offload_optimizer=true"))["deepspeed"]
+    assert ds["zero_optimization"]["stage"] == 2 and ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    fsdp = parallel_arguments(sft_cfg("parallelism=fsdp", "fsdp_reshard_after_forward=false",
+                                      "activation_checkpointing=true"))
+    assert fsdp["fsdp"] is True and fsdp["accelerator_config"] == {"use_configured_state": True}  # CPU
+    assert {k: fsdp["fsdp_config"][k] for k in ("version", "reshard_after_forward", "state_dict_type",
+                                                 "activation_checkpointing")} == {
+        "version": 2, "reshard_after_forward": False, "state_dict_type": "FULL_STATE_DICT",
+        "activation_checkpointing": True}
+    # method.gradient_checkpointing asks for the same thing as activation_checkpointing
+    on = parallel_arguments(sft_cfg("parallelism=fsdp", "method.gradient_checkpointing=true"))
+    assert on["fsdp_config"]["activation_checkpointing"] is True
+    args = training_arguments(sft_cfg("parallelism=fsdp"), "/nowhere", has_eval=False)
+    assert args["fsdp"] is True and "deepspeed" not in args and args["gradient_checkpointing"] is False
+
+
+@pytest.mark.parametrize("override,fix", [
+    ("deepspeed.zero_stage=2", "parallelism=zeroN"),
+    ("deepspeed.offload_optimizer=true", "zero_offload_optimizer"),
+])
+def test_the_old_deepspeed_section_fails_naming_the_parallelism_keys(override, fix):
+    with pytest.raises(ConfigError, match=rf"config key deepspeed was renamed: use parallelism=zero1\|zero2\|zero3 .*{fix}"):
+        load_config(SFTJobConfig, "sft", "smoke", overrides=[override])
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["parallelism=zero4"], r"unknown strategy 'zero4'; choose one of \['ddp', 'fsdp', 'zero1', 'zero2', 'zero3'\]"),
+    (["parallelism=fsdp", "fsdp_cpu_offload=true"], "fsdp_cpu_offload needs CUDA"),
+    (["parallelism=fsdp", "method.method=qlora"], "parallelism=fsdp does not shard method.method=qlora.*use "
+                                                   "parallelism=ddp or zero1|zero2"),
+    (["parallelism=ddp", "zero_offload_optimizer=true"], "need parallelism=zero1, zero2 or zero3"),
+    (["parallelism=zero2", "zero_offload_params=true"], "zero_offload_params needs parallelism=zero3"),
+    (["parallelism=zero2", "fsdp_reshard_after_forward=false"], "apply to parallelism=fsdp only"),
+])
+def test_unsupported_parallelism_combinations_are_one_clear_error(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(SFTJobConfig, "sft", "smoke", overrides=overrides)
+
+
+def test_one_worker_runs_any_strategy_and_gpu_allows_fsdp_offload():
+    # num_workers=1: nothing is divided, but the strategy runs for real (offload still moves state to the host)
+    for strategy in ("fsdp", "zero1", "zero3"):
+        assert load_config(SFTJobConfig, "sft", "smoke", overrides=[f"parallelism={strategy}",
+                                                                     "num_workers=1"]).parallelism == strategy
+    cfg = load_config(SFTJobConfig, "sft", "smoke", overrides=["parallelism=fsdp", "fsdp_cpu_offload=true",
+                                                                "use_gpu=true"])
+    assert cfg.fsdp_cpu_offload
