@@ -18,7 +18,6 @@ The exporter tests always run; the llama.cpp tests skip without llama-cpp-python
 """
 from __future__ import annotations
 
-import importlib
 import json
 
 import numpy as np
@@ -26,16 +25,11 @@ import pytest
 import torch
 from gguf import GGUFReader, TokenType
 
+from tests.shared.quant.conftest import needs_llama
 from shared.model.hf import CheckpointError
 from shared.quant.gguf_export import GGUFExportError, export_gguf, gguf_tensor_types
 from shared.tokenizer import GGUFError, SAMPLES, hf_tokenizer_from_gguf, read_gguf_metadata
 
-try:
-    importlib.import_module("llama_cpp")  # loads the native library too: a broken build skips, not errors
-    HAS_LLAMA_CPP, WHY = True, ""
-except (ImportError, OSError) as err:
-    HAS_LLAMA_CPP, WHY = False, f"llama-cpp-python not usable ({err}); install: scripts/install_llama_cpp.sh"
-needs_llama = pytest.mark.skipif(not HAS_LLAMA_CPP, reason=WHY)
 
 N_EMBD, N_HEAD, N_LAYER, BLOCK, EXTRA_ROWS = 64, 2, 2, 64, 5
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 2?"},

@@ -19,7 +19,6 @@ The exporter tests always run; the llama.cpp tests skip without llama-cpp-python
 """
 from __future__ import annotations
 
-import importlib
 import json
 
 import numpy as np
@@ -27,14 +26,9 @@ import pytest
 import torch
 from gguf import GGUFReader
 
+from tests.shared.quant.conftest import needs_llama
 from shared.tokenizer import SAMPLES, read_gguf_metadata
 
-try:
-    importlib.import_module("llama_cpp")  # loads the native library too: a broken build skips, not errors
-    HAS_LLAMA_CPP, WHY = True, ""
-except (ImportError, OSError) as err:
-    HAS_LLAMA_CPP, WHY = False, f"llama-cpp-python not usable ({err}); install: scripts/install_llama_cpp.sh"
-needs_llama = pytest.mark.skipif(not HAS_LLAMA_CPP, reason=WHY)
 
 BASE = dict(block_size=64, n_layer=2, n_head=2, n_embd=64, dense_hidden=96)
 FINE = dict(n_experts=8, top_k=2, expert_hidden=32, shared_hidden=32, shared_gate=False, qkv_bias=False,
