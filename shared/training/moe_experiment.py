@@ -22,8 +22,10 @@ excluded), expert load fractions over the interval (mean over layers) and the dr
 The experiment artifact ``<run>/experiment-moe`` holds the table (md/json), ``experiment-moe.png`` (val loss
 against FLOPs and against wall time, tokens/s) and ``experiment-moe-experts.png`` (expert utilisation over
 training), the per-arm curves in ``curves.json``, and the arms named in ``moe.save`` (default ``moe-top1``, saved
-as Qwen2-MoE, and ``moe-fine``, as Ernie-4.5-MoE) as HF checkpoints with the tokenizer in ``<arm>/``, which
-``AutoModelForCausalLM`` and our engine (``shared.serving.runtime.open_model``) load, and each as an F16 GGUF in
+as Qwen2-MoE, and ``moe-fine``, as Ernie-4.5-MoE) as HF checkpoints with the tokenizer, each registered as a model
+artifact of its own, ``<run>/<arm>`` (kind ``hf-model``), which ``AutoModelForCausalLM``, our engine
+(``shared.serving.runtime.open_model``, so ``journey serve``) and ``journey quantize init_from=<run>/<arm>`` load,
+and each as an F16 GGUF in
 ``gguf/<arm>-f16.gguf`` (``shared.quant.gguf_moe``), with llama.cpp's top-1 agreement with transformers on a
 validation batch in the ``llama_top1`` column (None for arms not saved, or when llama.cpp is missing: ``gguf_why``).
 """
@@ -218,7 +220,7 @@ def moe_experiment(cfg: ExperimentConfig) -> Artifact:
     threads = torch.get_num_threads()
     torch.set_num_threads(pcfg.cpus_per_worker)  # as a pretraining worker would: the preset's CPU share
     try:
-        _run_arms(cfg, s, pcfg, base, train, val, tok, out, rows, curves)
+        _run_arms(cfg, s, pcfg, base, train, val, tok, out, rows, curves, registry)
     finally:
         torch.set_num_threads(threads)
     (out / "curves.json").write_text(json.dumps(curves))
@@ -226,7 +228,7 @@ def moe_experiment(cfg: ExperimentConfig) -> Artifact:
     return write_experiment(registry, cfg, STAGE, rows, COLUMNS, [tok.id], _plot_curves(rows, curves, cfg.steps))
 
 
-def _run_arms(cfg, s, pcfg, base, train, val, tok, out, rows, curves) -> None:
+def _run_arms(cfg, s, pcfg, base, train, val, tok, out, rows, curves, registry) -> None:
     o = pcfg.train
     trainers = {}
     for arm in s["arms"]:
@@ -255,9 +257,12 @@ def _run_arms(cfg, s, pcfg, base, train, val, tok, out, rows, curves) -> None:
                      "capacity_factor": acfg.capacity_factor if acfg.moe else None, "steps": cfg.steps,
                      "threads": pcfg.cpus_per_worker, "tokens": o.batch_size * acfg.block_size * cfg.steps})
         if arm in s["save"]:
-            save_moe_checkpoint(model, out / arm, tokenizer_dir=tok.dir)
+            arm_dir = registry.stage_dir(cfg.run, arm, overwrite=True)
+            save_moe_checkpoint(model, arm_dir, tokenizer_dir=tok.dir)
+            registry.register(cfg.run, arm, "hf-model", parents=[tok.id], config=cfg,
+                              metrics={"val_loss": res["final_val_loss"]}, extra={"experiment": STAGE})
             windows = [row.tolist() for row in next(iter(val.iter_eval_batches(4, acfg.block_size, 1)))[0]]
-            check = export_and_check(out / arm, out / "gguf" / f"{arm}-f16.gguf", windows)
+            check = export_and_check(arm_dir, out / "gguf" / f"{arm}-f16.gguf", windows)
             rows[-1].update(llama_top1=check["llama_top1"], llama_max_abs_diff=check["llama_max_abs_diff"],
                             gguf_why=check["why"])
         rows[-1].setdefault("llama_top1", None)

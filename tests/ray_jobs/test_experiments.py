@@ -46,6 +46,7 @@ def test_experiment_config_rejects_unknown_schedule(tmp_path):
 def test_moe_experiment_compares_moe_with_dense_arms(tmp_path):
     from transformers import AutoModelForCausalLM
 
+    from shared.registry import Registry
     from shared.training.moe_experiment import ARMS, moe_experiment
 
     cfg = _cfg(tmp_path, steps=10, pretrain={"data": {"max_bytes": 120_000, "engine": "local"}, "cpus_per_worker": 1,
@@ -67,8 +68,11 @@ def test_moe_experiment_compares_moe_with_dense_arms(tmp_path):
     assert [p["step"] for p in curves["moe-top1"]] == [0, 5, 10] and "load" in curves["moe-top1"][-1]
     for png in ("experiment-moe.png", "experiment-moe-experts.png"):
         assert (art.dir / png).stat().st_size > 5000
-    assert AutoModelForCausalLM.from_pretrained(art.dir / "moe-top1").config.model_type == "qwen2_moe"
-    assert AutoModelForCausalLM.from_pretrained(art.dir / "moe-fine").config.model_type == "ernie4_5_moe"
+    # each saved arm is a model artifact of its own (so journey quantize / serve take it), loadable by transformers
+    reg = Registry(tmp_path)
+    assert reg.resolve("exp/moe-top1").kind == "hf-model" and reg.resolve("exp/moe-top1").parents == ["exp/tokenizer"]
+    assert AutoModelForCausalLM.from_pretrained(reg.resolve("exp/moe-top1").dir).config.model_type == "qwen2_moe"
+    assert AutoModelForCausalLM.from_pretrained(reg.resolve("exp/moe-fine").dir).config.model_type == "ernie4_5_moe"
     # llama.cpp reads each saved arm's GGUF export and picks the same next tokens as transformers
     assert rows["moe-top1"]["llama_top1"] > 0.9 and rows["moe-fine"]["llama_top1"] > 0.9
     assert art.kind == "experiment" and art.parents == ["exp/tokenizer"]
