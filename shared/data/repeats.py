@@ -14,28 +14,31 @@ second copy can *only* be predicted by copying, which is the strongest pressure 
 
 Measured on the tiny preset (600 steps of 16 x 128 tokens, issue 20): neither source formed an
 induction head (best score 0.018 with text spans in half the windows, 0.019 with random spans;
-in-context loss drop 0.05 nats), so the tiny preset leaves this off. The same 4-layer model trained
-on the copy task alone, 32 sequences of 64 tokens per step, copies after ~300 steps (loss on the
-second copy 8.3 -> 3.7 nats by step 400); with 16 per step, or 128-token sequences, it had not by
-step 400: the number of copy examples per step, not the architecture, is what the tiny budget lacks.
+in-context loss drop 0.05 nats), so the tiny preset leaves this off. What else was tried, with
+prototypes of a curriculum and of mixed-in copy data (since removed) on the tiny model, scored with the
+interpret stage's own test (40 random ids twice):
 
-Why "r r" alone is slow, and the periodic copy task (``periodic_copies``; issue 20, helper IND). A random
-span written twice is first learnt without any induction head: the model raises the logits of every token
-already in the context ("in-context unigram"), which takes the second copy from ln 4096 = 8.3 nats to about
-ln(span length) = 3.5-3.7 nats, the figure above. On the interpret stage's test (40 random ids twice) that gave
-a loss drop of 1.0-3.4 nats after 200 copy steps but induction scores of 0.017-0.021 (chance 0.017). A block
-of ``p <= 8`` random ids repeated to fill 64 tokens leaves that shortcut ln p nats short of the
-target, and induction heads appear within ~100 steps of the copy task alone: best score 0.12 at step 100,
-0.185 at step 250 (period <= 16: 0.10 at 250; <= 40: 0.03 at 125), 32 x 64 tokens per step, AdamW lr 3e-3
-constant, no weight decay. Measured from the interpret stage's own test on the tiny model (prototypes in the
-issue 20 note):
+- A random span written twice is first learnt without any induction head: the model raises the logits of
+  every token already in the context ("in-context unigram"), which takes the second copy from ln 4096 = 8.3
+  nats to about ln(span length) = 3.5-3.7 nats (what an earlier prototype with 32 x 64 copy sequences per step
+  reached by step 400, taken then for copying). After 200 steps of that task alone the test
+  showed a loss drop of 1.0-3.4 nats but induction scores of 0.017-0.021 (chance 0.017).
+- A block of ``p <= 8`` random ids repeated to fill 64 tokens (32 x 64 per step, AdamW lr 3e-3, no weight
+  decay) raises the test's score to 0.185 (loss drop 1.95) in 250 steps, but through *positional* heads in
+  layer 0 that attend a fixed distance back: a distance of 39 predicts the next token whenever ``p``
+  divides 40 (2, 4, 5, 8), and the test's offset is exactly 39 (``induction_len=40``). With 37, 41 or 43
+  random ids instead, the same model scores chance (0.014-0.024) and its loss drop vanishes; no previous-token
+  head ever formed (<= 0.07). The fixed-length test cannot tell these heads from induction heads.
+- 16 such sequences (p <= 8, 64 tokens) added to every corpus step at half weight: the real tiny run
+  scored 0.080 / loss drop 0.88 (the same artifact: layer 0, chance at other lengths) at val loss 5.47
+  against 5.175; trained on them first, the heads fade within 200 corpus steps (0.10 -> 0.02).
+- Content-forced copying (64-token sequences of back-to-back "r r" pairs, ``r`` 3-12 fresh ids, so neither a
+  fixed distance nor the in-context unigram helps): still at chance after 700 steps (0.042, loss drop 0.01,
+  previous-token 0.07), also with sinusoid-initialised positions (300 steps: 0.021). The copy task's plateau
+  alone outlasts the ~370 steps the 15-minute journey leaves for it.
 
-- copy task first, then 600 corpus steps (a curriculum): the heads fade within 200 corpus steps
-  (0.10 -> 0.05 -> 0.02), and the copy-trained start costs natural-text loss.
-- copy rows in every corpus step (``data.copy_rows=16 copy_weight=0.5 copy_max_period=8 copy_len=64``,
-  no warmup): best score 0.086 and loss drop 0.98 nats after 600 steps (against 0.018 / 0.19), but val loss
-  5.45 against 5.15 and ~30% more pretraining time. Neither reaches the goal's 0.3, so the tiny preset keeps
-  all of it off.
+None of these forms induction heads at the tiny budget, so only ``repeat_spans`` is kept (off in the tiny
+preset).
 
 In a chosen window of ``T + 1`` tokens ``w``, a span of length ``m`` (uniform in ``[T/8, T/2]``)
 starting at ``s`` is written again at ``d >= s + m`` (both uniform where they fit); inputs and
@@ -72,30 +75,4 @@ def repeat_spans(x: torch.Tensor, y: torch.Tensor, fraction: float, generator: t
     return out[:, :-1].contiguous(), out[:, 1:].contiguous()
 
 
-def periodic_copies(batch: int, length: int, max_period: int, vocab: int, generator: torch.Generator,
-                    start: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The copy-warmup task (``data.copy_warmup_steps``): ``batch`` sequences of ``length`` inputs, each a block
-    of ``p`` random ids (``p`` uniform in ``[2, max_period]`` per row, ids uniform in ``[0, vocab)``) repeated
-    until the sequence is full, after the document-start id ``start`` when given. Returns ``(x, y)`` shifted by one.
-
-    From the second period on every token is predictable, but only by looking up what followed the current
-    token's previous occurrence: an induction head (see the module docstring for why this and not one
-    repeated span)."""
-    if max_period < 2:
-        raise ValueError(f"copy sequences need a period of at least 2 tokens, got max_period={max_period}")
-    if length < 2 * max_period:
-        raise ValueError(f"copy sequences of {length} tokens cannot repeat a period of {max_period}; "
-                         f"use a length of at least {2 * max_period}")
-    n = length + 1
-    rows = []
-    for _ in range(batch):
-        p = int(torch.randint(2, max_period + 1, (1,), generator=generator))
-        block = torch.randint(0, vocab, (p,), generator=generator)
-        rows.append(block.repeat(n // p + 1)[:n])
-    seq = torch.stack(rows)
-    if start is not None:
-        seq = torch.cat([torch.full((batch, 1), start, dtype=seq.dtype), seq[:, :-1]], dim=1)
-    return seq[:, :-1].contiguous(), seq[:, 1:].contiguous()
-
-
-__all__ = ["periodic_copies", "repeat_spans"]
+__all__ = ["repeat_spans"]

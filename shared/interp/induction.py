@@ -11,6 +11,11 @@ second half drops far below the first half's (which no model can predict).
   over the scored query positions (about ``1/(1.5 L)``); a randomly initialised model sits there.
 - loss drop: mean loss on the first half minus mean loss on the second half (nats), positions
   that copying cannot predict (the first token of each half) left out.
+- every figure is the mean over three sequence lengths, ``L``, ``L + 1`` and ``L + 3`` (``LENGTH_STEPS``):
+  with one length the second copy is always ``L - 1`` tokens after the first, and a head that attends
+  a fixed distance back (a positional head, which repeated blocks of random ids teach a small model)
+  scores like an induction head there and at chance at any other length (issue 20: 0.185 at L = 40,
+  0.014-0.024 at 37, 41 and 43). Over three offsets such a head can match at most one.
 
 ``measure(model, ...)`` returns an ``InductionResult``; ``phase_change(paths, ...)`` measures a
 series of training snapshots. Plots and tables are in ``plots`` and ``report``.
@@ -87,36 +92,51 @@ def diagonal_score(patterns: torch.Tensor, offset: int, queries: range) -> torch
     return patterns[:, :, :, q, q - offset].mean(dim=(1, 3))
 
 
-def induction_tokens(model: Loaded, length: int, batch: int, seed: int) -> tuple[torch.Tensor, int]:
-    """The repeated random sequences for ``model`` and the offset of the first random token (0 or 1)."""
+#: The test's sequence lengths, added to ``induction_len`` (see the module docstring).
+LENGTH_STEPS = (0, 1, 3)
+
+#: One length's test: ``(tokens, offset of the first random token (0 or 1), length)``.
+Sequences = tuple[torch.Tensor, int, int]
+
+
+def induction_tokens(model: Loaded, length: int, batch: int, seed: int) -> list[Sequences]:
+    """The repeated random sequences for ``model``, one batch per length of ``LENGTH_STEPS``."""
     start = bos_id(model)
-    tokens = repeated_tokens(model.bridge.cfg.d_vocab, length, batch, seed, start)
-    check_length(model, tokens.shape[1], f"the repeated sequence (2 x induction_len={length}"
+    longest = length + max(LENGTH_STEPS)
+    check_length(model, 2 * longest + (start is not None),
+                 f"the repeated sequence (2 x (induction_len={length} + {max(LENGTH_STEPS)})"
                  f"{' + 1 start token' if start is not None else ''})")
-    return tokens, int(start is not None)
+    return [(repeated_tokens(model.bridge.cfg.d_vocab, length + step, batch, seed + step, start),
+             int(start is not None), length + step) for step in LENGTH_STEPS]
 
 
 def measure(model: Loaded, length: int, batch: int, seed: int, threshold: float, prev_threshold: float,
-            tokens: tuple[torch.Tensor, int] | None = None) -> InductionResult:
-    """Induction / previous-token scores and the in-context loss drop of ``model`` (see module docstring).
+            tokens: list[Sequences] | None = None) -> InductionResult:
+    """Induction / previous-token scores and the in-context loss drop of ``model``, each the mean over the
+    lengths of ``LENGTH_STEPS`` (see module docstring).
 
     ``tokens``: ``induction_tokens``' output to reuse (the same sequences for every snapshot).
     """
-    tokens, o = tokens or induction_tokens(model, length, batch, seed)
+    parts = [_measure_one(model, *seq) for seq in tokens or induction_tokens(model, length, batch, seed)]
+    induction, prev = (torch.stack([p[key] for p in parts]).mean(dim=0) for key in ("induction", "prev"))
+    first, second, chance = (sum(p[key] for p in parts) / len(parts) for key in ("first", "second", "chance"))
+    return InductionResult(
+        induction=induction, prev_token=prev, loss_first_half=first, loss_second_half=second, chance=chance,
+        seq_len=length, heads=_above(induction, threshold), prev_heads=_above(prev, prev_threshold))
+
+
+def _measure_one(model: Loaded, tokens: torch.Tensor, o: int, length: int) -> dict:
+    """One length's scores ``[layer, head]``, half losses and chance."""
     logits, cache = run_cached(model, tokens, ("hook_pattern",))
     patterns = attention_stack(cache, model.n_layers)
     second = range(o + length, o + 2 * length)
-    induction = diagonal_score(patterns, length - 1, second)
-    prev = diagonal_score(patterns, 1, range(o + 1, o + 2 * length))
     # losses[:, t] is the loss of predicting token t + 1
     losses = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), tokens[:, 1:], reduction="none")
-    first_half = losses[:, o + 1:o + length - 1]  # predicts r_2..r_L of the first copy
-    second_half = losses[:, o + length:o + 2 * length - 1]  # predicts r_2..r_L of the second copy
-    chance = float(sum(1.0 / (q + 1) for q in second) / len(second))
-    return InductionResult(
-        induction=induction, prev_token=prev, loss_first_half=float(first_half.mean()),
-        loss_second_half=float(second_half.mean()), chance=chance, seq_len=length,
-        heads=_above(induction, threshold), prev_heads=_above(prev, prev_threshold))
+    return {"induction": diagonal_score(patterns, length - 1, second),
+            "prev": diagonal_score(patterns, 1, range(o + 1, o + 2 * length)),
+            "first": float(losses[:, o + 1:o + length - 1].mean()),  # predicts r_2..r_L of the first copy
+            "second": float(losses[:, o + length:o + 2 * length - 1].mean()),  # r_2..r_L of the second copy
+            "chance": sum(1.0 / (q + 1) for q in second) / len(second)}
 
 
 def _above(scores: torch.Tensor, threshold: float) -> list[tuple[int, int]]:

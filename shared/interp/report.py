@@ -5,7 +5,7 @@ Formatting only; ``stage`` measures and draws. Every function returns markdown t
 from __future__ import annotations
 
 from shared.interp.diff import StageDiff
-from shared.interp.induction import InductionResult, PhaseChange
+from shared.interp.induction import LENGTH_STEPS, InductionResult, PhaseChange
 
 
 def _heads(heads: list[tuple[int, int]], scores) -> str:
@@ -30,8 +30,11 @@ def attention_section(grids: dict[str, tuple[str, int]], prompt: str) -> str:
 
 def induction_section(results: dict[str, InductionResult], threshold: float, prev_threshold: float) -> str:
     any_result = next(iter(results.values()))
+    lengths = ", ".join(str(any_result.seq_len + step) for step in LENGTH_STEPS)
     lines = ["## Induction and previous-token heads", "",
-             f"Random tokens repeated twice ({any_result.seq_len} + {any_result.seq_len}). Induction score: mean attention "
+             f"Random tokens repeated twice ({lengths} ids, then the same again), every figure the mean over the "
+             "three lengths, so a head that attends a fixed distance back cannot pass for an induction head. "
+             "Induction score: mean attention "
              "from a token to the one after its previous occurrence; previous-token score: to the token just before. "
              f"A head attending uniformly scores {any_result.chance:.3f} (chance). Listed: induction heads above "
              f"{threshold}, previous-token heads above {prev_threshold}. Loss drop: loss on the first copy minus "

@@ -32,18 +32,6 @@ class DataConfig:
     repeat_source: Literal["text", "random"] = help_field(
         "text", "what the repeated span is: the window's own text, or random token ids written twice "
         "(the synthetic copy task; only copying predicts the second copy)")
-    copy_warmup_steps: int = help_field(0, "the first N optimizer steps train on a synthetic copy task instead of the "
-                                        "corpus (repeats.periodic_copies: random blocks repeated, which only an "
-                                        "induction head predicts); train.max_steps counts them, and the lr schedule "
-                                        "runs over the steps after them; 0 = off")
-    copy_batch_size: int = help_field(32, "copy warmup: sequences per step")
-    copy_len: int = help_field(64, "copy warmup: tokens per sequence (at most the context length)")
-    copy_max_period: int = help_field(16, "copy warmup: each sequence repeats a block of 2..N random ids")
-    copy_lr: float = help_field(3e-3, "copy warmup: constant learning rate of those steps")
-    copy_rows: int = help_field(0, "after the warmup (or without one): this many copy-task sequences "
-                                "(copy_len, copy_max_period) added to every corpus micro-batch, their loss "
-                                "weighted by copy_weight; train_loss reports the corpus loss alone; 0 = off")
-    copy_weight: float = help_field(0.5, "weight of the copy rows' mean loss next to the corpus batch's")
 
 
 @dataclass
@@ -126,17 +114,6 @@ class PretrainConfig(ParallelismFields, TrainJobConfig):
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.data.val_fraction}")
         if not 0 <= self.data.repeat_fraction <= 1:
             raise ConfigError(f"data.repeat_fraction must be in [0, 1], got {self.data.repeat_fraction}")
-        d = self.data
-        if d.copy_warmup_steps < 0:
-            raise ConfigError(f"data.copy_warmup_steps must be >= 0 (0 = off), got {d.copy_warmup_steps}")
-        if d.copy_warmup_steps and d.copy_warmup_steps >= self.train.max_steps:
-            raise ConfigError(f"data.copy_warmup_steps={d.copy_warmup_steps} leaves no corpus steps of "
-                              f"train.max_steps={self.train.max_steps}; raise train.max_steps (it counts both)")
-        if d.copy_rows < 0 or d.copy_weight < 0:
-            raise ConfigError(f"data.copy_rows and data.copy_weight must be >= 0, got {d.copy_rows}, {d.copy_weight}")
-        if (d.copy_warmup_steps or d.copy_rows) and not 2 <= d.copy_max_period <= d.copy_len // 2:
-            raise ConfigError(f"data.copy_max_period must be in [2, copy_len // 2 = {d.copy_len // 2}], "
-                              f"got {d.copy_max_period}")
         self.parallel_options().validate(self.use_gpu)
         if self.compile == "on" and self.parallelism != "ddp":
             raise ConfigError(f"compile=on works with parallelism=ddp only (got {self.parallelism!r}); "

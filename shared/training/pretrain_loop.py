@@ -7,13 +7,6 @@ Contract of ``train_loop_per_worker(spec)``:
 - Each step samples its micro-batches from a generator seeded by ``(seed, step, rank, micro)``,
   so a run resumed from a checkpoint sees exactly the batches an uninterrupted run would: with
   the model, optimizer and step restored, the loss curve continues identically.
-- With ``data.copy_warmup_steps = K``, steps ``0..K-1`` train on the synthetic copy task
-  (``shared.data.repeats.periodic_copies``, ``data.copy_batch_size`` x ``data.copy_len`` tokens, at the constant
-  ``data.copy_lr``) and steps ``K..max_steps-1`` on the corpus, with the lr schedule over those
-  ``max_steps - K`` steps (so ``max_steps = K + N`` gives the N corpus steps the schedule of an N-step run);
-  ``tokens`` in the metrics counts every step as a corpus step. With ``data.copy_rows``, every corpus
-  micro-batch after the warmup also trains on that many copy-task sequences (a second forward; its mean loss
-  weighted by ``data.copy_weight``); ``train_loss`` stays the corpus loss.
 - The data-parallel strategy (``parallelism``: ddp, fsdp, zero1/2/3) lives in ``shared.training.parallel``;
   the loop only calls its ``Parallel``. Whatever the strategy, the checkpoint's ``model`` is the full,
   gathered fp32 state dict under the ``GPT`` keys, so the driver writes the same HF artifact.
@@ -50,7 +43,7 @@ import torch
 import torch.distributed as dist
 
 from shared.data import TokenDataset
-from shared.data.repeats import periodic_copies, repeat_spans
+from shared.data.repeats import repeat_spans
 from shared.model.gpt import GPT, GPTConfig
 from shared.model.hf import save_hf_checkpoint
 from shared.progress import report_progress
@@ -248,7 +241,7 @@ def train_loop_per_worker(spec_dict: dict[str, Any]) -> None:
         report_progress(spec.progress_file, start, o.max_steps)
     t0, window_tokens = time.perf_counter(), 0
     for step in range(start, o.max_steps):
-        lr = _lr(cfg, step)
+        lr = lr_at(step, o.max_steps, o.lr, o.schedule, o.warmup, o.min_lr_ratio, o.decay_ratio)
         par.set_lr(lr)
         loss = _train_step(par, train_model, train_ds, cfg, step, rank, precision, device, T)
         done = step + 1
@@ -286,26 +279,6 @@ def _compile(module: torch.nn.Module, cfg: PretrainConfig, device: torch.device)
     return torch.compile(module) if use_compile else module
 
 
-def _lr(cfg: PretrainConfig, step: int) -> float:
-    """The learning rate of ``step``: ``data.copy_lr`` during the copy warmup, then the schedule over the rest."""
-    o, warm = cfg.train, cfg.data.copy_warmup_steps
-    if step < warm:
-        return cfg.data.copy_lr
-    return lr_at(step - warm, o.max_steps - warm, o.lr, o.schedule, o.warmup, o.min_lr_ratio, o.decay_ratio)
-
-
-def _batch(ds: TokenDataset, cfg: PretrainConfig, step: int, block_size: int,
-           generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """A training micro-batch: copy-task sequences during ``data.copy_warmup_steps``, then corpus windows (with
-    ``data.repeat_fraction`` of them given a repeated span)."""
-    d = cfg.data
-    if step < d.copy_warmup_steps:
-        return periodic_copies(d.copy_batch_size, min(d.copy_len, block_size), d.copy_max_period, ds.vocab_size,
-                               generator, start=ds.meta.get("eos_id"))
-    return repeat_spans(*ds.get_batch(cfg.train.batch_size, block_size, generator), d.repeat_fraction, generator,
-                        ds.vocab_size if d.repeat_source == "random" else None)
-
-
 def _train_step(par: Parallel, model: torch.nn.Module, ds: TokenDataset, cfg: PretrainConfig,
                 step: int, rank: int, precision: str, device: torch.device, block_size: int) -> float:
     """One optimizer step over ``grad_accum`` micro-batches (``model`` is ``par``'s training forward, compiled or
@@ -315,18 +288,12 @@ def _train_step(par: Parallel, model: torch.nn.Module, ds: TokenDataset, cfg: Pr
     total = 0.0
     for micro in range(accum):
         generator = _batch_generator(cfg.seed, step, rank, micro)
-        x, y = _batch(ds, cfg, step, block_size, generator)
-        d = cfg.data
+        x, y = repeat_spans(*ds.get_batch(o.batch_size, block_size, generator), cfg.data.repeat_fraction, generator,
+                            ds.vocab_size if cfg.data.repeat_source == "random" else None)
         with par.micro_batch(last=micro == accum - 1):
             with autocast(precision, device):
                 _, loss = model(x.to(device), y.to(device))
-                objective = loss
-                if d.copy_rows and step >= d.copy_warmup_steps:
-                    cx, cy = periodic_copies(d.copy_rows, min(d.copy_len, block_size), d.copy_max_period,
-                                             ds.vocab_size, generator, start=ds.meta.get("eos_id"))
-                    _, copy_loss = model(cx.to(device), cy.to(device))
-                    objective = loss + d.copy_weight * copy_loss
-            par.backward(objective)
+            par.backward(loss)
         total += loss.item()
     par.step()
     return total / accum

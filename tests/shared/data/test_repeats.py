@@ -68,34 +68,3 @@ def test_random_spans_repeat_fresh_ids_from_the_vocabulary():
         fresh = [t for t in rebuilt[r].tolist() if t < 50]  # the corpus ids here are all >= 1000
         assert len(fresh) >= 2 * (65 // 8)  # the span, twice
         assert _repeated_span(rebuilt[r], 65 // 8)
-
-
-def test_copy_warmup_sequences_repeat_a_short_random_block_after_the_start_id():
-    from shared.data.repeats import periodic_copies
-    x, y = periodic_copies(16, 64, 8, 100, torch.Generator().manual_seed(5), start=4089)
-    assert x.shape == y.shape == (16, 64) and torch.equal(x[:, 1:], y[:, :-1])
-    assert (x[:, 0] == 4089).all() and (y < 100).all()
-    seq = torch.cat([x, y[:, -1:]], dim=1)[:, 1:]  # the repeated part, 64 tokens
-    periods = set()
-    for row in seq:
-        p = next(p for p in range(2, 9) if torch.equal(row[p:], row[:-p]))  # periodic with some period <= 8
-        periods.add(p)
-    assert len(periods) > 1  # the period varies from row to row
-    again = periodic_copies(16, 64, 8, 100, torch.Generator().manual_seed(5), start=4089)
-    assert torch.equal(again[0], x) and torch.equal(again[1], y)
-
-
-def test_copy_warmup_keys_are_checked():
-    from shared.config import ConfigError, load_config
-    from shared.training.pretrain_config import PretrainConfig
-    with pytest.raises(ConfigError, match="leaves no corpus steps"):
-        load_config(PretrainConfig, "pretrain", "tiny", base={"data": {"copy_warmup_steps": 600}})
-    with pytest.raises(ConfigError, match="copy_max_period must be in"):
-        load_config(PretrainConfig, "pretrain", "tiny", base={"data": {"copy_warmup_steps": 10, "copy_max_period": 40}})
-    cfg = load_config(PretrainConfig, "pretrain", "tiny", base={"data": {"copy_warmup_steps": 250},
-                                                                "train": {"max_steps": 850}})
-    from shared.training.pretrain_loop import _lr
-    assert _lr(cfg, 0) == _lr(cfg, 249) == cfg.data.copy_lr
-    from shared.training.schedules import lr_at
-    o = cfg.train
-    assert _lr(cfg, 250) == lr_at(0, 600, o.lr, o.schedule, o.warmup, o.min_lr_ratio, o.decay_ratio)

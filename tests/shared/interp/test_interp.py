@@ -41,8 +41,10 @@ def test_detector_finds_the_planted_induction_head_and_random_init_scores_chance
     assert rand.heads == [] and rand.prev_heads == []
     assert rand.best[2] < 2 * rand.chance and float(rand.prev_token.max()) < 4 * rand.chance
     assert abs(rand.loss_drop) < 0.2
-    # chance is the uniform head's score: 1/(i+1) averaged over the scored queries
-    assert rand.chance == pytest.approx(sum(1 / (q + 1) for q in range(21, 41)) / 20)
+    # chance is the uniform head's score: 1/(i+1) averaged over the scored queries, then over the lengths
+    # 20, 21 and 23 (a start token first)
+    assert rand.chance == pytest.approx(sum(sum(1 / (q + 1) for q in range(n + 1, 2 * n + 1)) / n
+                                            for n in (20, 21, 23)) / 3)
 
 
 def test_phase_change_over_snapshots(tmp_path, tokenizer_dir):
@@ -103,5 +105,5 @@ def test_bad_input_gives_one_clear_error_each(planted_dir, tmp_path):
         check_head(model, 2, 0)
     with pytest.raises(InterpError, match=r"head -1 is out of range: .* heads 0\.\.1"):
         write_attention(model, "abc", tmp_path, layer=0, head=-1)
-    with pytest.raises(InterpError, match="repeated sequence .* is 61 tokens"):
+    with pytest.raises(InterpError, match="repeated sequence .* is 67 tokens"):
         _measure(model, length=30)
