@@ -59,7 +59,7 @@ import numpy as np
 import torch
 from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR, TENSOR_NAMES
 
-from shared.model.hf import MOE_MODEL_TYPES, is_moe_checkpoint, load_moe, moe_architecture, moe_to_hf
+from shared.model.hf import MOE_MODEL_TYPES, load_moe, moe_architecture, moe_to_hf
 from shared.quant.gguf_export import GGUFExportError, add_tensors, add_tokenizer, check_dtype, gguf_writer
 from shared.tokenizer.hf_format import load_tokenizer
 
@@ -89,7 +89,6 @@ _BLOCK = {
 }
 _LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)")
 _TOP = {"model.embed_tokens": MODEL_TENSOR.TOKEN_EMBD, "model.norm": MODEL_TENSOR.OUTPUT_NORM}
-
 
 
 def gguf_arch(cfg) -> MODEL_ARCH:

@@ -68,8 +68,9 @@ def pretrain_deepspeed_dict(zero_stage: int, *, micro_batch: int, grad_accum: in
     """The ``deepspeed.initialize`` config for our own pretraining loop (``shared.training.parallel``).
 
     Same ZeRO section as ``deepspeed_dict``; without a Trainer to fill in ``"auto"`` the values come from
-    the loop's config; ``n_params`` caps the buckets at the model's size (``zero_bucket_elements``). No ``optimizer`` entry: the loop hands DeepSpeed its own AdamW (weight-decay
-    groups as under DDP, so strategies compare like for like) and sets the lr itself every step.
+    the loop's config; ``n_params`` caps the buckets at the model's size (``zero_bucket_elements``). No
+    ``optimizer`` entry: the loop hands DeepSpeed its own AdamW (weight-decay groups as under DDP, so
+    strategies compare like for like) and sets the lr itself every step.
     """
     opts = ParallelOptions(f"zero{zero_stage}", zero_offload_optimizer=offload_optimizer,
                            zero_offload_params=offload_params)

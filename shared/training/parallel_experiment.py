@@ -410,11 +410,7 @@ def _all_reduce_min(value: int, device: torch.device) -> int:
 
 def agreed(ok: bool, device: torch.device) -> bool:
     """``ok`` on every rank (an all-reduce MIN of the flag): one rank out of memory fails the trial for all."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return ok
-    flag = torch.tensor([int(ok)], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
+    return bool(_all_reduce_min(int(ok), device))
 
 
 class HeldBytes:
