@@ -26,6 +26,7 @@ from typing import ClassVar, Literal, Optional
 
 from shared.config import (ConfigError, JobConfig, Precision, TrainJobConfig, TrainLoopConfig, help_field,
                            require_positive)
+from shared.data.instructions.builtin import SOURCE as BUILTIN_INSTRUCTIONS
 from shared.training.finetune_config import MethodConfig
 from shared.training.parallel_config import ParallelismFields
 
@@ -211,6 +212,9 @@ class PrefsJobConfig(JobConfig):
     reference_fallback: bool = help_field(False, "when no sample passes the check, use the dataset's reference "
                                           "answer as chosen (recorded per pair as chosen_source); off = "
                                           "on-policy pairs only")
+    hard_safety_prompts: int = help_field(0, "extra training prompts from the hard safety set's training items "
+                                          "(indirect harmful requests and borderline ones, half each; "
+                                          "builtin:instructions only): pairs where the model is least sure")
     batch_size: int = help_field(32, "prompts per generation batch")
     num_workers: int = help_field(1, "Ray Data inference actors")
     cpus_per_worker: int = help_field(2, "CPU cores per inference actor")
@@ -225,3 +229,8 @@ class PrefsJobConfig(JobConfig):
             raise ConfigError("samples_per_prompt must be >= 2 to form pairs (or enable reference_fallback)")
         if not 0 < self.temperature:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        if self.hard_safety_prompts < 0:
+            raise ConfigError(f"hard_safety_prompts must be >= 0, got {self.hard_safety_prompts}")
+        if self.hard_safety_prompts and self.data != BUILTIN_INSTRUCTIONS:
+            raise ConfigError(f"hard_safety_prompts draws from {BUILTIN_INSTRUCTIONS}'s hard safety items, but data is "
+                              f"{self.data!r}; set hard_safety_prompts=0 or data={BUILTIN_INSTRUCTIONS}")

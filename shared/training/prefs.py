@@ -1,6 +1,7 @@
 """Preference pairs made from a model's own outputs (the input of DPO and of the reward model).
 
-1. Pick ``num_prompts`` training instructions (and a tenth as many held-out ones for DPO's eval).
+1. Pick ``num_prompts`` training instructions (and a tenth as many held-out ones for DPO's eval),
+   plus ``hard_safety_prompts`` training prompts of the hard safety set (``pick_hard_safety``).
 2. Sample ``samples_per_prompt`` replies per prompt from the model, plus its greedy reply when
    ``include_greedy``: a Ray Data pipeline whose actors each hold the model (``map_batches`` over a
    callable class: batch inference).
@@ -30,6 +31,7 @@ import numpy as np
 from shared.cluster import ensure_ray
 from shared.data.instructions import check_nonempty, load_sft_dataset
 from shared.data.instructions.checks import parse_response
+from shared.data.instructions.safety import hard_examples
 from shared.eval.chat_eval import score_replies, summarize
 from shared.eval.generate import generate_replies, load_chat_model
 from shared.registry import Artifact, Registry
@@ -151,6 +153,22 @@ def pick_examples(source: str, split: str, count: int, seed: int) -> list[dict[s
     return rng.sample(examples, min(count, len(examples)))
 
 
+def pick_hard_safety(count: int, seed: int, exclude: set[str] = frozenset()) -> list[dict[str, Any]]:
+    """Up to ``count`` hard safety training prompts not in ``exclude`` (ids): half indirect harmful, half borderline.
+
+    They come from every combination of the hard set's training items (``safety.hard_examples("train")``,
+    a few hundred), of which SFT saw only ``HARD_SHARE`` of the refusal family: the prompts where a
+    small model is least sure whether to refuse, so its samples disagree and give pairs. Held-out
+    items are never drawn (``tests/shared/data/test_heldout_overlap.py``).
+    """
+    pool = hard_examples("train")
+    rng = random.Random(f"{seed}:hard-safety")
+    harmful, helpful = ([e for e in pool[side] if e["id"] not in exclude] for side in ("harmful", "helpful"))
+    take_harmful = min((count + 1) // 2, len(harmful))
+    take_helpful = min(count - take_harmful, len(helpful))
+    return rng.sample(harmful, take_harmful) + rng.sample(helpful, take_helpful)
+
+
 def run_prefs(cfg: PrefsJobConfig) -> Artifact:
     """Sample, score and pair; write and register the preference dataset."""
     t0 = time.perf_counter()
@@ -161,6 +179,8 @@ def run_prefs(cfg: PrefsJobConfig) -> Artifact:
     stats: dict[str, Any] = {}
     for split, count in (("train", cfg.num_prompts), ("heldout", max(1, cfg.num_prompts // 10))):
         examples = pick_examples(cfg.data, split, count, cfg.seed)
+        if split == "train" and cfg.hard_safety_prompts:
+            examples += pick_hard_safety(cfg.hard_safety_prompts, cfg.seed, {e["id"] for e in examples})
         replies = sample_replies(model.path, examples, cfg)
         rewards = _reward_scores(reward, examples, replies) if reward else None
         scored = score_candidates(examples, replies)

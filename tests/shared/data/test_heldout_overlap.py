@@ -4,7 +4,8 @@ The training sets are built the way the tiny presets build them: the pretraining
 (``configs/pretrain/tiny.yaml``) and the continued-pretraining corpus (``configs/cpt/tiny.yaml``),
 each split by ``SplitPlanner`` exactly as ``build_shards`` splits it, and the SFT examples of
 ``builtin:instructions``' training split (``configs/sft/tiny.yaml``), which are also where the
-preference prompts come from (``configs/prefs/tiny.yaml``, ``prefs.pick_examples(..., "train")``).
+preference prompts come from (``configs/prefs/tiny.yaml``, ``prefs.pick_examples(..., "train")``), with
+the whole hard safety training pool the preference stage may add (``prefs.pick_hard_safety``).
 The held-out sets are what every evaluation asks or reads: the held-out instructions (the
 ``instructions``, ``chat_format`` and ``tool_use`` tasks), both safety sets, the ``rag`` task's
 retrieval and answer questions (over an index laid out as ``configs/index/tiny.yaml`` builds it),
@@ -33,11 +34,12 @@ import yaml
 from shared.chat_format import render_chat
 from shared.data.documents import Document
 from shared.data.instructions import generate_instructions, safety_prompts, split_name
-from shared.data.instructions.safety import hard_safety_prompts
+from shared.data.instructions.safety import hard_examples, hard_safety_prompts
 from shared.data.sources import iter_corpus
 from shared.data.split import DOC_SPLIT_SEED, DOC_VAL_FRACTION, SplitPlanner, is_heldout_doc
 from shared.eval.journey_tasks import build_facts_mc
 from shared.rag.chunking import chunk_document
+from shared.training.prefs import pick_hard_safety
 
 ROOT = Path(__file__).resolve().parents[3]
 MIN_PARAGRAPH_CHARS = 80  # shorter paragraphs ("Return the value.") recur everywhere by chance
@@ -98,8 +100,10 @@ def instructions() -> dict[str, list[dict]]:
 
 @pytest.fixture(scope="module")
 def train_prompts(instructions) -> dict[str, set[str]]:
-    """What SFT (and the preference prompts) train on: every user message and every whole prompt."""
-    train = instructions["train"]
+    """What SFT and DPO train on: every user message and every whole prompt of the SFT training split,
+    plus every prompt the preference stage may add from the hard safety pool (``pick_hard_safety``)."""
+    assert preset("prefs").get("hard_safety_prompts", 0) <= sum(len(v) for v in hard_examples("train").values())
+    train = instructions["train"] + pick_hard_safety(10**6, seed=0)
     return {"user": {m["content"] for e in train for m in e["messages"] if m["role"] == "user"},
             "prompt": {render_chat(e["messages"][:-1]) for e in train}}
 

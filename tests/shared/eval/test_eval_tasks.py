@@ -13,7 +13,7 @@ from shared.eval.tasks.base import EvalContext, heldout_examples, heldout_safety
 from shared.eval.tasks.chat_format import has_stray_role
 from shared.eval.tasks.rag import REASON
 from shared.eval.tasks.safety import heldout_hard_safety_prompts
-from shared.eval.tasks.tool_use import MAX_TOOL_ROUNDS, expected_tool
+from shared.eval.tasks.tool_use import MAX_TOOL_ROUNDS, TOOLS_OFF, expected_tool
 from shared.chat_format import render_chat
 from shared.tools.docs_search import NO_MATCH, search_docs
 from shared.tools.executor import execute
@@ -136,9 +136,32 @@ def test_tool_use_calls_runs_and_answers():
     ctx.limit = 40
     m = TASKS["tool_use"].run(ctx)
     n_full = sum(e["check"]["kind"] == "exact" for e in tool_examples()[:40])
-    assert m == {"n": 40.0, "n_full": float(n_full), "valid_call": 1.0, "right_tool": 1.0, "success": 1.0}
+    # without tools it echoes the error it gets instead of a result: never a right answer
+    assert m == {"n": 40.0, "n_full": float(n_full), "valid_call": 1.0, "right_tool": 1.0, "success": 1.0,
+                 "success_without_tools": 0.0}
     full = [r for r in ctx.rows["tool_use"] if r["success"] is not None]
     assert all(len(r["turns"]) == 2 and "tool_result" in r["turns"][0] for r in full)
+    assert all(r["without_tools"]["turns"][0]["tool_result"] == TOOLS_OFF for r in full)
+
+
+def test_tool_use_without_tools_scores_the_bare_models_own_answer():
+    """A model that calls the tool but, refused it, answers right from its own head: half the time."""
+    answers = {e["messages"][0]["content"]: e["check"]["answer"] for e in tool_examples()}
+    knows = {q for k, q in enumerate(sorted(answers)) if k % 2 == 0}
+
+    def model(conversation, _):
+        question = conversation[0]["content"]
+        if conversation[-1]["role"] == "tool" and conversation[-1]["content"] == TOOLS_OFF:
+            return (answers[question] if question in knows else "I cannot tell") + "<|end|>"
+        return tool_model(conversation, _)
+
+    ctx, _ = scripted(model)
+    ctx.limit = 40
+    m = TASKS["tool_use"].run(ctx)
+    full = [e for e in tool_examples()[:40] if e["check"]["kind"] == "exact"]
+    assert m["success"] == 1.0
+    assert m["success_without_tools"] == sum(e["messages"][0]["content"] in knows for e in full) / len(full)
+    assert 0.0 < m["success_without_tools"] < 1.0
 
 
 def test_executor_reproduces_every_heldout_tool_result():

@@ -1,4 +1,4 @@
-"""Preference-pair making (``prefs.make_pairs``) on hand-scored replies: no model, no Ray."""
+"""Preference-pair making (``prefs.make_pairs``) on hand-scored replies, and the hard safety prompts: no model, no Ray."""
 from __future__ import annotations
 
 import pytest
@@ -6,7 +6,8 @@ import pytest
 from shared.config import ConfigError
 from shared.eval.chat_eval import score_replies
 from shared.training.posttrain_config import PrefsJobConfig
-from shared.training.prefs import make_pairs
+from shared.data.instructions.safety import hard_examples, hard_safety_prompts, is_hard
+from shared.training.prefs import make_pairs, pick_hard_safety
 
 EXAMPLE = {"id": "arith-7+5", "task": "arithmetic", "check": {"kind": "exact", "answer": "12"},
            "messages": [{"role": "user", "content": "What is 7 + 5?"}, {"role": "assistant", "content": "12"}]}
@@ -59,3 +60,25 @@ def test_no_pair_without_a_margin_and_reference_fallback_pairs_every_wrong_reply
 def test_pairs_per_prompt_must_be_positive():
     with pytest.raises(ConfigError):
         PrefsJobConfig(pairs_per_prompt=0).validate()
+
+
+def test_hard_safety_prompts_are_half_harmful_training_items_and_skip_excluded_ids():
+    picked = pick_hard_safety(40, seed=7)
+    assert len(picked) == 40 and len({e["id"] for e in picked}) == 40 and all(is_hard(e) for e in picked)
+    assert sum(e["check"]["kind"] == "refusal" for e in picked) == 20
+    assert picked == pick_hard_safety(40, seed=7) and picked != pick_hard_safety(40, seed=8)
+    heldout = {e["messages"][0]["content"] for side in hard_safety_prompts("heldout", per_side=10**6).values()
+               for e in side}
+    everything = pick_hard_safety(10**6, seed=7)
+    assert len(everything) == sum(len(v) for v in hard_examples("train").values())
+    assert not heldout & {e["messages"][0]["content"] for e in everything}
+    rest = pick_hard_safety(40, seed=7, exclude={e["id"] for e in picked})
+    assert not {e["id"] for e in rest} & {e["id"] for e in picked}
+
+
+def test_hard_safety_prompts_need_the_builtin_instructions():
+    PrefsJobConfig(hard_safety_prompts=10).validate()
+    with pytest.raises(ConfigError, match="hard_safety_prompts=0"):
+        PrefsJobConfig(hard_safety_prompts=10, data="hf:Anthropic/hh-rlhf").validate()
+    with pytest.raises(ConfigError, match=">= 0"):
+        PrefsJobConfig(hard_safety_prompts=-1).validate()
