@@ -7,7 +7,8 @@ Each reply is returned as decoded text up to and including its stop token, speci
 so the checkers can see whether the model terminated properly and whether it called a tool.
 
 Prompts longer than the context allows are cut from the left (the latest turns matter most); a long
-prompt keeps its tokens and gets a shorter reply budget first (``fit_prompt``).
+prompt keeps its tokens and gets a shorter reply budget first (``fit_prompt``). A reply depends on its
+own prompt only: prompts are batched with others of the same reply budget.
 This is HF ``generate()``, fine for small evaluation sets; the serving engine is ``shared.engine``.
 """
 from __future__ import annotations
@@ -87,20 +88,26 @@ def generate_replies(model, tokenizer, conversations: Sequence[Sequence[dict[str
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[-1]
     device = next(model.parameters()).device
     torch.manual_seed(seed)
-    out: list[list[str]] = []
-    for start in range(0, len(conversations), batch_size):
-        fitted = [fit_prompt(tokenizer(render_chat(c, add_generation_prompt=True), add_special_tokens=False).input_ids,
-                             limit, max_new_tokens) for c in conversations[start:start + batch_size]]
-        prompts = [ids for ids, _ in fitted]
-        budget = min(b for _, b in fitted)  # one budget per batch: the longest prompt's
-        width = max(len(p) for p in prompts)
-        input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(
-            do_sample=False)
-        generated = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=budget,
-                                   num_return_sequences=n, eos_token_id=stops, pad_token_id=pad_id, **sampling)
-        new = generated[:, width:].tolist()
-        for i in range(len(prompts)):
-            out.append([_decode_reply(tokenizer, new[i * n + j], set(stops)) for j in range(n)])
+    fitted = [fit_prompt(tokenizer(render_chat(c, add_generation_prompt=True), add_special_tokens=False).input_ids,
+                         limit, max_new_tokens) for c in conversations]
+    # generate() takes one budget per call, so only prompts of equal budget share a batch: batched with a
+    # long prompt, a short one used to get the long one's shorter budget, and its reply depended on its
+    # batchmates (11% of the tiny SFT model's tool calls were cut off in the scorecard, none alone).
+    by_budget: dict[int, list[int]] = {}
+    for i, (_, budget) in enumerate(fitted):
+        by_budget.setdefault(budget, []).append(i)
+    out: list[list[str]] = [[] for _ in conversations]
+    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
+    for budget, members in sorted(by_budget.items(), reverse=True):
+        for start in range(0, len(members), batch_size):
+            batch = members[start:start + batch_size]
+            prompts = [fitted[i][0] for i in batch]
+            width = max(len(p) for p in prompts)
+            input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+            generated = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=budget,
+                                       num_return_sequences=n, eos_token_id=stops, pad_token_id=pad_id, **sampling)
+            new = generated[:, width:].tolist()
+            for k, i in enumerate(batch):
+                out[i] = [_decode_reply(tokenizer, new[k * n + j], set(stops)) for j in range(n)]
     return out

@@ -1,7 +1,11 @@
-"""``fit_prompt``: a long prompt keeps its tokens and gets a shorter reply budget; only beyond that is it cut."""
+"""``fit_prompt``: a long prompt keeps its tokens and gets a shorter reply budget; only beyond that is it cut.
+And ``generate_replies`` gives each prompt its own budget, whatever it is batched with."""
 from __future__ import annotations
 
-from shared.eval.generate import MIN_REPLY, fit_prompt
+import pytest
+import torch
+
+from shared.eval.generate import MIN_REPLY, fit_prompt, generate_replies
 
 
 def test_short_prompts_keep_everything_and_the_whole_budget():
@@ -18,3 +22,29 @@ def test_only_a_prompt_longer_than_context_minus_min_reply_is_cut_from_the_left(
     assert ids == list(range(200 - (128 - MIN_REPLY), 200)) and budget == MIN_REPLY
     ids, budget = fit_prompt(list(range(200)), 128, 8)  # a budget under MIN_REPLY is kept whole
     assert len(ids) == 120 and budget == 8
+
+
+@pytest.fixture(scope="module")
+def tiny_chat_model(tmp_path_factory):
+    from shared.eval.generate import load_chat_model
+    from shared.model.gpt import GPT, GPTConfig
+    from shared.model.hf import save_hf_checkpoint
+    from shared.tokenizer.train import train_tokenizer
+    tok_dir = tmp_path_factory.mktemp("tok")
+    train_tokenizer(["What is two plus two? The answer is four, said the calculator."] * 20, vocab_size=300,
+                    out_dir=tok_dir)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=300, block_size=64, n_layer=1, n_head=2, n_embd=16))
+    return load_chat_model(str(save_hf_checkpoint(model, tmp_path_factory.mktemp("model"), tokenizer_dir=tok_dir)))
+
+
+def test_a_reply_does_not_depend_on_its_batchmates(tiny_chat_model):
+    """A short prompt batched with one long enough to shorten its own budget keeps its whole reply budget."""
+    model, tokenizer = tiny_chat_model
+    short = [{"role": "user", "content": "What is two plus two?"}]
+    long = [{"role": "user", "content": "The answer is four, said the calculator. " * 12}]
+    alone = generate_replies(model, tokenizer, [short], max_new_tokens=30)[0][0]
+    batched = generate_replies(model, tokenizer, [long, short, long], max_new_tokens=30)
+    assert len(tokenizer(alone, add_special_tokens=False).input_ids) > MIN_REPLY  # else the test shows nothing
+    assert batched[1][0] == alone
+    assert batched[0] == batched[2] == generate_replies(model, tokenizer, [long], max_new_tokens=30)[0]
