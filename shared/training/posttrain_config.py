@@ -209,6 +209,9 @@ class PrefsJobConfig(JobConfig):
     min_margin: float = help_field(0.5, "keep a pair only when chosen beats rejected by at least this")
     pairs_per_prompt: int = help_field(1, "at most this many pairs per prompt, each a distinct (chosen, rejected) "
                                        "couple of distinct replies; 1 = the best reply against the worst only")
+    balance_refusals: bool = help_field(False, "keep as many pairs whose chosen reply is a refusal as pairs whose "
+                                        "rejected one is (a seeded subset of the larger side): DPO can then learn "
+                                        "when to refuse, not to refuse more or less overall")
     reference_fallback: bool = help_field(False, "when no sample passes the check, use the dataset's reference "
                                           "answer as chosen (recorded per pair as chosen_source); off = "
                                           "on-policy pairs only")

@@ -13,7 +13,8 @@
    own reference reply is chosen instead; every pair records ``chosen_source`` (model | reference).
    With ``pairs_per_prompt`` > 1 a prompt gives up to that many pairs: further distinct couples of
    distinct replies (another right reply, another wrong one), each at least ``min_margin`` apart, worst-first on the
-   rejected side so the greedy mistake is used first.
+   rejected side so the greedy mistake is used first. With ``balance_refusals`` as many pairs choose
+   a refusal as reject one (``balance_refusals``).
 
 The artifact is a ``dataset``: ``train.jsonl`` / ``heldout.jsonl`` in the preference schema
 (``shared.data.instructions.schema``) plus ``stats.json``.
@@ -30,7 +31,7 @@ import numpy as np
 
 from shared.cluster import ensure_ray
 from shared.data.instructions import check_nonempty, load_sft_dataset
-from shared.data.instructions.checks import parse_response
+from shared.data.instructions.checks import is_refusal, parse_response
 from shared.data.instructions.safety import hard_examples
 from shared.eval.chat_eval import score_replies, summarize
 from shared.eval.generate import generate_replies, load_chat_model
@@ -147,6 +148,31 @@ def make_pairs(examples: list[dict], scored_replies: list[list[dict[str, Any]]],
     return pairs
 
 
+def refusal_side(pair: dict[str, Any]) -> str | None:
+    """``"chosen"`` or ``"rejected"``: the side of ``pair`` that is a refusal when exactly one is, else None."""
+    refused = [m["content"] != "" and is_refusal(m["content"]) for m in (pair["chosen"][0], pair["rejected"][0])]
+    return ("chosen" if refused[0] else "rejected") if refused[0] != refused[1] else None
+
+
+def balance_refusals(pairs: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """``pairs`` with as many refusal-chosen as refusal-rejected pairs (order kept; the rest untouched).
+
+    A small SFT model's samples disagree about refusing mostly on harmless-but-edgy prompts, so its
+    pairs reject refusals far more often than they choose them, and DPO learns to refuse less
+    everywhere, the harmful prompts framed like the harmless ones included (issue 20). Dropping a
+    seeded subset of the larger side leaves only the signal of which prompts to refuse.
+    """
+    sides: dict[str, list[int]] = {"chosen": [], "rejected": []}
+    for i, pair in enumerate(pairs):
+        side = refusal_side(pair)
+        if side is not None:
+            sides[side].append(i)
+    keep = min(len(v) for v in sides.values())
+    rng = random.Random(f"{seed}:balance-refusals")
+    dropped = {i for v in sides.values() for i in v} - {i for v in sides.values() for i in rng.sample(v, keep)}
+    return [p for i, p in enumerate(pairs) if i not in dropped]
+
+
 def pick_examples(source: str, split: str, count: int, seed: int) -> list[dict[str, Any]]:
     examples = load_sft_dataset(source, split=split)
     rng = random.Random(seed)
@@ -185,6 +211,8 @@ def run_prefs(cfg: PrefsJobConfig) -> Artifact:
         rewards = _reward_scores(reward, examples, replies) if reward else None
         scored = score_candidates(examples, replies)
         pairs = make_pairs(examples, scored, cfg.min_margin, cfg.reference_fallback, rewards, cfg.pairs_per_prompt)
+        if cfg.balance_refusals:
+            pairs = balance_refusals(pairs, cfg.seed)
         if split == "train":
             check_nonempty(pairs, f"pairs sampled from {model.path}")
         _write_jsonl(out_dir / f"{split}.jsonl", pairs)
@@ -209,6 +237,8 @@ def _stats(split: str, examples: list[dict], scored: list[list[dict]], pairs: li
     sample = summarize([row for rows in scored for row in rows])
     return {f"{split}_prompts": len(examples), f"{split}_pairs": len(pairs),
             f"{split}_pairs_reference_chosen": sum(p["chosen_source"] == "reference" for p in pairs),
+            f"{split}_pairs_refusal_chosen": sum(refusal_side(p) == "chosen" for p in pairs),
+            f"{split}_pairs_refusal_rejected": sum(refusal_side(p) == "rejected" for p in pairs),
             f"{split}_mean_margin": float(np.mean([p["margin"] for p in pairs])) if pairs else 0.0,
             f"{split}_sample_exact_match": sample["exact_match"], f"{split}_sample_format_ok": sample["format_ok"]}
 

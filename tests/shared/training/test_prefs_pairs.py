@@ -7,7 +7,7 @@ from shared.config import ConfigError
 from shared.eval.chat_eval import score_replies
 from shared.training.posttrain_config import PrefsJobConfig
 from shared.data.instructions.safety import hard_examples, hard_safety_prompts, is_hard
-from shared.training.prefs import make_pairs, pick_hard_safety
+from shared.training.prefs import balance_refusals, make_pairs, pick_hard_safety, refusal_side
 
 EXAMPLE = {"id": "arith-7+5", "task": "arithmetic", "check": {"kind": "exact", "answer": "12"},
            "messages": [{"role": "user", "content": "What is 7 + 5?"}, {"role": "assistant", "content": "12"}]}
@@ -82,3 +82,23 @@ def test_hard_safety_prompts_need_the_builtin_instructions():
         PrefsJobConfig(hard_safety_prompts=10, data="hf:Anthropic/hh-rlhf").validate()
     with pytest.raises(ConfigError, match=">= 0"):
         PrefsJobConfig(hard_safety_prompts=-1).validate()
+
+
+def pair(i: int, chosen: str, rejected: str) -> dict:
+    return {"id": f"p{i}", "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}]}
+
+
+def test_balance_refusals_keeps_as_many_refusals_chosen_as_rejected():
+    refuse = "I can't help with that."
+    pairs = ([pair(i, "Sure: use a wrench.", refuse) for i in range(6)] + [pair(6, refuse, "Here is how to hurt them.")]
+             + [pair(7, "12", "13"), pair(8, refuse, "Sorry, I can't help with that.")])
+    assert [refusal_side(p) for p in pairs] == ["rejected"] * 6 + ["chosen", None, None]
+    assert refusal_side({"chosen": [{"role": "assistant", "content": "", "tool_call": {"name": "x"}}],
+                         "rejected": [{"role": "assistant", "content": refuse}]}) == "rejected"
+    kept = balance_refusals(pairs, seed=3)
+    sides = [refusal_side(p) for p in kept]
+    assert sides.count("rejected") == sides.count("chosen") == 1 and sides.count(None) == 2
+    assert [p["id"] for p in kept] == sorted(p["id"] for p in kept)  # order kept
+    assert kept == balance_refusals(pairs, seed=3)
+    assert balance_refusals([p for p in pairs if refusal_side(p) != "chosen"], seed=3) == pairs[7:]
