@@ -24,8 +24,8 @@ DATA_KEYS = ("init_from", "tokenizer", "data", "eval_data", "sources", "embedder
 #: Config keys that say how it ran, shown under "settings" (dotted: a key of a section).
 SETTING_KEYS = ("model.preset", "method.method", "train.max_steps", "train.batch_size", "train.grad_accum",
                 "train.lr", "train.schedule", "train.max_length", "beta", "loss_type", "algorithm", "num_prompts",
-                "samples_per_prompt", "vocab_size", "method", "chunk_chars", "limit", "suite_limit", "precision",
-                "num_workers", "use_gpu")
+                "hard_safety_prompts", "balance_refusals", "samples_per_prompt", "vocab_size", "method", "chunk_chars",
+                "limit", "suite_limit", "precision", "num_workers", "use_gpu")
 #: Files a section of its own shows, not repeated in the stage's part.
 SHOWN_ELSEWHERE = ("scorecard.png",)  # the colour table replaces the scorecard's bar charts
 
