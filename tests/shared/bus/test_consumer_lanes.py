@@ -108,9 +108,11 @@ def test_a_message_published_twice_is_handled_once_even_while_the_first_runs(bus
 def test_entries_queued_at_stop_stay_pending_and_a_restart_handles_them(bus):
     first = Recorder(slow_s=1.0)
     consumer = lanes_consumer(bus, first)
-    consumer.start()
+    # Published before the start, so the first read takes all five. Published after it, a loaded
+    # machine could stop the consumer before it read the last three: never delivered, so not pending.
     for i in range(5):
         bus.publish(TOOL_REQUESTS, call("python", i))
+    consumer.start()
     wait_for(lambda: len(first.calls) == 2)  # two running, three queued in the lane
     consumer.stop(timeout=0.1)
     time.sleep(1.2)  # the two running ones finish and are acked
