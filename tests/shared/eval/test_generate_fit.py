@@ -3,7 +3,6 @@ And ``generate_replies`` gives each prompt its own budget, whatever it is batche
 from __future__ import annotations
 
 import pytest
-import torch
 
 from shared.eval.generate import MIN_REPLY, fit_prompt, generate_replies
 
@@ -25,24 +24,16 @@ def test_only_a_prompt_longer_than_context_minus_min_reply_is_cut_from_the_left(
 
 
 @pytest.fixture(scope="module")
-def tiny_chat_model(tmp_path_factory):
+def tiny_chat_model(tiny_checkpoint):
     from shared.eval.generate import load_chat_model
-    from shared.model.gpt import GPT, GPTConfig
-    from shared.model.hf import save_hf_checkpoint
-    from shared.tokenizer.train import train_tokenizer
-    tok_dir = tmp_path_factory.mktemp("tok")
-    train_tokenizer(["What is two plus two? The answer is four, said the calculator."] * 20, vocab_size=300,
-                    out_dir=tok_dir)
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=300, block_size=64, n_layer=1, n_head=2, n_embd=16))
-    return load_chat_model(str(save_hf_checkpoint(model, tmp_path_factory.mktemp("model"), tokenizer_dir=tok_dir)))
+    return load_chat_model(str(tiny_checkpoint))
 
 
 def test_a_reply_does_not_depend_on_its_batchmates(tiny_chat_model):
     """A short prompt batched with one long enough to shorten its own budget keeps its whole reply budget."""
     model, tokenizer = tiny_chat_model
-    short = [{"role": "user", "content": "What is two plus two?"}]
-    long = [{"role": "user", "content": "The answer is four, said the calculator. " * 12}]
+    short = [{"role": "user", "content": "What is 2 + 2?"}]
+    long = [{"role": "user", "content": "The answer is four. Use the calculator. " * 12}]
     alone = generate_replies(model, tokenizer, [short], max_new_tokens=30)[0][0]
     batched = generate_replies(model, tokenizer, [long, short, long], max_new_tokens=30)
     assert len(tokenizer(alone, add_special_tokens=False).input_ids) > MIN_REPLY  # else the test shows nothing
