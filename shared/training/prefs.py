@@ -13,8 +13,8 @@
    own reference reply is chosen instead; every pair records ``chosen_source`` (model | reference).
    With ``pairs_per_prompt`` > 1 a prompt gives up to that many pairs: further distinct couples of
    distinct replies (another right reply, another wrong one), each at least ``min_margin`` apart, worst-first on the
-   rejected side so the greedy mistake is used first. With ``balance_refusals`` as many pairs choose
-   a refusal as reject one (``balance_refusals``).
+   rejected side so the greedy mistake is used first. With the ``balance_refusals`` option as many
+   pairs choose a refusal as reject one (the function of the same name).
 
 The artifact is a ``dataset``: ``train.jsonl`` / ``heldout.jsonl`` in the preference schema
 (``shared.data.instructions.schema``) plus ``stats.json``.
@@ -150,7 +150,7 @@ def make_pairs(examples: list[dict], scored_replies: list[list[dict[str, Any]]],
 
 def refusal_side(pair: dict[str, Any]) -> str | None:
     """``"chosen"`` or ``"rejected"``: the side of ``pair`` that is a refusal when exactly one is, else None."""
-    refused = [m["content"] != "" and is_refusal(m["content"]) for m in (pair["chosen"][0], pair["rejected"][0])]
+    refused = [bool(m.get("content")) and is_refusal(m["content"]) for m in (pair["chosen"][0], pair["rejected"][0])]
     return ("chosen" if refused[0] else "rejected") if refused[0] != refused[1] else None
 
 

@@ -105,11 +105,10 @@ class ToolUse(EvalTask):
         bare = play_out(ctx, [examples[i] for i in full], lambda call: TOOLS_OFF)
         rows = []
         for i, (example, reply) in enumerate(zip(examples, first, strict=True)):
-            call = parse_response(reply)["tool_call"]
-            row = {"id": example["id"], "tool": expected_tool(example), "valid_call": is_valid_call(reply),
-                   "right_tool": call is not None and call.get("name") == expected_tool(example),
-                   **played.get(i, {"turns": [{"reply": reply}], "success": None})}
-            rows.append(row)
+            call, tool = parse_response(reply)["tool_call"], expected_tool(example)
+            rows.append({"id": example["id"], "tool": tool, "valid_call": is_valid_call(reply),
+                         "right_tool": call is not None and call.get("name") == tool,
+                         **played.get(i, {"turns": [{"reply": reply}], "success": None})})
         for row, without in zip((rows[i] for i in full), bare, strict=True):
             row["without_tools"] = without
         ctx.record(self.name, rows)
