@@ -85,6 +85,7 @@ def generate_replies(model, tokenizer, conversations: Sequence[Sequence[dict[str
     if max_new_tokens >= limit:
         raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for the prompt in a context of {limit}")
     stops = stop_token_ids(tokenizer)
+    stop_set = set(stops)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[-1]
     device = next(model.parameters()).device
     torch.manual_seed(seed)
@@ -109,5 +110,5 @@ def generate_replies(model, tokenizer, conversations: Sequence[Sequence[dict[str
                                        num_return_sequences=n, eos_token_id=stops, pad_token_id=pad_id, **sampling)
             new = generated[:, width:].tolist()
             for k, i in enumerate(batch):
-                out[i] = [_decode_reply(tokenizer, new[k * n + j], set(stops)) for j in range(n)]
+                out[i] = [_decode_reply(tokenizer, new[k * n + j], stop_set) for j in range(n)]
     return out

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -518,17 +519,20 @@ def _plan_post_data(ctx: _Context, stage: str, source: str, kind: str, row: Stag
 def _plan_prefs(ctx: _Context, stage: str, cfg: PrefsJobConfig, row: StageRow) -> None:
     _plan_post_data(ctx, stage, cfg.data, "sft", row)
     row.model, row.model_from = _resolve_model(ctx, stage, cfg.init_from, f"{stage}.init_from")
-    replies = cfg.samples_per_prompt + (1 if cfg.include_greedy else 0)
-    prompts = cfg.num_prompts + cfg.hard_safety_prompts
+    prompts, replies = _prefs_prompts_and_replies(vars(cfg))
     row.tokens = prompts * replies * cfg.max_new_tokens
     row.tokens_what = f"generated, at most ({prompts:,} prompts × {replies} replies)"
     row.workers, row.device = cfg.num_workers, "gpu" if cfg.use_gpu else "cpu"
     if row.model is not None:
         row.memory = inference_memory(row.model, batch=cfg.batch_size, seq=row.model.block_size)
     _gpu_checks(ctx, stage, row, cfg.use_gpu)
-    _time_from_wall(ctx, stage, row, lambda c: float((c["num_prompts"] + c.get("hard_safety_prompts", 0)) * (
-        c["samples_per_prompt"] + bool(c.get("include_greedy"))) * c["max_new_tokens"]) if "num_prompts" in c else None,
-        cfg)
+    _time_from_wall(ctx, stage, row, lambda c: float(math.prod(_prefs_prompts_and_replies(c)) * c["max_new_tokens"])
+                    if "num_prompts" in c else None, cfg)
+
+
+def _prefs_prompts_and_replies(c: dict[str, Any]) -> tuple[int, int]:
+    """(prompts sampled, replies per prompt) of a prefs config given as a dict: this plan's or a measured run's."""
+    return c["num_prompts"] + c.get("hard_safety_prompts", 0), c["samples_per_prompt"] + bool(c.get("include_greedy"))
 
 
 def _plan_quantize(ctx: _Context, stage: str, cfg: Any, row: StageRow) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 import time
 from pathlib import Path
 from typing import Any
@@ -235,10 +236,10 @@ def _reward_scores(reward: Artifact, examples: list[dict], replies: list[list[st
 
 def _stats(split: str, examples: list[dict], scored: list[list[dict]], pairs: list[dict]) -> dict[str, Any]:
     sample = summarize([row for rows in scored for row in rows])
+    refusals = Counter(refusal_side(p) for p in pairs)
     return {f"{split}_prompts": len(examples), f"{split}_pairs": len(pairs),
             f"{split}_pairs_reference_chosen": sum(p["chosen_source"] == "reference" for p in pairs),
-            f"{split}_pairs_refusal_chosen": sum(refusal_side(p) == "chosen" for p in pairs),
-            f"{split}_pairs_refusal_rejected": sum(refusal_side(p) == "rejected" for p in pairs),
+            f"{split}_pairs_refusal_chosen": refusals["chosen"], f"{split}_pairs_refusal_rejected": refusals["rejected"],
             f"{split}_mean_margin": float(np.mean([p["margin"] for p in pairs])) if pairs else 0.0,
             f"{split}_sample_exact_match": sample["exact_match"], f"{split}_sample_format_ok": sample["format_ok"]}
 
