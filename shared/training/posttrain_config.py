@@ -216,8 +216,8 @@ class PrefsJobConfig(JobConfig):
                                           "answer as chosen (recorded per pair as chosen_source); off = "
                                           "on-policy pairs only")
     hard_safety_prompts: int = help_field(0, "extra training prompts from the hard safety set's training items "
-                                          "(indirect harmful requests and borderline ones, half each; "
-                                          "builtin:instructions only): pairs where the model is least sure")
+                                          "(indirect harmful requests and borderline ones, half each, at most the "
+                                          "pool's 470; builtin:instructions only): pairs where the model is least sure")
     batch_size: int = help_field(32, "prompts per generation batch")
     num_workers: int = help_field(1, "Ray Data inference actors")
     cpus_per_worker: int = help_field(2, "CPU cores per inference actor")
